@@ -1,0 +1,1 @@
+"""OSpark Gateway: a WebSocket gateway in front of an agent runtime."""

@@ -1,0 +1,89 @@
+"""Error codes, close codes and the one protocol exception.
+
+``ErrorCode`` values travel in ``error`` frames; the connection stays open after them.
+``CloseCode`` values close the WebSocket; each says whether a client should reconnect.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["RETRYABLE_CLOSE_CODES", "CloseCode", "ErrorCode", "ProtocolError"]
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable codes of ``error`` frames. The connection stays open after each of them."""
+
+    BAD_FRAME = "bad_frame"
+    """The frame could not be decoded: not JSON/MessagePack, not an object, wrong frame type
+    (binary on the JSON subprotocol or text on MessagePack), invalid UTF-8. Not retryable."""
+    UNKNOWN_TYPE = "unknown_type"
+    """The ``type`` field names no client frame. Not retryable."""
+    INVALID_FIELD = "invalid_field"
+    """A field is missing, of the wrong type, or out of range; ``field`` names it."""
+    FRAME_TOO_LARGE = "frame_too_large"
+    """The frame exceeds the ``max_frame_bytes`` limit announced in ``hello``."""
+    UNKNOWN_TASK = "unknown_task"
+    """No task with that id exists for this principal (or it was removed after retention)."""
+    FORBIDDEN = "forbidden"
+    """The task belongs to another principal."""
+    TOO_MANY_TASKS = "too_many_tasks"
+    """A running-task limit (per connection, per principal or server-wide) is reached;
+    retry after one of your tasks ends."""
+    RATE_LIMITED = "rate_limited"
+    """Too many ``start`` frames in a short time; retry later."""
+    TASK_EXISTS = "task_exists"
+    """``start`` named a ``task_id`` already used with a different input."""
+    INPUT_TOO_LONG = "input_too_long"
+    """The ``input`` of ``start`` exceeds ``max_input_chars``."""
+    INTERNAL = "internal"
+    """A server bug; the request may be retried."""
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes (4000 range) used by the gateway."""
+
+    SLOW_CONSUMER = 4000
+    """The client read too slowly and its outbox overflowed. Retryable: reconnect and
+    ``subscribe`` with the last seen ``seq``; nothing is lost."""
+    UNAUTHORIZED = 4001
+    """Missing or wrong token, or a disallowed ``Origin``. Not retryable without a new token."""
+    POLICY_VIOLATION = 4002
+    """Repeated protocol abuse (e.g. oversized frames). Not retryable as is: fix the client."""
+    SERVER_RESTART = 4003
+    """The server is shutting down or restarting. Retryable: reconnect (with backoff) and
+    resubscribe; tasks kept by a shared backend continue."""
+    HEARTBEAT_TIMEOUT = 4004
+    """The client answered no ping within the heartbeat timeout. Retryable."""
+
+
+RETRYABLE_CLOSE_CODES: frozenset[int] = frozenset(
+    {CloseCode.SLOW_CONSUMER, CloseCode.SERVER_RESTART, CloseCode.HEARTBEAT_TIMEOUT}
+)
+"""Close codes after which a client should reconnect and resume."""
+
+
+class ProtocolError(Exception):
+    """A frame the protocol refuses, with a stable code and a message for the client.
+
+    ``field`` names the offending field (a JSON path such as ``$.after_seq``) when known;
+    ``request_id`` is the ``id`` of the offending request when it could be read."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        field: str | None = None,
+        request_id: str | int | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.request_id = request_id
+        self.task_id = task_id
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.code.value!r}, {self.message!r}, field={self.field!r})"

@@ -1,0 +1,337 @@
+"""Frames: the messages of the wire protocol, one tagged union per direction.
+
+Every frame is an object with a ``type`` tag. Fields not listed here are ignored when
+decoding (forward compatibility), and every field added in a later version has a default.
+A request's ``id`` is chosen by the client and echoed in the reply so replies can be matched.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from protocol.events import Event, Usage
+
+__all__ = [
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSION",
+    "Accepted",
+    "Batch",
+    "Cancel",
+    "CancelAck",
+    "ClientFrame",
+    "Closing",
+    "ErrorFrame",
+    "EventFrame",
+    "Gap",
+    "Hello",
+    "Limits",
+    "Ping",
+    "Pong",
+    "RequestId",
+    "Seq",
+    "ServerFrame",
+    "Start",
+    "StartOptions",
+    "StatusReply",
+    "StatusRequest",
+    "Subscribe",
+    "TaskId",
+    "TaskState",
+    "TaskStatus",
+    "Unsubscribe",
+]
+
+PROTOCOL_NAME = "ospark"
+PROTOCOL_VERSION = 1
+
+RequestId = (
+    Annotated[str, msgspec.Meta(max_length=256)]
+    | Annotated[int, msgspec.Meta(ge=-(2**53), le=2**53)]
+)
+"""A client-chosen request id (string of at most 256 characters, or an integer that JSON
+numbers represent exactly), echoed in the reply."""
+
+TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+"""A task id: 1-128 characters of letters, digits and ``. _ : -``."""
+
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+"""A per-task sequence number."""
+
+TaskState = Literal["pending", "running", "completed", "failed", "cancelled"]
+"""``pending → running → completed | failed | cancelled``."""
+
+DetachPolicy = Literal["keep", "cancel"]
+
+
+class _Frame(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
+    pass
+
+
+# --------------------------------------------------------------------------- client → server
+
+
+class StartOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Per-task options of ``start``. Every one is optional; the server's config decides
+    what is left unset."""
+
+    agent: str | None = None
+    """Name of the agent configuration to run (the server's default when unset)."""
+    model: str | None = None
+    """Override of the main agent's model name."""
+    max_turns: Annotated[int, msgspec.Meta(ge=-1, le=10_000)] | None = None
+    """Override of the main agent's turn limit (-1 = unlimited)."""
+    chinese_context: bool | None = None
+    """Add the guidance for Chinese-language tasks."""
+    on_detach: DetachPolicy | None = None
+    """What happens when no connection is subscribed: ``keep`` running until the detach TTL
+    expires, or ``cancel`` at once."""
+    detach_ttl: Annotated[float, msgspec.Meta(ge=0, le=86_400)] | None = None
+    """Seconds a task with no subscriber keeps running before it is cancelled."""
+
+
+class Start(_Frame, tag="start"):
+    """Start a task. Replied to by ``accepted`` (then events, when subscribed) or ``error``."""
+
+    id: RequestId
+    """Request id, echoed in ``accepted``/``error``."""
+    input: str
+    """The task for the agent (a question or instruction)."""
+    task_id: TaskId | None = None
+    """Client-chosen task id; retrying a ``start`` with the same id and input returns the
+    existing task (idempotent). The server chooses one when unset."""
+    options: StartOptions | None = None
+    """Per-task options."""
+    subscribe: bool = True
+    """Subscribe this connection to the task's events."""
+
+
+class Cancel(_Frame, tag="cancel"):
+    """Cancel a task. Replied to by ``cancel_ack``; the terminal event follows."""
+
+    id: RequestId
+    """Request id, echoed in ``cancel_ack``."""
+    task_id: TaskId
+    """The task to cancel."""
+
+
+class StatusRequest(_Frame, tag="status"):
+    """Ask for the state of one task, or of all tasks of this principal."""
+
+    id: RequestId
+    """Request id, echoed in the ``status`` reply."""
+    task_id: TaskId | None = None
+    """The task to report on; all of the principal's tasks when unset."""
+
+
+class Subscribe(_Frame, tag="subscribe"):
+    """Receive a task's events: every retained event with ``seq > after_seq``, then live ones."""
+
+    id: RequestId
+    """Request id, echoed in ``gap``/``error``."""
+    task_id: TaskId
+    """The task to follow."""
+    after_seq: Seq = 0
+    """Last ``seq`` already seen (0 = from the start)."""
+
+
+class Unsubscribe(_Frame, tag="unsubscribe"):
+    """Stop receiving a task's events; the task keeps running (under its detach policy)."""
+
+    id: RequestId
+    """Request id."""
+    task_id: TaskId
+    """The task to stop following."""
+
+
+class Ping(_Frame, tag="ping"):
+    """Application-level ping (for clients, like browsers, that cannot send WebSocket pings)."""
+
+    id: RequestId | None = None
+    """Optional request id, echoed in ``pong``."""
+    payload: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    """Optional payload (at most 1024 characters), echoed in ``pong``."""
+
+
+ClientFrame = Start | Cancel | StatusRequest | Subscribe | Unsubscribe | Ping
+"""Every frame a client may send."""
+
+# --------------------------------------------------------------------------- server → client
+
+
+class Limits(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The limits a connection is held to, announced in ``hello``."""
+
+    max_frame_bytes: int = 1 << 20
+    """Largest frame the server accepts."""
+    max_input_chars: int = 100_000
+    """Longest ``input`` of ``start``."""
+    max_tasks_per_connection: int = 100
+    """Running tasks started from one connection."""
+    max_tasks_per_principal: int = 1000
+    """Running tasks of one principal across all its connections."""
+    max_starts_per_second: float = 50.0
+    """Sustained rate of ``start`` frames per connection (bursts allowed)."""
+
+
+class Hello(_Frame, tag="hello"):
+    """First frame of every connection."""
+
+    protocol: str = PROTOCOL_NAME
+    """Protocol name."""
+    version: int = PROTOCOL_VERSION
+    """Protocol version; a client should refuse a major version it does not know."""
+    server: str = ""
+    """Server software version."""
+    session_id: str = ""
+    """Identifier of this connection (for logs and support)."""
+    encoding: Literal["json", "msgpack"] = "json"
+    """Negotiated encoding."""
+    principal: str = ""
+    """The authenticated principal whose tasks this connection sees."""
+    limits: Limits = msgspec.field(default_factory=Limits)
+    """The connection's limits."""
+    heartbeat_interval: float = 0.0
+    """Seconds between server WebSocket pings (0 = none)."""
+
+
+class Accepted(_Frame, tag="accepted"):
+    """Reply to ``start``: the task exists."""
+
+    id: RequestId
+    """The ``start`` request id."""
+    task_id: str
+    """The task's id."""
+    state: TaskState = "pending"
+    """The task's state when accepted."""
+    existing: bool = False
+    """True when the ``start`` was a retry and the existing task was returned."""
+
+
+class CancelAck(_Frame, tag="cancel_ack"):
+    """Reply to ``cancel``."""
+
+    id: RequestId
+    """The ``cancel`` request id."""
+    task_id: str
+    """The task."""
+    result: Literal["accepted", "already_terminal", "unknown"]
+    """``accepted`` (the terminal event follows), ``already_terminal``, or ``unknown``."""
+
+
+class TaskStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One task as reported by ``status``."""
+
+    task_id: str
+    """The task's id."""
+    state: TaskState
+    """Its lifecycle state."""
+    last_seq: int = 0
+    """``seq`` of its latest event."""
+    created: float = 0.0
+    """Unix time of creation."""
+    updated: float = 0.0
+    """Unix time of the latest event."""
+    progress: str | None = None
+    """The current step, as in the latest ``task_progress``."""
+    turn: int = 0
+    """Turns taken by the main agent."""
+    usage: Usage | None = None
+    """Token usage so far."""
+    queue_position: int | None = None
+    """Position in the queue while ``pending``."""
+
+
+class StatusReply(_Frame, tag="status"):
+    """Reply to ``status``."""
+
+    id: RequestId
+    """The ``status`` request id."""
+    tasks: list[TaskStatus] = []
+    """The tasks asked about (all of the principal's when no ``task_id`` was given)."""
+
+
+class EventFrame(_Frame, tag="event"):
+    """One event of one task."""
+
+    task_id: str
+    """The task the event belongs to."""
+    seq: int
+    """Per-task sequence number: 1, 2, 3, ... with no gaps."""
+    ts: float
+    """Unix time at which the event was created."""
+    event: Event
+    """The event body, tagged by ``kind``."""
+
+
+class Batch(_Frame, tag="batch"):
+    """Several events in one frame; sent only when the writer is behind."""
+
+    events: list[EventFrame]
+    """The events, in order."""
+
+
+class Gap(_Frame, tag="gap"):
+    """Reply to ``subscribe`` when events after ``after_seq`` were dropped by retention."""
+
+    task_id: str
+    """The task."""
+    first_available_seq: int
+    """The oldest retained ``seq``; replay starts there."""
+    id: RequestId | None = None
+    """The ``subscribe`` request id."""
+    after_seq: int = 0
+    """The ``after_seq`` that was asked for."""
+
+
+class ErrorFrame(_Frame, tag="error"):
+    """A request or frame was refused; the connection stays open."""
+
+    code: str
+    """A stable error code (see ``ErrorCode``)."""
+    message: str
+    """What was wrong and what was expected."""
+    id: RequestId | None = None
+    """The offending request's id, when it could be read."""
+    task_id: str | None = None
+    """The task concerned, if any."""
+    field: str | None = None
+    """Path of the offending field (e.g. ``$.after_seq``), if any."""
+
+
+class Pong(_Frame, tag="pong"):
+    """Reply to ``ping``."""
+
+    id: RequestId | None = None
+    """The ``ping`` request id."""
+    payload: str | None = None
+    """The ``ping`` payload."""
+    ts: float = 0.0
+    """Server's Unix time."""
+
+
+class Closing(_Frame, tag="closing"):
+    """The server is about to close the connection (e.g. shutting down)."""
+
+    reason: str
+    """Why."""
+    code: int | None = None
+    """The close code that will follow."""
+    deadline: float | None = None
+    """Seconds the server still lets running tasks finish."""
+
+
+ServerFrame = (
+    Hello
+    | Accepted
+    | CancelAck
+    | StatusReply
+    | EventFrame
+    | Batch
+    | Gap
+    | ErrorFrame
+    | Pong
+    | Closing
+)
+"""Every frame a server sends."""
