@@ -53,12 +53,10 @@ class CloseCode(enum.IntEnum):
     SERVER_RESTART = 4003
     """The server is shutting down or restarting. Retryable: reconnect (with backoff) and
     resubscribe; tasks kept by a shared backend continue."""
-    HEARTBEAT_TIMEOUT = 4004
-    """The client answered no ping within the heartbeat timeout. Retryable."""
 
 
 RETRYABLE_CLOSE_CODES: frozenset[int] = frozenset(
-    {CloseCode.SLOW_CONSUMER, CloseCode.SERVER_RESTART, CloseCode.HEARTBEAT_TIMEOUT}
+    {CloseCode.SLOW_CONSUMER, CloseCode.SERVER_RESTART}
 )
 """Close codes after which a client should reconnect and resume."""
 
