@@ -1,0 +1,113 @@
+"""The agent core: MiroFlow's agent loop with streaming LLM providers, MCP tools and sub-agents.
+
+It runs without any server::
+
+    from gateway.agent import Orchestrator, load_config
+
+    config = load_config(None, {"max_turns": 5})        # None: the built-in demo config
+    orchestrator = Orchestrator(config, sink=print)     # sink: every core event, synchronously
+    summary, answer = await orchestrator.run_main_agent("What is 17*23+4?", task_id="t1")
+
+Per-task options
+    The gateway passes a task's options as config overrides:
+    ``config.with_overrides(model=..., max_turns=..., chinese_context=...)`` (``None`` values are
+    ignored; ``model`` changes the main agent's ``llm.model_name``, which sub-agents without their
+    own inherit), or any dotted key: ``config.with_overrides({"main_agent.keep_tool_result": 3})``.
+    :func:`load_config` takes the same overrides as its second argument.
+
+Events
+    ``sink(event)`` receives, in order, the frozen dataclasses of :mod:`gateway.agent.events`:
+    :class:`StepEvent`, :class:`LLMDelta`, :class:`ToolStart`, :class:`ToolEnd`,
+    :class:`UsageEvent`, :class:`AgentErrorEvent`; each carries the agent path (``main``,
+    ``main/agent-worker#1``, ...). A sub-agent call is a ToolStart/ToolEnd with
+    ``server="agents"`` on the parent's path, and the nested agent's events on its own path.
+
+Outcome
+    ``run_main_agent`` returns ``(summary, final_answer)``, or raises:
+    :class:`TaskFailedError` (``reason``, ``summary``) when the summary needed history to be
+    dropped for the context window, or could not be written at all — the task is to be reported
+    as failed; an :class:`LLMError` subclass when the model cannot be used (after retries).
+    Everything it raises, except cancellation, is an :class:`AgentError`.
+
+Cancellation policy
+    Cancelling the asyncio task that runs ``run_main_agent`` stops it at its current await:
+    the provider's HTTP stream is closed (the SDK stream is used as ``async with``), a running MCP
+    tool call is cancelled (a stdio server receives ``notifications/cancelled``), a running
+    sub-agent is cancelled with it, and every stdio server subprocess and HTTP client the run
+    opened is closed before ``CancelledError`` propagates. ``CancelledError`` is never swallowed
+    or turned into another error. A tool call that was running gets a ``ToolEnd`` with
+    ``error="cancelled"``. Per-call tool timeouts are deadlines: they cancel the call (with the
+    same notification) and are reported to the model as a tool error.
+
+Errors (see :mod:`gateway.agent.errors`)::
+
+    AgentError
+    ├── ConfigError          (key)
+    ├── LLMError             (provider, status_code; the provider's message kept)
+    │   ├── ContextLimitError, RateLimitError, AuthError, NetworkError, BadRequestError
+    ├── ToolError            (server, tool) — reported to the model, never raised to the caller
+    └── TaskFailedError      (reason, summary)
+"""
+
+from __future__ import annotations
+
+from .config import (
+    AgentConfig,
+    AgentSpec,
+    LLMConfig,
+    ToolServerConfig,
+    default_config,
+    load_config,
+)
+from .errors import (
+    AgentError,
+    AuthError,
+    BadRequestError,
+    ConfigError,
+    ContextLimitError,
+    LLMError,
+    NetworkError,
+    RateLimitError,
+    TaskFailedError,
+    ToolError,
+)
+from .events import (
+    AgentErrorEvent,
+    CoreEvent,
+    LLMDelta,
+    StepEvent,
+    ToolEnd,
+    ToolStart,
+    UsageEvent,
+)
+from .orchestrator import Orchestrator, Sink
+from .prompts import extract_boxed
+
+__all__ = [
+    "AgentConfig",
+    "AgentError",
+    "AgentErrorEvent",
+    "AgentSpec",
+    "AuthError",
+    "BadRequestError",
+    "ConfigError",
+    "ContextLimitError",
+    "CoreEvent",
+    "LLMConfig",
+    "LLMDelta",
+    "LLMError",
+    "NetworkError",
+    "Orchestrator",
+    "RateLimitError",
+    "Sink",
+    "StepEvent",
+    "TaskFailedError",
+    "ToolEnd",
+    "ToolError",
+    "ToolServerConfig",
+    "ToolStart",
+    "UsageEvent",
+    "default_config",
+    "extract_boxed",
+    "load_config",
+]

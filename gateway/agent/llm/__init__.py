@@ -1,0 +1,62 @@
+"""LLM providers behind one streaming interface (see :mod:`gateway.agent.llm.base`).
+
+One module per provider: :mod:`.openai` (also any OpenAI-compatible server via ``base_url``),
+:mod:`.anthropic` and the offline :mod:`.demo` model. :func:`make_provider` picks one from an
+``llm`` config section; the SDK modules are imported only when their provider is used.
+"""
+
+from __future__ import annotations
+
+from ..config import LLMConfig
+from .base import (
+    Delta,
+    LLMProvider,
+    LLMRequest,
+    Message,
+    ReasoningDelta,
+    ReasoningSignature,
+    Stop,
+    TextDelta,
+    ToolCall,
+    ToolCallArgs,
+    ToolCallAssembler,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolSpec,
+    Usage,
+)
+
+
+def make_provider(config: LLMConfig) -> LLMProvider:
+    """Create the provider named by ``config.provider``."""
+    if config.provider == "openai":
+        from .openai import OpenAIProvider
+
+        return OpenAIProvider(config)
+    if config.provider == "anthropic":
+        from .anthropic import AnthropicProvider
+
+        return AnthropicProvider(config)
+    from .demo import DemoProvider
+
+    return DemoProvider(config)
+
+
+__all__ = [
+    "Delta",
+    "LLMProvider",
+    "LLMRequest",
+    "Message",
+    "ReasoningDelta",
+    "ReasoningSignature",
+    "Stop",
+    "TextDelta",
+    "ToolCall",
+    "ToolCallArgs",
+    "ToolCallAssembler",
+    "ToolCallEnd",
+    "ToolCallStart",
+    "ToolSpec",
+    "Usage",
+    "make_provider",
+]

@@ -1,0 +1,162 @@
+"""The provider interface: neutral messages in, neutral deltas out.
+
+A provider has one method, :meth:`LLMProvider.stream`, an async context manager::
+
+    async with provider.stream(request) as deltas:
+        async for delta in deltas:
+            ...
+
+Leaving the ``async with`` block — normally, by ``break``, by an exception or by cancellation —
+closes the HTTP stream. Errors are raised as the :mod:`gateway.agent.errors` ``LLMError`` tree,
+whether they happen when the request is sent or in the middle of the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Role = Literal["system", "user", "assistant", "tool"]
+StopReason = Literal["end_turn", "tool_use", "max_tokens", "context_limit", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call made by the model. ``arguments`` is the raw JSON text the model produced."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A provider-neutral chat message."""
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None  # for role="tool": the call answered
+    is_error: bool = False  # for role="tool": the tool failed
+    # Anthropic extended thinking must be sent back, signed, with the tool_use it led to.
+    reasoning: str = ""
+    reasoning_signature: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool definition as shown to the model."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec] = ()
+    phase: Literal["turn", "summary"] = "turn"
+
+
+# --- neutral deltas ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningSignature:
+    """The provider's signature over the reasoning just streamed (Anthropic thinking)."""
+
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallArgs:
+    index: int
+    fragment: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEnd:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    reason: StopReason
+
+
+Delta = (
+    TextDelta
+    | ReasoningDelta
+    | ReasoningSignature
+    | ToolCallStart
+    | ToolCallArgs
+    | ToolCallEnd
+    | Usage
+    | Stop
+)
+
+
+class LLMProvider(Protocol):
+    """One language-model backend."""
+
+    name: str
+
+    def stream(self, request: LLMRequest) -> AbstractAsyncContextManager[AsyncIterator[Delta]]:
+        """Start one streaming call; the context manager owns the HTTP stream."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the HTTP client."""
+        ...
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ToolCallAssembler:
+    """Builds complete :class:`ToolCall` objects from start / fragment / end deltas."""
+
+    _calls: dict[int, _PendingCall] = field(default_factory=dict)
+
+    def feed(self, delta: Delta) -> None:
+        if isinstance(delta, ToolCallStart):
+            self._calls[delta.index] = _PendingCall(delta.id, delta.name)
+        elif isinstance(delta, ToolCallArgs) and delta.index in self._calls:
+            self._calls[delta.index].arguments.append(delta.fragment)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(c.id, c.name, "".join(c.arguments) or "{}")
+            for _, c in sorted(self._calls.items())
+        )

@@ -1,0 +1,227 @@
+"""The offline demo model: deterministic, no network, no API key. It is a demo, not a model.
+
+It reads the task (the first user message, without the guidance) and plays an agent:
+
+1. if the task contains the word **research** or **delegate** and a sub-agent tool is offered, it
+   hands the whole task to the first sub-agent (``agents__…``) and waits for its report;
+2. if the task contains arithmetic (``17*23+4``, ``(2^10)/3``), it calls the calculator;
+3. if the task asks about the time or the date (``time``, ``date``, ``today``, ``clock``,
+   ``day``), it calls the clock;
+4. then it answers. Asked for a summary, it streams a report ending in ``\\boxed{answer}``:
+   the calculator's result, else the sub-agent's boxed answer, else the clock's reading.
+
+One tool call per turn. Before each step it streams its reasoning word by word on the reasoning
+channel, ``pace_ms`` milliseconds per word (``0``: no sleeping at all, for benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from ..config import LLMConfig
+from ..prompts import GUIDANCE_MARKER, extract_boxed
+from .base import (
+    Delta,
+    LLMRequest,
+    Message,
+    ReasoningDelta,
+    Stop,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    ToolSpec,
+    Usage,
+)
+
+DELEGATE_TRIGGER = re.compile(r"\b(research|delegate)\b", re.IGNORECASE)
+TIME_TRIGGER = re.compile(r"\b(time|date|today|clock|day)\b", re.IGNORECASE)
+_ARITHMETIC = re.compile(r"[\d.(][\d.\s()+\-*/^%×÷]*[\d)]")
+_OPERATOR_BETWEEN_NUMBERS = re.compile(r"[\d)]\s*(\*\*|[+\-*/^%×÷])\s*[\d.(]")
+_WORDS = re.compile(r"\S+\s*|\s+")
+
+
+def find_arithmetic(text: str) -> str | None:
+    """The longest arithmetic expression in ``text`` that has an operator, if any."""
+    candidates = [
+        m.group().strip()
+        for m in _ARITHMETIC.finditer(text)
+        if _OPERATOR_BETWEEN_NUMBERS.search(m.group())
+    ]
+    return max(candidates, key=len) if candidates else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Action:
+    tool: str
+    arguments: str
+    reasoning: str
+    text: str
+
+
+class DemoProvider:
+    """The offline deterministic demo model (see the module docstring)."""
+
+    name = "demo"
+
+    def __init__(self, config: LLMConfig) -> None:
+        self.config = config
+        self._pace = config.pace_ms / 1000.0
+
+    async def aclose(self) -> None:
+        return None
+
+    @asynccontextmanager
+    async def stream(self, request: LLMRequest) -> AsyncIterator[AsyncIterator[Delta]]:
+        yield self._deltas(request)
+
+    async def _words(self, text: str, reasoning: bool) -> AsyncIterator[Delta]:
+        for word in _WORDS.findall(text):
+            if self._pace:
+                await asyncio.sleep(self._pace)
+            yield ReasoningDelta(word) if reasoning else TextDelta(word)
+
+    async def _deltas(self, request: LLMRequest) -> AsyncIterator[Delta]:
+        messages = request.messages
+        task = _task(messages)
+        results = _tool_results(messages)
+        input_tokens = sum(len(m.content.split()) for m in messages)
+        if request.phase == "summary":
+            reasoning, text = _summary(task, results)
+            action = None
+        else:
+            action = _next_action(task, request.tools, results)
+            if action is None:
+                reasoning, text = _final(results)
+            else:
+                reasoning, text = action.reasoning, action.text
+        async for delta in self._words(reasoning, reasoning=True):
+            yield delta
+        async for delta in self._words(text, reasoning=False):
+            yield delta
+        if action is not None:
+            call_id = f"demo-call-{sum(1 for m in messages if m.role == 'assistant') + 1}"
+            yield ToolCallStart(0, call_id, action.tool)
+            yield ToolCallArgs(0, action.arguments)
+            yield ToolCallEnd(0)
+        yield Usage(input_tokens, len(reasoning.split()) + len(text.split()))
+        yield Stop("tool_use" if action is not None else "end_turn")
+
+
+def _task(messages: Sequence[Message]) -> str:
+    for m in messages:
+        if m.role == "user":
+            return m.content.split(GUIDANCE_MARKER, 1)[0].strip()
+    return ""
+
+
+def _tool_results(messages: Sequence[Message]) -> dict[str, tuple[str, bool]]:
+    """Tool name -> (result text, is_error), from the history."""
+    names = {c.id: c.name for m in messages if m.role == "assistant" for c in m.tool_calls}
+    return {
+        names.get(m.tool_call_id or "", ""): (m.content, m.is_error)
+        for m in messages
+        if m.role == "tool"
+    }
+
+
+def _json_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _next_action(
+    task: str, tools: Sequence[ToolSpec], results: dict[str, tuple[str, bool]]
+) -> _Action | None:
+    names = [t.name for t in tools]
+    plan: list[_Action] = []
+    agent = next((n for n in names if n.startswith("agents__")), None)
+    if agent and DELEGATE_TRIGGER.search(task):
+        who = agent.split("__", 1)[1]
+        plan.append(
+            _Action(
+                agent,
+                '{"task": ' + _json_string(task) + "}",
+                f"The task asks for research, so I will hand it to the sub-agent {who} and wait "
+                "for its report before answering.\n",
+                f"Delegating to {who}.\n",
+            )
+        )
+    delegating = bool(plan)  # the sub-agent will do the rest
+    expression = find_arithmetic(task)
+    calculator = next((n for n in names if n.endswith("__calculate")), None)
+    if expression and calculator and not delegating:
+        plan.append(
+            _Action(
+                calculator,
+                '{"expression": ' + _json_string(expression) + "}",
+                f"The question contains the arithmetic expression {expression}. Rather than "
+                "working it out in my head, I will use the calculator tool.\n",
+                "Calling the calculator.\n",
+            )
+        )
+    clock = next((n for n in names if n.endswith("__now")), None)
+    if clock and TIME_TRIGGER.search(task) and not delegating:
+        plan.append(
+            _Action(
+                clock,
+                "{}",
+                "The question is about the current time or date, which I cannot know without "
+                "looking, so I will ask the clock tool.\n",
+                "Checking the clock.\n",
+            )
+        )
+    return next((a for a in plan if a.tool not in results), None)
+
+
+def _answer(results: dict[str, tuple[str, bool]]) -> tuple[str, list[str]]:
+    """The final answer and the facts that support it."""
+    facts: list[str] = []
+    answer = ""
+    for name, (text, is_error) in results.items():
+        tool = name.split("__", 1)[-1]
+        if is_error:
+            facts.append(f"The {tool} tool failed: {text.strip()}")
+            continue
+        if name.startswith("agents__"):
+            found = extract_boxed(text)
+            facts.append(f"The sub-agent {tool} reported the answer {found or 'none'}.")
+            answer = answer or found
+        elif tool == "calculate":
+            facts.append(f"The calculator returned {text.strip()}.")
+            answer = text.strip()
+        elif tool == "now":
+            facts.append(f"The clock reads {text.strip()}.")
+            answer = answer or text.strip()
+    return answer, facts
+
+
+def _final(results: dict[str, tuple[str, bool]]) -> tuple[str, str]:
+    answer, facts = _answer(results)
+    if facts:
+        reasoning = " ".join(facts) + " That is all I need, so I can answer now.\n"
+        text = f"The answer is {answer}.\n" if answer else "I could not find an answer.\n"
+    else:
+        reasoning = "This needs no tools. I am an offline demo model, so my answer is limited.\n"
+        text = "I am the offline demo model; I can do arithmetic, tell the time and delegate.\n"
+    return reasoning, text
+
+
+def _summary(task: str, results: dict[str, tuple[str, bool]]) -> tuple[str, str]:
+    answer, facts = _answer(results)
+    reasoning = "I will now write the report and put the final answer in a box.\n"
+    lines = [
+        "Summary (offline demo model)",
+        "",
+        f"Task: {task}",
+        "",
+        *(f"- {fact}" for fact in facts),
+    ]
+    if not facts:
+        lines.append("- No tool was needed or available for this task.")
+    boxed = answer or "no answer (offline demo model)"
+    lines += ["", f"Final answer: \\boxed{{{boxed}}}"]
+    return reasoning, "\n".join(lines)

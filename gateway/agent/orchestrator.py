@@ -1,0 +1,456 @@
+"""The Orchestrator: MiroFlow's agent loop with streaming hooks.
+
+See the package docstring (:mod:`gateway.agent`) for the public contract; this module holds the
+loop itself: turns, tool calls, sub-agents, the summary with its context-limit retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .config import AgentConfig, AgentSpec, LLMConfig, default_config
+from .errors import (
+    AgentError,
+    ContextLimitError,
+    LLMError,
+    NetworkError,
+    RateLimitError,
+    TaskFailedError,
+    ToolError,
+)
+from .events import AgentErrorEvent, CoreEvent, LLMDelta, StepEvent, ToolEnd, ToolStart, UsageEvent
+from .llm import (
+    LLMProvider,
+    LLMRequest,
+    Message,
+    ReasoningDelta,
+    ReasoningSignature,
+    Stop,
+    TextDelta,
+    ToolCall,
+    ToolCallAssembler,
+    ToolSpec,
+    Usage,
+    make_provider,
+)
+from .prompts import SUMMARY_PROMPT, SYSTEM_PROMPT, _get_task_guidance, extract_boxed, task_message
+from .tools import ToolManager
+
+Sink = Callable[[CoreEvent], None]
+
+AGENTS_SERVER = "agents"
+TOOL_SEPARATOR = "__"  # model-facing tool names are ``server__tool``
+OMITTED_RESULT = "[older tool result omitted to save context]"
+
+_SUBAGENT_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "task": {
+            "type": "string",
+            "description": "A self-contained description of what the sub-agent should do.",
+        }
+    },
+    "required": ["task"],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    text: str
+    reasoning: str
+    signature: str | None
+    tool_calls: tuple[ToolCall, ...]
+
+
+@dataclass(slots=True)
+class _Run:
+    """State of one ``run_main_agent`` call, shared by the main agent and its sub-agents."""
+
+    task_id: str
+    tools: ToolManager
+    providers: dict[LLMConfig, LLMProvider]
+    subagent_counts: dict[tuple[str, str], int]
+
+
+class Orchestrator:
+    """Runs one task: the main agent loop, its tools and sub-agents, and the final summary.
+
+    ``sink`` is called synchronously with every :mod:`~gateway.agent.events` event, in order.
+    It must be cheap and must not block; an exception it raises ends the run.
+    """
+
+    def __init__(self, config: AgentConfig | None = None, *, sink: Sink | None = None) -> None:
+        self.config = config if config is not None else default_config()
+        self._sink = sink
+        self.task_id: str | None = None
+        self.failed_reason: str | None = None
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    @staticmethod
+    def _get_task_guidance(chinese_context: bool) -> str:
+        """The guidance appended to every task (:func:`.prompts._get_task_guidance`)."""
+        return _get_task_guidance(chinese_context)
+
+    def _emit(self, event: CoreEvent) -> None:
+        if self._sink is not None:
+            self._sink(event)
+
+    async def run_main_agent(
+        self, task_description: str, task_id: str | None = None
+    ) -> tuple[str, str]:
+        """Run the task to its end and return ``(summary, final_answer)``.
+
+        ``final_answer`` is the content of the last ``\\boxed{...}`` in the summary (``""`` if
+        none). Raises :class:`TaskFailedError` when the summary needed part of the history to be
+        dropped or could not be produced, :class:`LLMError` subclasses when the model cannot be
+        used (after retries), and lets ``CancelledError`` propagate.
+        """
+        self.task_id = task_id or uuid.uuid4().hex
+        self.failed_reason = None
+        run = _Run(self.task_id, ToolManager(self.config.tools), {}, {})
+        try:
+            summary, failed = await self._run_agent(
+                run, self.config.main_agent, task_description, "main", depth=0
+            )
+        finally:
+            # Runs on cancellation too: stops stdio servers and closes HTTP clients, in this task
+            # (the MCP clients' task groups must be exited by the task that entered them).
+            try:
+                await run.tools.aclose()
+            finally:
+                for provider in run.providers.values():
+                    await provider.aclose()
+        if failed is not None:
+            self.failed_reason = failed
+            raise TaskFailedError(failed, summary)
+        return summary, extract_boxed(summary)
+
+    # --- one agent ---------------------------------------------------------------------------
+
+    def _provider(self, run: _Run, config: LLMConfig) -> LLMProvider:
+        provider = run.providers.get(config)
+        if provider is None:
+            provider = run.providers[config] = make_provider(config)
+        return provider
+
+    async def _tool_specs(
+        self, run: _Run, spec: AgentSpec, path: str, depth: int
+    ) -> tuple[list[ToolSpec], dict[str, tuple[str, str]]]:
+        specs: list[ToolSpec] = []
+        names: dict[str, tuple[str, str]] = {}
+        for server in spec.tool_config:
+            try:
+                infos = await run.tools.list_tools(server)
+            except ToolError as exc:
+                self._emit(AgentErrorEvent(path, "tool_server_failed", f"{server}: {exc}", False))
+                continue
+            for info in infos:
+                name = f"{server}{TOOL_SEPARATOR}{info.name}"
+                specs.append(ToolSpec(name, info.description, info.parameters))
+                names[name] = (server, info.name)
+        if depth < self.config.max_depth:
+            for sub in spec.sub_agents:
+                name = f"{AGENTS_SERVER}{TOOL_SEPARATOR}{sub}"
+                description = (
+                    f"Run the sub-agent {sub!r}: a full agent with its own tools. Give it a "
+                    "self-contained task; it returns its final report."
+                )
+                specs.append(ToolSpec(name, description, _SUBAGENT_PARAMETERS))
+                names[name] = (AGENTS_SERVER, sub)
+        return specs, names
+
+    async def _run_agent(
+        self, run: _Run, spec: AgentSpec, task: str, path: str, depth: int
+    ) -> tuple[str, str | None]:
+        """One agent loop then its summary: returns ``(summary, failed_reason or None)``."""
+        provider = self._provider(run, spec.llm)
+        tools, names = await self._tool_specs(run, spec, path, depth)
+        self._emit(
+            StepEvent(
+                path,
+                "tools_listed",
+                f"{len(tools)} tools: {', '.join(t.name for t in tools) or 'none'}",
+                None,
+            )
+        )
+        messages: list[Message] = [
+            Message("system", SYSTEM_PROMPT),
+            Message("user", task_message(task, self.config.chinese_context)),
+        ]
+        initial = len(messages)
+        turn = 0
+        while spec.max_turns == -1 or turn < spec.max_turns:
+            turn += 1
+            self._emit(StepEvent(path, "turn_started", f"turn {turn}", turn))
+            try:
+                reply = await self._call_llm(provider, spec, path, messages, tools, "turn", turn)
+            except ContextLimitError as exc:
+                self._emit(
+                    StepEvent(path, "context_limit", f"{exc.message} — going to the summary", turn)
+                )
+                break
+            messages.append(
+                Message(
+                    "assistant",
+                    reply.text,
+                    reply.tool_calls,
+                    reasoning=reply.reasoning,
+                    reasoning_signature=reply.signature,
+                )
+            )
+            if not reply.tool_calls:
+                break
+            await self._run_tool_calls(run, spec, path, depth, reply.tool_calls, names, messages)
+        else:
+            self._emit(
+                StepEvent(path, "max_turns_reached", f"stopped after {spec.max_turns} turns", turn)
+            )
+        return await self._summarise(provider, spec, path, messages, initial, turn)
+
+    async def _run_tool_calls(
+        self,
+        run: _Run,
+        spec: AgentSpec,
+        path: str,
+        depth: int,
+        calls: Sequence[ToolCall],
+        names: dict[str, tuple[str, str]],
+        messages: list[Message],
+    ) -> None:
+        limit = spec.max_tool_calls_per_turn
+        allowed = list(calls) if limit == -1 else list(calls[:limit])
+        skipped = [] if limit == -1 else list(calls[limit:])
+        for call in allowed:
+            messages.append(await self._run_tool_call(run, path, depth, call, names))
+        if skipped:
+            self._emit(
+                StepEvent(
+                    path,
+                    "tool_calls_skipped",
+                    f"{len(skipped)} tool calls not run: at most {limit} per turn",
+                    None,
+                )
+            )
+        for call in skipped:
+            messages.append(
+                Message(
+                    "tool",
+                    f"Not run: at most {limit} tool calls are run per turn. Call it again in a "
+                    "later turn if you still need it.",
+                    tool_call_id=call.id,
+                    is_error=True,
+                )
+            )
+
+    async def _run_tool_call(
+        self, run: _Run, path: str, depth: int, call: ToolCall, names: dict[str, tuple[str, str]]
+    ) -> Message:
+        server, tool = names.get(call.name, ("unknown", call.name))
+        try:
+            arguments = json.loads(call.arguments or "{}")
+            bad_arguments = None if isinstance(arguments, dict) else "arguments must be an object"
+        except json.JSONDecodeError as exc:
+            arguments, bad_arguments = {}, f"invalid JSON arguments: {exc}"
+        if not isinstance(arguments, dict):
+            arguments = {}
+        self._emit(ToolStart(path, call.id, server, tool, arguments))
+        started = time.perf_counter()
+        result: str | None = None
+        error: str | None = None
+        try:
+            if call.name not in names:
+                raise ToolError(f"unknown tool {call.name!r}", server=server, tool=tool)
+            if bad_arguments is not None:
+                raise ToolError(bad_arguments, server=server, tool=tool)
+            if server == AGENTS_SERVER:
+                result = await self._run_subagent(run, tool, arguments, path, depth)
+            else:
+                result = await run.tools.call_tool(server, tool, arguments)
+        except ToolError as exc:
+            error = exc.message
+            self._emit(AgentErrorEvent(path, exc.code, f"{server}/{tool}: {error}", False))
+        except asyncio.CancelledError:
+            self._emit(
+                ToolEnd(
+                    path, call.id, server, tool, None, "cancelled", time.perf_counter() - started
+                )
+            )
+            raise
+        self._emit(
+            ToolEnd(path, call.id, server, tool, result, error, time.perf_counter() - started)
+        )
+        if error is not None:
+            return Message("tool", f"Error: {error}", tool_call_id=call.id, is_error=True)
+        return Message("tool", result or "", tool_call_id=call.id)
+
+    async def _run_subagent(
+        self, run: _Run, name: str, arguments: dict[str, Any], parent: str, depth: int
+    ) -> str:
+        task = arguments.get("task")
+        if not isinstance(task, str) or not task.strip():
+            raise ToolError(
+                "the sub-agent needs a non-empty 'task' string", server=AGENTS_SERVER, tool=name
+            )
+        key = (parent, name)
+        run.subagent_counts[key] = run.subagent_counts.get(key, 0) + 1
+        path = f"{parent}/{name}#{run.subagent_counts[key]}"
+        self._emit(StepEvent(path, "subagent_started", task, None))
+        try:
+            summary, failed = await self._run_agent(
+                run, self.config.sub_agents[name], task, path, depth + 1
+            )
+        except AgentError as exc:
+            # A sub-agent's model failing is the parent's tool failing, not the task failing.
+            self._emit(StepEvent(path, "subagent_finished", f"failed: {exc}", None))
+            raise ToolError(f"sub-agent failed: {exc}", server=AGENTS_SERVER, tool=name) from exc
+        self._emit(StepEvent(path, "subagent_finished", failed or "done", None))
+        if failed is not None:
+            return f"{summary}\n\n(Note: this report is incomplete: {failed}.)"
+        return summary
+
+    # --- LLM calls ---------------------------------------------------------------------------
+
+    async def _call_llm(
+        self,
+        provider: LLMProvider,
+        spec: AgentSpec,
+        path: str,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        phase: Literal["turn", "summary"],
+        turn: int,
+    ) -> _Reply:
+        """One LLM call, retried with exponential backoff on network errors and rate limits."""
+        visible = _trim_tool_results(messages, spec.keep_tool_result)
+        request = LLMRequest(visible, tools, phase)
+        attempt = 0
+        while True:
+            try:
+                return await self._stream(provider, path, request, phase, turn)
+            except (NetworkError, RateLimitError) as exc:
+                if attempt >= spec.llm.max_retries:
+                    raise
+                attempt += 1
+                delay = spec.llm.retry_backoff_s * 2 ** (attempt - 1)
+                self._emit(AgentErrorEvent(path, exc.code, exc.message, True))
+                self._emit(
+                    StepEvent(
+                        path,
+                        "retrying",
+                        f"{exc.code}: retry {attempt} of {spec.llm.max_retries} in {delay:g}s",
+                        turn,
+                    )
+                )
+                await asyncio.sleep(delay)
+
+    async def _stream(
+        self,
+        provider: LLMProvider,
+        path: str,
+        request: LLMRequest,
+        phase: Literal["turn", "summary"],
+        turn: int,
+    ) -> _Reply:
+        text: list[str] = []
+        reasoning: list[str] = []
+        signature: str | None = None
+        calls = ToolCallAssembler()
+        stop = "end_turn"
+        async with provider.stream(request) as deltas:
+            async for delta in deltas:
+                if isinstance(delta, TextDelta):
+                    text.append(delta.text)
+                    self._emit(LLMDelta(path, delta.text, "text", phase, turn))
+                elif isinstance(delta, ReasoningDelta):
+                    reasoning.append(delta.text)
+                    self._emit(LLMDelta(path, delta.text, "reasoning", phase, turn))
+                elif isinstance(delta, ReasoningSignature):
+                    signature = delta.signature
+                elif isinstance(delta, Usage):
+                    self.input_tokens += delta.input_tokens
+                    self.output_tokens += delta.output_tokens
+                    self._emit(UsageEvent(path, delta.input_tokens, delta.output_tokens))
+                elif isinstance(delta, Stop):
+                    stop = delta.reason
+                else:
+                    calls.feed(delta)
+        if stop == "context_limit":
+            raise ContextLimitError("the model ran out of context window", provider=provider.name)
+        return _Reply("".join(text), "".join(reasoning), signature, calls.calls())
+
+    async def _summarise(
+        self,
+        provider: LLMProvider,
+        spec: AgentSpec,
+        path: str,
+        messages: list[Message],
+        initial: int,
+        turn: int,
+    ) -> tuple[str, str | None]:
+        """The summary call; on a context error drop the latest exchange and retry."""
+        dropped = 0
+        while True:
+            self._emit(StepEvent(path, "summarising", "writing the final report", turn))
+            request = [*messages, Message("user", SUMMARY_PROMPT)]
+            try:
+                reply = await self._call_llm(provider, spec, path, request, (), "summary", turn)
+            except ContextLimitError as exc:
+                if len(messages) <= initial:
+                    reason = (
+                        "context limit: the summary does not fit in the model's context window "
+                        "even with only the task left"
+                    )
+                    text = (
+                        f"No summary could be produced: {exc.message}. Every intermediate step "
+                        f"was dropped ({dropped} exchanges) and the task description alone is "
+                        "still too long for the model."
+                    )
+                    return text, reason
+                last = max(
+                    (i for i in range(initial, len(messages)) if messages[i].role == "assistant"),
+                    default=initial,
+                )
+                removed = len(messages) - last
+                del messages[last:]
+                dropped += 1
+                self._emit(
+                    StepEvent(
+                        path,
+                        "context_limit",
+                        f"summary too long for the context window: dropped the latest exchange "
+                        f"({removed} messages) and retrying",
+                        turn,
+                    )
+                )
+                continue
+            failed = None
+            if dropped:
+                failed = (
+                    f"context limit: {dropped} exchange(s) were dropped from the history to fit "
+                    "the summary, so information was lost"
+                )
+            return reply.text, failed
+
+
+def _trim_tool_results(messages: Sequence[Message], keep: int) -> Sequence[Message]:
+    """``keep_tool_result``: only the last ``keep`` tool results are shown to the model."""
+    if keep == -1:
+        return messages
+    positions = [i for i, m in enumerate(messages) if m.role == "tool"]
+    if len(positions) <= keep:
+        return messages
+    hidden = set(positions[: len(positions) - keep])
+    return [
+        Message("tool", OMITTED_RESULT, tool_call_id=m.tool_call_id) if i in hidden else m
+        for i, m in enumerate(messages)
+    ]
+
+
+__all__ = ["LLMError", "Orchestrator", "Sink"]

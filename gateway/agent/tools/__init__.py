@@ -1,0 +1,6 @@
+"""Tools over MCP: the per-task :class:`ToolManager` and the built-in in-process servers."""
+
+from .builtin import calculate
+from .manager import ToolInfo, ToolManager
+
+__all__ = ["ToolInfo", "ToolManager", "calculate"]

@@ -1,0 +1,152 @@
+"""ToolManager: every tool of a task, over MCP, by (server, tool, arguments).
+
+One ToolManager serves one task (the main agent and its sub-agents share it). Connections are
+opened lazily — a stdio server is started when its tools are first listed, an in-process built-in
+when it is first called — kept for the task, and closed by :meth:`ToolManager.aclose`, which must
+run in the task that used the manager (the MCP clients hold anyio task groups).
+
+Cancellation: cancelling a running :meth:`call_tool` cancels the MCP request; for a stdio server
+the SDK sends ``notifications/cancelled`` before the ``CancelledError`` propagates. A per-call
+timeout also sends the cancel and becomes a :class:`ToolError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types as types
+from mcp import Client, MCPError, StdioServerParameters
+
+from ..config import ToolServerConfig
+from ..errors import ToolError
+from .builtin import BUILTIN_LISTINGS, builtin_server
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInfo:
+    """One tool of one server."""
+
+    server: str
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+def _infos(server: str, tools: Iterable[types.Tool]) -> list[ToolInfo]:
+    return [
+        ToolInfo(server, t.name, t.description or "", dict(t.input_schema or {"type": "object"}))
+        for t in tools
+    ]
+
+
+_BUILTIN_INFOS = {name: _infos(name, tools) for name, tools in BUILTIN_LISTINGS.items()}
+
+
+def _result_text(result: types.CallToolResult) -> str:
+    parts: list[str] = []
+    for block in result.content:
+        if isinstance(block, types.TextContent):
+            parts.append(block.text)
+        else:
+            parts.append(f"[{block.type} content]")
+    if not parts and result.structured_content is not None:
+        parts.append(str(result.structured_content))
+    return "\n".join(parts)
+
+
+class ToolManager:
+    """Lists and calls the tools of the configured MCP servers for one task."""
+
+    def __init__(self, servers: Mapping[str, ToolServerConfig]) -> None:
+        self._servers = servers
+        self._stack = AsyncExitStack()
+        self._clients: dict[str, Client] = {}
+        self._listings: dict[str, list[ToolInfo]] = {}
+        self._closed = False
+
+    def server_config(self, server: str) -> ToolServerConfig:
+        try:
+            return self._servers[server]
+        except KeyError:
+            raise ToolError(f"unknown tool server {server!r}", server=server, tool="") from None
+
+    async def _client(self, server: str) -> Client:
+        client = self._clients.get(server)
+        if client is not None:
+            return client
+        if self._closed:
+            raise ToolError("the tool manager is closed", server=server, tool="")
+        cfg = self.server_config(server)
+        if cfg.builtin is not None:
+            client = Client(builtin_server(cfg.builtin))
+        else:
+            assert cfg.command is not None
+            params = StdioServerParameters(
+                command=cfg.command, args=list(cfg.args), env=dict(cfg.env)
+            )
+            client = Client(params, read_timeout_seconds=cfg.timeout_s)
+        try:
+            async with asyncio.timeout(max(cfg.timeout_s, 1.0)):
+                await self._stack.enter_async_context(client)
+        except TimeoutError:
+            raise ToolError(
+                f"server {server!r} did not start in time", server=server, tool=""
+            ) from None
+        except (OSError, MCPError) as exc:
+            raise ToolError(
+                f"cannot start server {server!r}: {exc}", server=server, tool=""
+            ) from exc
+        self._clients[server] = client
+        return client
+
+    async def list_tools(self, server: str) -> list[ToolInfo]:
+        """The tool definitions of one server; listed once per task (built-ins once per process)."""
+        cfg = self.server_config(server)
+        if cfg.builtin is not None:
+            return _BUILTIN_INFOS[cfg.builtin]
+        listing = self._listings.get(server)
+        if listing is None:
+            client = await self._client(server)
+            tools: list[types.Tool] = []
+            cursor: str | None = None
+            try:
+                while True:
+                    page = await client.list_tools(cursor=cursor)
+                    tools.extend(page.tools)
+                    cursor = page.next_cursor
+                    if not cursor:
+                        break
+            except MCPError as exc:
+                raise ToolError(f"cannot list tools: {exc}", server=server, tool="") from exc
+            listing = self._listings[server] = _infos(server, tools)
+        return listing
+
+    async def call_tool(self, server: str, tool: str, arguments: dict[str, Any]) -> str:
+        """Run one tool and return its text, or raise :class:`ToolError` (timeout, tool error,
+        server failure). ``CancelledError`` propagates after the server was told to cancel."""
+        cfg = self.server_config(server)
+        client = await self._client(server)
+        try:
+            result = await client.call_tool(tool, arguments, read_timeout_seconds=cfg.timeout_s)
+        except MCPError as exc:
+            if exc.code == types.REQUEST_TIMEOUT:
+                message = f"tool call timed out after {cfg.timeout_s:g}s"
+            else:
+                message = exc.message
+            raise ToolError(message, server=server, tool=tool) from exc
+        except (OSError, RuntimeError) as exc:
+            raise ToolError(f"server failure: {exc}", server=server, tool=tool) from exc
+        text = _result_text(result)
+        if result.is_error:
+            raise ToolError(text or "the tool reported an error", server=server, tool=tool)
+        return text
+
+    async def aclose(self) -> None:
+        """Close every connection (stops stdio subprocesses). Idempotent."""
+        self._closed = True
+        self._clients.clear()
+        await self._stack.aclose()
