@@ -231,7 +231,18 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     return {str(k): v for k, v in value.items()}
 
 
+def _decode(value: Any) -> Any:
+    """Environment interpolations give strings: read ``"20"``, ``"0.5"``, ``"true"`` as YAML."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
 def _int(value: Any, key: str, minimum: int | None = None) -> int:
+    value = _decode(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(key, f"expected an integer, got {value!r}")
     if minimum is not None and value < minimum:
@@ -248,6 +259,7 @@ def _limit(value: Any, key: str) -> int:
 
 
 def _float(value: Any, key: str, minimum: float = 0.0) -> float:
+    value = _decode(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(key, f"expected a number, got {value!r}")
     if value < minimum:
@@ -256,6 +268,7 @@ def _float(value: Any, key: str, minimum: float = 0.0) -> float:
 
 
 def _bool(value: Any, key: str) -> bool:
+    value = _decode(value)
     if not isinstance(value, bool):
         raise ConfigError(key, f"expected true or false, got {value!r}")
     return value
