@@ -160,7 +160,7 @@ ClientFrame = Start | Cancel | StatusRequest | Subscribe | Unsubscribe | Ping
 # --------------------------------------------------------------------------- server → client
 
 
-class Limits(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Limits(msgspec.Struct, kw_only=True):
     """The limits a connection is held to, announced in ``hello``."""
 
     max_frame_bytes: int = 1 << 20
@@ -175,8 +175,8 @@ class Limits(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Sustained rate of ``start`` frames per connection (bursts allowed)."""
 
 
-class Hello(_Frame, tag="hello"):
-    """First frame of every connection."""
+class Hello(_Frame, tag="hello", omit_defaults=False):
+    """First frame of every connection; every field is always present."""
 
     protocol: str = PROTOCOL_NAME
     """Protocol name."""

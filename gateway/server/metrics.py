@@ -1,0 +1,86 @@
+"""Prometheus metrics of one gateway process (``GET /metrics``).
+
+Each app has its own registry, so several apps (tests) never collide. Per-event work is kept
+off the hot path: counters are bumped once per frame sent, not per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _TaskStates(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("ospark_tasks", "Active tasks by state", labels=["state"])
+        for state, n in self._counts().items():
+            family.add_metric([state], n)
+        yield family
+
+
+class Metrics:
+    """The gateway's metrics; ``render()`` gives the exposition text."""
+
+    def __init__(self, task_counts: Callable[[], dict[str, int]]) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge("ospark_connections", "Open WebSocket connections", registry=r)
+        self.connections_total = Counter(
+            "ospark_connections_opened", "WebSocket connections accepted", registry=r
+        )
+        self.rejected = Counter(
+            "ospark_connections_rejected", "Handshakes refused", ["reason"], registry=r
+        )
+        self.tasks_finished = Counter(
+            "ospark_tasks_finished", "Tasks that ended, by final state", ["state"], registry=r
+        )
+        self.events_sent = Counter("ospark_events_sent", "Events sent to clients", registry=r)
+        self.frames_sent = Counter("ospark_frames_sent", "Frames sent to clients", registry=r)
+        self.bytes_sent = Counter("ospark_bytes_sent", "Bytes sent to clients", registry=r)
+        self.frames_received = Counter(
+            "ospark_frames_received", "Frames received from clients", registry=r
+        )
+        self.bytes_received = Counter(
+            "ospark_bytes_received", "Bytes received from clients", registry=r
+        )
+        self.errors_sent = Counter("ospark_errors_sent", "error frames sent", ["code"], registry=r)
+        self.batch_size = Histogram(
+            "ospark_batch_size",
+            "Events per frame sent",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.outbox_depth = Histogram(
+            "ospark_outbox_depth",
+            "Frames waiting in a connection's outbox when the writer wakes",
+            buckets=(0, 1, 2, 4, 8, 16, 64, 256, 1024, 4096),
+            registry=r,
+        )
+        self.slow_consumers = Counter(
+            "ospark_slow_consumer_closes", "Connections closed as slow consumers", registry=r
+        )
+        self.cancel_latency = Histogram(
+            "ospark_cancel_latency_seconds",
+            "From a cancel request to the task's terminal event",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ospark_llm_time_to_first_token_seconds",
+            "From a task's start to its first streamed LLM delta",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        r.register(_TaskStates(task_counts))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
