@@ -26,6 +26,9 @@ from ..errors import ToolError
 from .builtin import BUILTIN_LISTINGS, builtin_server
 
 
+STARTUP_TIMEOUT_S = 30.0  # starting a stdio server and listing its tools
+
+
 @dataclass(frozen=True, slots=True)
 class ToolInfo:
     """One tool of one server."""
@@ -88,9 +91,9 @@ class ToolManager:
             params = StdioServerParameters(
                 command=cfg.command, args=list(cfg.args), env=dict(cfg.env)
             )
-            client = Client(params, read_timeout_seconds=cfg.timeout_s)
+            client = Client(params)
         try:
-            async with asyncio.timeout(max(cfg.timeout_s, 1.0)):
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
                 await self._stack.enter_async_context(client)
         except TimeoutError:
             raise ToolError(
@@ -114,12 +117,15 @@ class ToolManager:
             tools: list[types.Tool] = []
             cursor: str | None = None
             try:
-                while True:
-                    page = await client.list_tools(cursor=cursor)
-                    tools.extend(page.tools)
-                    cursor = page.next_cursor
-                    if not cursor:
-                        break
+                async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                    while True:
+                        page = await client.list_tools(cursor=cursor)
+                        tools.extend(page.tools)
+                        cursor = page.next_cursor
+                        if not cursor:
+                            break
+            except TimeoutError:
+                raise ToolError("listing tools timed out", server=server, tool="") from None
             except MCPError as exc:
                 raise ToolError(f"cannot list tools: {exc}", server=server, tool="") from exc
             listing = self._listings[server] = _infos(server, tools)

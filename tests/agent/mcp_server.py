@@ -1,0 +1,48 @@
+"""A real MCP stdio server for the tests: a fast tool, a slow tool and a failing tool.
+
+The slow tool reports to a probe socket (``PROBE_PORT``) when it starts (with this process's
+pid) and when it is cancelled, so tests can wait on what the server saw.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+
+server = MCPServer("testsrv", log_level="WARNING")
+
+
+def _probe(message: str) -> None:
+    port = os.environ.get("PROBE_PORT")
+    if port:
+        with socket.create_connection(("127.0.0.1", int(port))) as conn:
+            conn.sendall(f"{message}\n".encode())
+
+
+@server.tool(description="Echo the text back.")
+def echo(text: str) -> str:
+    return f"echo: {text}"
+
+
+@server.tool(description="Sleep for a while, then say done.")
+async def slow(seconds: float = 30.0) -> str:
+    _probe(f"started {os.getpid()}")
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        _probe("cancelled")
+        raise
+    return "done"
+
+
+@server.tool(description="Always fails.")
+def fail(reason: str = "boom") -> str:
+    raise ToolError(f"the tool failed: {reason}")
+
+
+if __name__ == "__main__":
+    server.run("stdio")
