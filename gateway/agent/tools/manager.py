@@ -25,7 +25,6 @@ from ..config import ToolServerConfig
 from ..errors import ToolError
 from .builtin import BUILTIN_LISTINGS, builtin_server
 
-
 STARTUP_TIMEOUT_S = 30.0  # starting a stdio server and listing its tools
 
 
