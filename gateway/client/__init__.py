@@ -1,0 +1,27 @@
+"""The Python client of the OSpark gateway: many tasks over one WebSocket.
+
+```python
+async with GatewayClient("ws://127.0.0.1:8000/ws") as client:
+    task = await client.start("What is 17*23+4?")
+    async for event in task.events():
+        ...
+```
+
+Depends only on :mod:`protocol` and ``websockets``. See :mod:`gateway.client.client` for the
+reconnect and resume policy and :mod:`gateway.client.errors` for the exceptions.
+"""
+
+from .client import DEFAULT_URL, GatewayClient, Task, TaskFrame, Terminal
+from .errors import ConnectionLost, GatewayError, ProtocolMismatch, RequestError
+
+__all__ = [
+    "DEFAULT_URL",
+    "ConnectionLost",
+    "GatewayClient",
+    "GatewayError",
+    "ProtocolMismatch",
+    "RequestError",
+    "Task",
+    "TaskFrame",
+    "Terminal",
+]
