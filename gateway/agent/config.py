@@ -11,7 +11,7 @@ The file format (every key optional; see ``gateway/configs/*.yaml``)::
       - name: tool-search
         command: python
         args: [-m, my_search_server]
-        env: {API_KEY: "${oc.env:SEARCH_KEY,}"}
+        env: {API_KEY: "${oc.env:SEARCH_KEY,''}"}
         timeout_s: 60               # per-call deadline
     main_agent:
       llm: {provider: openai, model_name: gpt-4.1, api_key: "${oc.env:OPENAI_API_KEY,null}"}
@@ -281,7 +281,7 @@ def _str(value: Any, key: str) -> str:
 
 
 def _opt_str(value: Any, key: str) -> str | None:
-    # Empty strings come from ``${oc.env:VAR,}`` with the variable unset: treat them as absent.
+    # Empty strings come from ``${oc.env:VAR,''}`` with the variable unset: treat them as absent.
     if value is None or value == "":
         return None
     return _str(value, key)

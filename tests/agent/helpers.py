@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gateway.agent import AgentConfig, CoreEvent, load_config
@@ -26,11 +27,16 @@ def provider_config(provider: str, base_url: str, **main: Any) -> AgentConfig:
 class Recorder:
     """A sink that keeps every event."""
 
-    def __init__(self) -> None:
+    def __init__(self, until: str | None = None) -> None:
         self.events: list[CoreEvent] = []
+        self.until = until
+        self.seen = asyncio.Event()  # set when a streamed text delta contains ``until``
 
     def __call__(self, event: CoreEvent) -> None:
         self.events.append(event)
+        text = getattr(event, "text", None)
+        if self.until is not None and isinstance(text, str) and self.until in text:
+            self.seen.set()
 
     def of(self, kind: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]

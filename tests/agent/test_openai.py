@@ -123,10 +123,10 @@ async def test_auth_error_keeps_the_provider_message() -> None:
 async def test_cancel_mid_stream_closes_the_http_stream() -> None:
     async with fake_llm_server() as server:
         server.add(Stream(openai_stream(text="thinking out loud")[:3], hang=True))
-        rec = Recorder()
+        rec = Recorder(until="out")
         config = provider_config("openai", server.openai_url)
         task = asyncio.create_task(Orchestrator(config, sink=rec).run_main_agent("x"))
-        await asyncio.wait_for(server.streaming.wait(), 10)
+        await asyncio.wait_for(rec.seen.wait(), 10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
