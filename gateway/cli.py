@@ -49,7 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--config", help="agent config YAML (default: the offline demo model)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--shutdown-deadline",
+        type=float,
+        default=None,
+        help="seconds running tasks may finish after SIGTERM before they are cancelled (10)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_serve)
+
+    from gateway.tui import add_parsers  # run, status, cancel (rich loads lazily on use)
+
+    add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,367 @@
+"""The terminal client: ``ospark run``, ``ospark status``, ``ospark cancel``.
+
+``ospark run "question"`` starts a task over :class:`gateway.client.GatewayClient` and shows it
+live with rich: a spinner with the elapsed time, the progress steps, the reasoning (dimmed),
+each tool call as it starts and finishes, the streamed answer, and the final answer. With
+``--json`` it prints every event frame as one JSON object per line instead, for scripts.
+
+Ctrl-C sends ``cancel`` and keeps showing events until the terminal one arrives (a second
+Ctrl-C quits at once). Exit status: 0 completed, 1 failed, 130 cancelled, 2 when the gateway
+cannot be reached or refuses the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
+from rich.panel import Panel
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from gateway.client import DEFAULT_URL, GatewayClient, GatewayError, Task, TaskFrame
+from protocol import (
+    ErrorEvent,
+    Gap,
+    LlmResponse,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskProgress,
+    TaskStarted,
+    ToolCallComplete,
+    ToolCallStart,
+    UnknownEventFrame,
+)
+
+__all__ = ["add_parsers", "cancel_main", "run_main", "status_main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+_JSON = msgspec.json.Encoder()
+
+
+def _default_url() -> str:
+    return os.environ.get("OSPARK_URL") or DEFAULT_URL
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``run``, ``status`` and ``cancel`` to the ``ospark`` subcommand parsers."""
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=_default_url(), help=f"gateway (default {DEFAULT_URL})")
+        p.add_argument(
+            "--token", default=os.environ.get("OSPARK_TOKEN"), help="token (or OSPARK_TOKEN)"
+        )
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("run", help="run a task and watch it live")
+    p.add_argument("input", help="the question or instruction")
+    common(p)
+    p.add_argument("--task-id", help="client-chosen task id")
+    p.add_argument("--max-turns", type=int, help="override the main agent's turn limit")
+    p.set_defaults(handler=run_main)
+
+    p = sub.add_parser("status", help="show the state of your tasks")
+    p.add_argument("task_id", nargs="?", help="one task (default: all)")
+    common(p)
+    p.set_defaults(handler=status_main)
+
+    p = sub.add_parser("cancel", help="cancel a task")
+    p.add_argument("task_id")
+    common(p)
+    p.set_defaults(handler=cancel_main)
+
+
+def _client(args: argparse.Namespace) -> GatewayClient:
+    return GatewayClient(args.url, token=args.token, reconnect_timeout=30.0)
+
+
+def _fail(command: str, error: BaseException, url: str) -> int:
+    print(f"ospark {command}: {url}: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """``ospark run``."""
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:  # a second Ctrl-C
+        return EXIT_CANCELLED
+
+
+def _frame_json(frame: TaskFrame) -> bytes:
+    if isinstance(frame, UnknownEventFrame):
+        body = {"type": "event", "task_id": frame.task_id, "seq": frame.seq, "ts": frame.ts}
+        return _JSON.encode({**body, "event": frame.event.data})
+    return _JSON.encode(frame)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    options = {"max_turns": args.max_turns} if args.max_turns is not None else None
+    console = Console(stderr=args.json, highlight=False)
+    try:
+        async with _client(args) as client:
+            task = await client.start(args.input, task_id=args.task_id, options=options)
+            view = None if args.json else TaskView(task.task_id, args.input)
+            cancelled_by_user = False
+            cancelling: list[asyncio.Task[str]] = []
+            loop = asyncio.get_running_loop()
+            main = asyncio.current_task()
+            assert main is not None
+
+            def on_sigint() -> None:
+                nonlocal cancelled_by_user
+                if cancelled_by_user:  # second Ctrl-C: stop waiting
+                    main.cancel()
+                    return
+                cancelled_by_user = True
+                if view is not None:
+                    view.note = "cancelling… (Ctrl-C again to quit)"
+                else:
+                    console.print("ospark run: cancelling", style="yellow")
+                cancelling.append(loop.create_task(task.cancel()))
+
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            try:
+                if view is None:
+                    await _print_json(task)
+                else:
+                    await _watch(task, view, console)
+            except asyncio.CancelledError:
+                return EXIT_CANCELLED
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+    except BrokenPipeError:  # `ospark run --json ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (GatewayError, OSError, TimeoutError) as exc:
+        return _fail("run", exc, args.url)
+    result = task.result
+    if isinstance(result, TaskCompleted):
+        return EXIT_OK
+    if isinstance(result, TaskCancelled):
+        return EXIT_CANCELLED
+    return EXIT_FAILED
+
+
+async def _print_json(task: Task) -> None:
+    out = sys.stdout.buffer
+    async for frame in task.frames():
+        out.write(_frame_json(frame) + b"\n")
+        out.flush()
+
+
+async def _watch(task: Task, view: TaskView, console: Console) -> None:
+    with Live(view, console=console, refresh_per_second=12, transient=False) as live:
+        async for frame in task.frames():
+            view.apply(frame)
+            live.refresh()
+        view.finished = time.monotonic()
+        live.refresh()
+
+
+@dataclass
+class _ToolCall:
+    label: str
+    arguments: str
+    agent: str
+    started: float
+    result: str | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+@dataclass
+class TaskView:
+    """What ``ospark run`` shows of one task; ``apply`` feeds it, rich renders it."""
+
+    task_id: str
+    input: str
+    model: str = ""
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    note: str = ""
+    steps: list[str] = field(default_factory=list)
+    reasoning: str = ""
+    text: str = ""
+    tools: dict[str, _ToolCall] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    outcome: TaskCompleted | TaskFailed | TaskCancelled | None = None
+
+    def apply(self, frame: TaskFrame) -> None:
+        if isinstance(frame, Gap):
+            self.errors.append(
+                f"events {frame.after_seq + 1}–{frame.first_available_seq - 1} were no longer "
+                "available on the gateway"
+            )
+            return
+        event = frame.event
+        sub = getattr(event, "agent", "main") != "main"
+        prefix = f"[{event.agent}] " if sub else ""
+        match event:
+            case TaskStarted(model=model):
+                self.model = model
+            case TaskProgress(step=step, turn=turn):
+                label = f"{step} {turn}" if step == "turn_started" and turn else step
+                self.steps.append(prefix + label)
+            case LlmResponse(delta=delta, channel="reasoning"):
+                self.reasoning += delta
+            case LlmResponse(delta=delta):
+                if not sub:
+                    self.text += delta
+                else:
+                    self.reasoning += delta
+            case ToolCallStart(call_id=cid, server=server, tool=tool, arguments=arguments):
+                self.tools[cid] = _ToolCall(
+                    f"{server}.{tool}",
+                    json.dumps(arguments, ensure_ascii=False),
+                    event.agent,
+                    time.monotonic(),
+                )
+            case ToolCallComplete(call_id=cid):
+                call = self.tools.get(cid)
+                if call is None:
+                    call = self.tools[cid] = _ToolCall(
+                        f"{event.server}.{event.tool}", "", event.agent, time.monotonic()
+                    )
+                call.result, call.error, call.duration_ms = (
+                    event.result,
+                    event.error,
+                    event.duration_ms,
+                )
+            case ErrorEvent(code=code, message=message):
+                self.errors.append(f"{prefix}{code}: {message}")
+            case TaskCompleted() | TaskFailed() | TaskCancelled():
+                self.outcome = event
+            case _:
+                self.steps.append(prefix + str(getattr(event, "kind", "event")))
+
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def __rich__(self) -> RenderableType:
+        parts: list[RenderableType] = []
+        model = self.model or "…"
+        if self.model == "demo":
+            model = "demo (offline demo model)"
+        status = f"{self.task_id} · {model} · {self.elapsed():.1f}s"
+        if self.outcome is None:
+            parts.append(Spinner("dots", Text(f" running · {status}", style="bold cyan")))
+        else:
+            parts.append(Text(f"■ {_kind_name(self.outcome)} · {status}", style="bold"))
+        parts.append(Text(f"› {self.input}", style="bold"))
+        if self.steps:
+            parts.append(Text(" → ".join(self.steps[-8:]), style="dim cyan"))
+        if self.reasoning:
+            lines = self.reasoning.strip().splitlines()[-6:]
+            parts.append(Text("\n".join(lines), style="dim italic"))
+        for call in self.tools.values():
+            where = f"[{call.agent}] " if call.agent != "main" else ""
+            head = f"{where}{call.label}({call.arguments})"
+            if call.duration_ms is None:
+                parts.append(Spinner("dots", Text(f" {head}", style="yellow")))
+            elif call.error is not None:
+                line = f"✗ {head} → error: {call.error} ({call.duration_ms:.1f} ms)"
+                parts.append(Text(line, style="red"))
+            else:
+                result = (call.result or "").strip().replace("\n", " ")
+                if len(result) > 120:
+                    result = result[:117] + "…"
+                line = f"✓ {head} → {result} ({call.duration_ms:.1f} ms)"
+                parts.append(Text(line, style="green"))
+        if self.text:
+            parts.append(Text(self.text.strip()))
+        for error in self.errors:
+            parts.append(Text(f"! {error}", style="red"))
+        if self.note and self.outcome is None:
+            parts.append(Text(self.note, style="yellow"))
+        match self.outcome:
+            case TaskCompleted(final_answer=answer):
+                parts.append(
+                    Panel(
+                        Text(answer or "(no boxed answer)", style="bold"),
+                        title="final answer",
+                        border_style="green",
+                        expand=False,
+                    )
+                )
+            case TaskFailed(reason=reason, code=code):
+                parts.append(
+                    Panel(escape(reason), title=f"failed: {code}", border_style="red", expand=False)
+                )
+            case TaskCancelled(reason=reason):
+                parts.append(Text(f"cancelled: {reason}", style="bold yellow"))
+        return Group(*parts)
+
+
+def _kind_name(event: TaskCompleted | TaskFailed | TaskCancelled) -> str:
+    if isinstance(event, TaskCompleted):
+        return "completed"
+    return "failed" if isinstance(event, TaskFailed) else "cancelled"
+
+
+# ---------------------------------------------------------------------------------- status
+
+
+def status_main(args: argparse.Namespace) -> int:
+    """``ospark status``."""
+    return asyncio.run(_status(args))
+
+
+async def _status(args: argparse.Namespace) -> int:
+    try:
+        async with _client(args) as client:
+            tasks = await client.status(args.task_id)
+    except (GatewayError, OSError, TimeoutError) as exc:
+        return _fail("status", exc, args.url)
+    if args.json:
+        for status in tasks:
+            sys.stdout.buffer.write(_JSON.encode(status) + b"\n")
+        sys.stdout.flush()
+        return EXIT_OK
+    console = Console(highlight=False)
+    if not tasks:
+        console.print("no tasks")
+        return EXIT_OK
+    table = Table("task", "state", "seq", "turn", "progress", "updated")
+    for s in sorted(tasks, key=lambda s: s.created):
+        updated = time.strftime("%H:%M:%S", time.localtime(s.updated)) if s.updated else ""
+        table.add_row(s.task_id, s.state, str(s.last_seq), str(s.turn), s.progress or "", updated)
+    console.print(table)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------- cancel
+
+
+def cancel_main(args: argparse.Namespace) -> int:
+    """``ospark cancel TASK_ID``."""
+    return asyncio.run(_cancel(args))
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    try:
+        async with _client(args) as client:
+            result = await client.cancel(args.task_id)
+    except (GatewayError, OSError, TimeoutError) as exc:
+        return _fail("cancel", exc, args.url)
+    if args.json:
+        print(json.dumps({"task_id": args.task_id, "result": result}))
+    else:
+        print(f"{args.task_id}: {result.replace('_', ' ')}")
+    return EXIT_FAILED if result == "unknown" else EXIT_OK
