@@ -1,0 +1,166 @@
+"""The one place where core events (:mod:`gateway.agent.events`) become wire events
+(:mod:`protocol.events`), and where a run's outcome becomes its terminal event.
+
+============================  ================================================================
+core                          protocol
+============================  ================================================================
+``StepEvent``                 ``task_progress`` (step, message, turn, agent)
+``LLMDelta``                  ``llm_response`` (delta, channel, phase; turn 0 in the summary)
+``ToolStart``                 ``tool_call_start``
+``ToolEnd``                   ``tool_call_complete`` (``duration_ms``; result cut to a preview)
+``AgentErrorEvent``           ``error`` (non-terminal)
+``UsageEvent``                nothing: summed into the terminal event's ``usage``
+returned ``(summary, answer)``  ``task_completed``
+``TaskFailedError``           ``task_failed`` (``context_limit`` or ``failed``, with summary)
+``LLMError``                  ``task_failed`` (``provider_error``)
+other ``AgentError``          ``task_failed`` (its own code, e.g. ``invalid_config``)
+anything else                 ``task_failed`` (``internal``)
+cancelled                     ``task_cancelled``
+============================  ================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from gateway.agent import (
+    AgentError,
+    AgentErrorEvent,
+    CoreEvent,
+    LLMDelta,
+    LLMError,
+    StepEvent,
+    TaskFailedError,
+    ToolEnd,
+    ToolStart,
+    UsageEvent,
+)
+from protocol.events import (
+    ErrorEvent,
+    Event,
+    LlmResponse,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskProgress,
+    TaskStarted,
+    ToolCallComplete,
+    ToolCallStart,
+    Usage,
+)
+
+__all__ = ["DEFAULT_RESULT_PREVIEW_CHARS", "Translator"]
+
+DEFAULT_RESULT_PREVIEW_CHARS = 4000
+"""Longest tool result sent in ``tool_call_complete``; longer ones are cut with a marker."""
+
+
+class Translator:
+    """Translates the events of one run; keeps the run's token usage."""
+
+    __slots__ = ("_dispatch", "input_tokens", "output_tokens", "preview_chars")
+
+    def __init__(self, *, preview_chars: int = DEFAULT_RESULT_PREVIEW_CHARS) -> None:
+        self.preview_chars = preview_chars
+        self.input_tokens = 0
+        self.output_tokens = 0
+        # Exact-type dispatch: one dict lookup per event on the hot path.
+        self._dispatch: dict[type, Callable[[Any], Event | None]] = {
+            LLMDelta: self._delta,
+            StepEvent: self._step,
+            ToolStart: self._tool_start,
+            ToolEnd: self._tool_end,
+            UsageEvent: self._usage,
+            AgentErrorEvent: self._error,
+        }
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+
+    def __call__(self, event: CoreEvent) -> Event | None:
+        """The wire event for a core event, or ``None`` when it has none (usage)."""
+        handler = self._dispatch.get(type(event))
+        return handler(event) if handler is not None else None
+
+    # -- per kind
+
+    @staticmethod
+    def _delta(e: LLMDelta) -> Event:
+        summary = e.phase == "summary"
+        return LlmResponse(
+            agent=e.agent,
+            delta=e.text,
+            channel=e.channel,
+            phase=e.phase,
+            turn=0 if summary else e.turn,
+        )
+
+    @staticmethod
+    def _step(e: StepEvent) -> Event:
+        return TaskProgress(agent=e.agent, step=e.step, message=e.message, turn=e.turn)
+
+    @staticmethod
+    def _tool_start(e: ToolStart) -> Event:
+        return ToolCallStart(
+            agent=e.agent, call_id=e.call_id, server=e.server, tool=e.tool, arguments=e.arguments
+        )
+
+    def _tool_end(self, e: ToolEnd) -> Event:
+        result = e.result
+        if result is not None and len(result) > self.preview_chars:
+            cut = len(result) - self.preview_chars
+            result = f"{result[: self.preview_chars]}… [{cut} more characters]"
+        return ToolCallComplete(
+            agent=e.agent,
+            call_id=e.call_id,
+            server=e.server,
+            tool=e.tool,
+            result=result,
+            error=e.error,
+            duration_ms=round(e.duration_s * 1000.0, 3),
+        )
+
+    def _usage(self, e: UsageEvent) -> None:
+        self.input_tokens += e.input_tokens
+        self.output_tokens += e.output_tokens
+
+    @staticmethod
+    def _error(e: AgentErrorEvent) -> Event:
+        return ErrorEvent(agent=e.agent, code=e.code, message=e.message, retryable=e.retryable)
+
+    # -- start and end of a run
+
+    @staticmethod
+    def started(task: str, agent_name: str, model: str) -> TaskStarted:
+        return TaskStarted(input=task, agent_name=agent_name, model=model)
+
+    def terminal(self, run: asyncio.Task[tuple[str, str]], cancel_reason: str | None) -> Event:
+        """The terminal event for a finished run task."""
+        if run.cancelled():
+            return TaskCancelled(reason=cancel_reason or "cancelled")
+        exc = run.exception()
+        if exc is None:
+            summary, final_answer = run.result()
+            return TaskCompleted(final_answer=final_answer, summary=summary, usage=self.usage)
+        return self.failure(exc)
+
+    def failure(self, exc: BaseException) -> TaskFailed:
+        """``task_failed`` for an exception that ended a run."""
+        if isinstance(exc, TaskFailedError):
+            code = "context_limit" if exc.reason.startswith("context limit") else "failed"
+            return TaskFailed(reason=exc.reason, code=code, summary=exc.summary, usage=self.usage)
+        if isinstance(exc, LLMError):
+            provider = f"{exc.provider}: " if exc.provider else ""
+            return TaskFailed(
+                reason=f"the model failed ({exc.code}): {provider}{exc.message}",
+                code="provider_error",
+                usage=self.usage,
+            )
+        if isinstance(exc, AgentError):
+            return TaskFailed(reason=exc.message, code=exc.code, usage=self.usage)
+        return TaskFailed(
+            reason=f"internal error: {type(exc).__name__}: {exc}", code="internal", usage=self.usage
+        )
