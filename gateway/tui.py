@@ -257,8 +257,8 @@ class TaskView:
     def __rich__(self) -> RenderableType:
         parts: list[RenderableType] = []
         model = self.model or "…"
-        if self.model == "demo":
-            model = "demo (offline demo model)"
+        if self.model in ("demo", "ospark-demo"):
+            model = f"{self.model} (offline demo model)"
         status = f"{self.task_id} · {model} · {self.elapsed():.1f}s"
         if self.outcome is None:
             parts.append(Spinner("dots", Text(f" running · {status}", style="bold cyan")))
