@@ -135,7 +135,6 @@ class Connection:
         principal: str,
         settings: ConnectionSettings | None = None,
         session_id: str | None = None,
-        on_close_request: Callable[[int, str], None] | None = None,
     ) -> None:
         self.manager = manager
         self.session = session
@@ -146,7 +145,9 @@ class Connection:
         self.close_code: int | None = None
         """Set when the connection must be closed; the endpoint closes with it."""
         self.close_reason = ""
-        self._on_close_request = on_close_request
+        self.close_requested = asyncio.Event()
+        """Set with ``close_code``: the endpoint stops its reader and writer (the writer may be
+        blocked on a socket that does not drain) and closes the socket."""
         self._outbox: deque[_Slot | str | bytes] = deque()
         self._outbox_bytes = 0
         self._open_delta: dict[str, _Slot] = {}
@@ -429,40 +430,36 @@ class Connection:
         self._unsubscribe_all()
         self._wakeup.set()
         self._wake_flush_waiters()
-        if self._on_close_request is not None:
-            self._on_close_request(code, reason)
+        self.close_requested.set()
 
     @property
     def outbox_depth(self) -> int:
         return len(self._outbox)
 
-    def take(self) -> list[tuple[str | bytes, int]]:
-        """Encode and remove everything queued: consecutive events become one ``batch``
-        (``max_batch`` at most), a lone event its own frame, replies stay as they are."""
+    def take_frame(self) -> tuple[str | bytes, int] | None:
+        """Remove and encode the next frame to send: a reply as is, or the consecutive events
+        at the head of the outbox (``max_batch`` at most) as one ``batch`` — a lone event as its
+        own frame. Returns ``(payload, number of events)``, or None when nothing is queued."""
         outbox = self._outbox
-        out: list[tuple[str | bytes, int]] = []
+        if not outbox:
+            return None
+        head = outbox[0]
+        if not isinstance(head, _Slot):
+            outbox.popleft()
+            self._outbox_bytes -= len(head)
+            return head, 0
         events: list[EventFrame] = []
         max_batch = self.settings.max_batch
-        while outbox:
-            item = outbox.popleft()
-            if isinstance(item, _Slot):
-                item.sent = True
-                events.append(item.frame)
-                if len(events) < max_batch:
-                    continue
-            else:
-                if events:
-                    out.append((self._encode_events(events), len(events)))
-                    events = []
-                out.append((item, 0))
-                continue
-            out.append((self._encode_events(events), len(events)))
-            events = []
-        if events:
-            out.append((self._encode_events(events), len(events)))
-        self._outbox_bytes = 0
-        self.stats.frames_sent += len(out)
-        return out
+        while outbox and len(events) < max_batch:
+            slot = outbox[0]
+            if not isinstance(slot, _Slot):
+                break
+            outbox.popleft()
+            slot.sent = True
+            self._outbox_bytes -= slot.size
+            events.append(slot.frame)
+        self.stats.frames_sent += 1
+        return self._encode_events(events), len(events)
 
     def _encode_events(self, events: list[EventFrame]) -> str | bytes:
         self.stats.events_sent += len(events)
@@ -484,7 +481,8 @@ class Connection:
                 if metrics is not None:
                     metrics.outbox_depth.observe(len(self._outbox))
                 self._sending = True
-                for payload, n_events in self.take():
+                while (item := self.take_frame()) is not None:
+                    payload, n_events = item
                     size = len(payload)
                     stats.bytes_sent += size
                     await send(payload)

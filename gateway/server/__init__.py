@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import socket
 import sys
 import time
@@ -86,7 +87,10 @@ def uvicorn_config(app: Any, settings: Settings, **kw: Any) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        ws_max_size=settings.connection.limits.max_frame_bytes + 1024,
+        # Above our own limit, so that a moderately oversized frame gets a `frame_too_large`
+        # error and the connection stays open; far larger ones are cut by the WebSocket layer
+        # (close 1009) before they are buffered whole.
+        ws_max_size=max(4 * settings.connection.limits.max_frame_bytes, 1 << 20),
         ws_ping_interval=settings.connection.heartbeat_interval or None,
         ws_ping_timeout=settings.heartbeat_timeout,
         ws_per_message_deflate=False,
@@ -170,12 +174,17 @@ def configure_logging(level: str = "info") -> None:
 def main(args: argparse.Namespace) -> int:
     """``ospark serve``: run the gateway until SIGTERM/SIGINT."""
     try:
-        settings = Settings.from_env(host=args.host, port=args.port, agent_config=args.config)
+        settings = Settings.from_env(
+            host=args.host,
+            port=args.port,
+            agent_config=args.config,
+            shutdown_deadline=args.shutdown_deadline,
+        )
         settings.check()
     except ConfigError as exc:
         print(f"ospark serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(getattr(args, "log_level", "info"))
+    configure_logging(args.log_level)
     if args.workers != 1:
         print(
             "ospark serve: --workers > 1 needs a shared task backend (Redis), which is not built "
@@ -187,6 +196,9 @@ def main(args: argparse.Namespace) -> int:
     config = uvicorn_config(app, settings, log_config=None, lifespan="on", access_log=False)
     server = GatewayServer(config, app.state.gateway)
     started = time.monotonic()
+    # uvicorn re-raises the signal that stopped it once it is done; after a graceful drain
+    # the process should simply exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     log.info("stopped", extra={"uptime_s": round(time.monotonic() - started, 1)})
     return 0

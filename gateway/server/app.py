@@ -104,6 +104,21 @@ class Gateway:
         self.manager: TaskManager | None = None
         self.connections: set[Connection] = set()
         self.draining = False
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self._no_connections.clear()
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+
+    def discard(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.metrics.connections.dec()
+        if not self.connections:
+            self._no_connections.set()
 
     def _task_counts(self) -> dict[str, int]:
         m = self.manager
@@ -146,6 +161,10 @@ class Gateway:
             await asyncio.wait([asyncio.ensure_future(f) for f in flushes], timeout=5.0)
         for conn in list(self.connections):
             conn.request_close(CloseCode.SERVER_RESTART, "server shutting down")
+        # Let every endpoint send its close frame before uvicorn drops the sockets.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await self._no_connections.wait()
 
     async def stop(self) -> None:
         await self.drain(0)
@@ -170,15 +189,12 @@ async def _websocket(websocket: WebSocket) -> None:
         max_violations=settings.connection.max_violations,
     )
     conn = Connection(gw.manager, session, principal=auth.principal, settings=settings.connection)
-    gw.connections.add(conn)
-    gw.metrics.connections.inc()
-    gw.metrics.connections_total.inc()
+    gw.add(conn)
     try:
         await _pump(websocket, conn, gw.metrics)
     finally:
-        gw.connections.discard(conn)
-        gw.metrics.connections.dec()
         conn.close()
+        gw.discard(conn)
         if conn.close_code == CloseCode.SLOW_CONSUMER:
             gw.metrics.slow_consumers.inc()
 
@@ -209,13 +225,16 @@ async def _pump(websocket: WebSocket, conn: Connection, metrics: Metrics) -> Non
     write_task = asyncio.create_task(
         conn.run_writer(send, metrics), name=f"ws-writer:{conn.session_id}"
     )
+    close_task: asyncio.Task[object] = asyncio.create_task(conn.close_requested.wait())
     try:
-        done, _ = await asyncio.wait({read_task, write_task}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {read_task, write_task, close_task}, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
-        for task in (read_task, write_task):
+        for task in (read_task, write_task, close_task):
             task.cancel()
-        await asyncio.gather(read_task, write_task, return_exceptions=True)
-    for task in done:
+        await asyncio.gather(read_task, write_task, close_task, return_exceptions=True)
+    for task in done - {close_task}:
         exc = task.exception()
         if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
             log.error("connection %s failed", conn.session_id, exc_info=exc)

@@ -1,0 +1,110 @@
+"""Authentication, the Origin allow-list, and principals seeing only their own tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import websockets
+
+from gateway.server import Settings, serve_in_background
+from gateway.server.settings import ConfigError, parse_tokens
+from protocol import Accepted, Cancel, CancelAck, ErrorFrame, StatusReply, StatusRequest, Subscribe
+from tests.server.helpers import Client, demo_config
+
+ALICE = "alice-token-0123456789"
+BOB = "bob-token-0123456789ab"
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        port=0,
+        agent_config=demo_config(tmp_path, 20),
+        web_root=None,
+        tokens={ALICE: "alice", BOB: "bob"},
+        allowed_origins=frozenset({"https://app.example"}),
+    )
+
+
+async def closed_with(url: str, **kw: object) -> int:
+    async with websockets.connect(url, **kw) as ws:  # type: ignore[arg-type]
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await ws.recv()
+    assert info.value.rcvd is not None
+    return info.value.rcvd.code
+
+
+async def test_missing_and_wrong_tokens_are_refused(tmp_path: Path) -> None:
+    async with serve_in_background(settings(tmp_path)) as gw:
+        assert await closed_with(gw.url) == 4001
+        assert await closed_with(gw.url + "?token=wrong-token-0000000000") == 4001
+        assert (
+            await closed_with(
+                gw.url, additional_headers={"Authorization": "Bearer nope-nope-nope-nope"}
+            )
+            == 4001
+        )
+        ok = await Client.connect(gw.url, headers={"Authorization": f"Bearer {ALICE}"})
+        assert ok.hello is not None and ok.hello.principal == "alice"
+        await ok.close()
+        browser = await Client.connect(gw.url + f"?token={BOB}")
+        assert browser.hello is not None and browser.hello.principal == "bob"
+        await browser.close()
+
+
+async def test_origin_allow_list(tmp_path: Path) -> None:
+    async with serve_in_background(settings(tmp_path)) as gw:
+        url = gw.url + f"?token={ALICE}"
+        assert await closed_with(url, origin="https://evil.example") == 4001
+        allowed = await Client.connect(url, origin="https://app.example")
+        await allowed.close()
+        same_origin = await Client.connect(url, origin=f"http://127.0.0.1:{gw.port}")
+        await same_origin.close()
+
+
+async def test_a_principal_cannot_touch_another_principals_task(tmp_path: Path) -> None:
+    async with serve_in_background(settings(tmp_path)) as gw:
+        alice = await Client.connect(gw.url + f"?token={ALICE}")
+        bob = await Client.connect(gw.url + f"?token={BOB}")
+        rid = await alice.start("What is 17*23+4?", task_id="secret")
+        await alice.reply(rid, Accepted)
+
+        await bob.send(Cancel(id="c", task_id="secret"))
+        assert (await bob.reply("c", CancelAck)).result == "unknown"
+        await bob.send(Subscribe(id="s", task_id="secret"))
+        assert (await bob.reply("s", ErrorFrame)).code == "unknown_task"
+        await bob.send(StatusRequest(id="st", task_id="secret"))
+        assert (await bob.reply("st", ErrorFrame)).code == "unknown_task"
+        await bob.send(StatusRequest(id="all"))
+        assert (await bob.reply("all", StatusReply)).tasks == []
+        # Bob may use the same task id for a task of his own, unrelated to Alice's.
+        rid = await bob.start("What is 1+1?", task_id="secret")
+        assert (await bob.reply(rid, Accepted)).existing is False
+
+        # Alice, from another connection, sees and controls her task.
+        alice2 = await Client.connect(gw.url + f"?token={ALICE}")
+        await alice2.send(StatusRequest(id="mine"))
+        assert [t.task_id for t in (await alice2.reply("mine", StatusReply)).tasks] == ["secret"]
+        await alice2.send(Cancel(id="c2", task_id="secret"))
+        assert (await alice2.reply("c2", CancelAck)).result in ("accepted", "already_terminal")
+        await alice.until_finished(["secret"])
+        for c in (alice, alice2, bob):
+            await c.close()
+
+
+def test_refuses_non_loopback_without_tokens() -> None:
+    with pytest.raises(ConfigError, match="without authentication"):
+        Settings(host="0.0.0.0").check()
+    Settings(host="0.0.0.0", tokens={ALICE: "alice"}).check()
+    Settings(host="127.0.0.1").check()
+    assert Settings(host="127.0.0.1").anonymous_allowed
+    assert not Settings(host="127.0.0.1", tokens={ALICE: "alice"}).anonymous_allowed
+
+
+def test_token_parsing() -> None:
+    assert parse_tokens(f"alice:{ALICE}, bob:{BOB}") == {ALICE: "alice", BOB: "bob"}
+    assert parse_tokens(f"# comment\nalice {ALICE}\n") == {ALICE: "alice"}
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        parse_tokens("alice:short")
+    with pytest.raises(ConfigError, match="principal:token"):
+        parse_tokens("alice")

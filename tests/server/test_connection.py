@@ -1,0 +1,234 @@
+"""The multiplexer on its own: a fake socket, a real TaskManager, scripted task runs.
+
+The scripted runs stand in for the agent (this file is about flow control, not agents): each
+yields the events it is given, waiting on a gate where the test wants to hold it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.connection import Connection, ConnectionSettings
+from gateway.tasks import TaskManager, TaskSpec
+from protocol import (
+    JSON,
+    Batch,
+    ClientSession,
+    CloseCode,
+    Event,
+    EventFrame,
+    Hello,
+    LlmResponse,
+    ServerSession,
+    Start,
+    TaskCancelled,
+    TaskCompleted,
+    TaskStarted,
+    ToolCallStart,
+    Usage,
+)
+
+
+class ScriptedRun:
+    """Yields ``script`` events; each ``None`` in the script waits for one release of ``gate``."""
+
+    def __init__(self, script: list[Event | None], gate: asyncio.Semaphore) -> None:
+        self._script = script
+        self._gate = gate
+        self._cancel: str | None = None
+        self._gen = self._run()
+        self.usage = Usage()
+
+    async def _run(self) -> AsyncIterator[Event]:
+        for item in self._script:
+            if self._cancel is not None:
+                yield TaskCancelled(reason=self._cancel)
+                return
+            if item is None:
+                await self._gate.acquire()
+                continue
+            yield item
+        yield TaskCompleted(final_answer="ok")
+
+    def __aiter__(self) -> ScriptedRun:
+        return self
+
+    def __anext__(self) -> asyncio.Future[Event]:  # type: ignore[override]
+        return self._gen.__anext__()  # type: ignore[return-value]
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._cancel = reason
+        self._gate.release()
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
+
+
+class FakeSocket:
+    """Collects what the writer sends; ``paused`` blocks it like a full TCP buffer."""
+
+    def __init__(self) -> None:
+        self.sent: list[str | bytes] = []
+        self.paused = asyncio.Event()
+        self.paused.set()
+        self.progress = asyncio.Condition()
+
+    async def send(self, payload: str | bytes) -> None:
+        await self.paused.wait()
+        self.sent.append(payload)
+        async with self.progress:
+            self.progress.notify_all()
+
+    def frames(self) -> list[object]:
+        client = ClientSession(JSON)
+        out: list[object] = []
+        for payload in self.sent:
+            out.extend(client.receive(payload))
+        return out
+
+
+def deltas(n: int, text: str = "w") -> list[Event | None]:
+    return [LlmResponse(delta=f"{text}{i} ", turn=1) for i in range(n)]
+
+
+@pytest.fixture
+def gate() -> asyncio.Semaphore:
+    return asyncio.Semaphore(0)
+
+
+def open_gate(gate: asyncio.Semaphore) -> None:
+    for _ in range(1000):
+        gate.release()
+
+
+async def setup(
+    scripts: dict[str, list[Event | None]], gate: asyncio.Semaphore, **settings: int
+) -> tuple[TaskManager, Connection, FakeSocket, asyncio.Task[None]]:
+    def factory(spec: TaskSpec) -> ScriptedRun:
+        return ScriptedRun(scripts[spec.input], gate)
+
+    manager = TaskManager(factory)  # type: ignore[arg-type]
+    session = ServerSession(JSON)
+    conn = Connection(manager, session, principal="p", settings=ConnectionSettings(**settings))
+    sock = FakeSocket()
+    sock.sent.append(conn.hello())
+    writer = asyncio.create_task(conn.run_writer(sock.send))
+    return manager, conn, sock, writer
+
+
+async def finish(manager: TaskManager, conn: Connection, writer: asyncio.Task[None]) -> None:
+    await manager.shutdown(0)
+    await conn.flushed()
+    writer.cancel()
+    conn.close()
+
+
+async def wait_done(manager: TaskManager, task_id: str) -> None:
+    """Follow the task (as a second subscriber) until its terminal event."""
+    async for _ in await manager.subscribe("p", task_id):
+        pass
+
+
+def events_of(frames: list[object], task_id: str) -> list[EventFrame]:
+    return [f for f in frames if isinstance(f, EventFrame) and f.task_id == task_id]
+
+
+async def test_idle_writer_sends_one_event_per_frame(gate: asyncio.Semaphore) -> None:
+    script: list[Event | None] = [TaskStarted()]
+    for d in deltas(5):
+        script += [None, d]
+    manager, conn, sock, writer = await setup({"a": [*script, None]}, gate)
+    await conn.handle('{"type":"start","id":1,"input":"a","task_id":"t"}')
+
+    async def sent(n: int) -> None:
+        async with sock.progress:
+            await sock.progress.wait_for(lambda: len(sock.sent) >= n)
+
+    await sent(3)  # hello, accepted, task_started
+    for i in range(5):  # one event at a time: each goes out alone, at once
+        gate.release()
+        await sent(4 + i)
+        assert f'"w{i} "' in str(sock.sent[-1]) and '"batch"' not in str(sock.sent[-1])
+    assert isinstance(ClientSession(JSON).receive(sock.sent[0])[0], Hello)
+    assert '"accepted"' in str(sock.sent[1])
+    gate.release()
+    await finish(manager, conn, writer)
+
+
+async def test_backlog_is_batched_and_deltas_merged(gate: asyncio.Semaphore) -> None:
+    script: list[Event | None] = [
+        TaskStarted(),
+        None,
+        *deltas(300),
+        ToolCallStart(call_id="c", server="s", tool="t"),
+        *deltas(5, "x"),
+    ]
+    manager, conn, sock, writer = await setup({"a": script}, gate, merge_after=4, max_batch=64)
+    sock.paused.clear()  # the client stops reading
+    await conn.handle('{"type":"start","id":1,"input":"a","task_id":"t"}')
+    open_gate(gate)
+    await wait_done(manager, "t")
+    sock.paused.set()
+    await conn.flushed()
+    frames = sock.frames()
+    got = events_of(frames, "t")
+    assert conn.stats.events_merged > 0
+    assert any(isinstance(ClientSession(JSON).receive(p)[0], Hello) for p in sock.sent[:1])
+    assert any('"batch"' in str(p) for p in sock.sent)
+    # Nothing lost: the text is whole, seq increases, lifecycle events all there, in order.
+    text = "".join(f.event.delta for f in got if isinstance(f.event, LlmResponse))
+    assert text == "".join(f"w{i} " for i in range(300)) + "".join(f"x{i} " for i in range(5))
+    seqs = [f.seq for f in got]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == 308
+    kinds = [f.event.__struct_config__.tag for f in got]
+    assert kinds[0] == "task_started" and kinds[-1] == "task_completed"
+    assert kinds.count("tool_call_start") == 1
+    tool_at = kinds.index("tool_call_start")
+    assert all(k == "llm_response" for k in kinds[1:tool_at])
+    await finish(manager, conn, writer)
+
+
+async def test_slow_consumer_is_closed_and_memory_bounded(gate: asyncio.Semaphore) -> None:
+    script: list[Event | None] = [TaskStarted(), None]
+    for i in range(200):  # tool events are never merged, so the outbox must overflow
+        script.append(ToolCallStart(call_id=f"c{i}", server="s", tool="t"))
+    manager, conn, sock, writer = await setup({"a": script}, gate, max_outbox=50)
+    sock.paused.clear()
+    await conn.handle('{"type":"start","id":1,"input":"a","task_id":"t"}')
+    open_gate(gate)
+    await conn.close_requested.wait()
+    assert conn.close_code == CloseCode.SLOW_CONSUMER
+    assert conn.outbox_depth == 0  # the backlog was dropped, not kept
+    writer.cancel()  # as the endpoint does: its writer is stuck on the full socket
+    conn.close()
+    # The task is unaffected and the client can resume from its last seq.
+    await manager.shutdown(5)
+    status = await manager.status("p", "t")
+    assert status.state == "completed"
+    sub = await manager.subscribe("p", "t", after_seq=0)
+    assert [d.seq async for d in sub] == list(range(1, status.last_seq + 1))  # type: ignore[union-attr]
+
+
+async def test_accepted_comes_before_replayed_events(gate: asyncio.Semaphore) -> None:
+    open_gate(gate)
+    manager, conn, sock, writer = await setup({"a": [TaskStarted()]}, gate)
+    await conn.handle('{"type":"start","id":1,"input":"a","task_id":"t"}')
+    await wait_done(manager, "t")
+    await conn.flushed()
+    sock.sent.clear()
+    # A retried start of a finished task: replayed events follow the accepted reply.
+    await conn.handle('{"type":"start","id":2,"input":"a","task_id":"t"}')
+    await conn.flushed()
+    client = ClientSession(JSON)
+    client.hello = Hello()
+    received = [f for p in sock.sent for f in client.receive(p)]
+    assert type(received[0]).__name__ == "Accepted" and received[0].existing  # type: ignore[attr-defined]
+    assert [f.seq for f in received[1:]] == [1, 2]  # type: ignore[attr-defined]
+    await finish(manager, conn, writer)
+
+
+def test_batch_frame_type() -> None:
+    assert Batch(events=[]).__struct_config__.tag == "batch"
+    assert Start(id=1, input="x").__struct_config__.tag == "start"
