@@ -97,6 +97,7 @@ async def test_cancel_while_the_demo_streams() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not rec.of(ToolStart)
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left running
 
 
 async def test_a_thousand_concurrent_demo_tasks_are_cheap() -> None:

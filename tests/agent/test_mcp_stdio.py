@@ -112,6 +112,8 @@ async def test_cancel_mid_tool_call() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await asyncio.wait_for(lines.get(), 10) == "cancelled"
+        leftovers = [t for t in asyncio.all_tasks() if "mcp" in repr(t.get_coro())]
+        assert not leftovers  # no MCP reader/writer task outlives the run
     (end,) = rec.of(ToolEnd)
     assert end.error == "cancelled"
     with pytest.raises(ProcessLookupError):  # the server subprocess is gone and reaped
