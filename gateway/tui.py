@@ -199,7 +199,7 @@ class TaskView:
     steps: list[str] = field(default_factory=list)
     reasoning: str = ""
     text: str = ""
-    tools: dict[str, _ToolCall] = field(default_factory=dict)
+    tools: dict[tuple[str, str], _ToolCall] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     outcome: TaskCompleted | TaskFailed | TaskCancelled | None = None
 
@@ -227,16 +227,17 @@ class TaskView:
                 else:
                     self.reasoning += delta
             case ToolCallStart(call_id=cid, server=server, tool=tool, arguments=arguments):
-                self.tools[cid] = _ToolCall(
-                    f"{server}.{tool}",
+                # Call ids are unique per agent only: a sub-agent numbers its own calls.
+                self.tools[event.agent, cid] = _ToolCall(
+                    f"sub-agent {tool}" if server == "agents" else f"{server}.{tool}",
                     json.dumps(arguments, ensure_ascii=False),
                     event.agent,
                     time.monotonic(),
                 )
             case ToolCallComplete(call_id=cid):
-                call = self.tools.get(cid)
+                call = self.tools.get((event.agent, cid))
                 if call is None:
-                    call = self.tools[cid] = _ToolCall(
+                    call = self.tools[event.agent, cid] = _ToolCall(
                         f"{event.server}.{event.tool}", "", event.agent, time.monotonic()
                     )
                 call.result, call.error, call.duration_ms = (
