@@ -59,7 +59,14 @@ from protocol.events import (
     TaskProgress,
     Usage,
 )
-from protocol.frames import DetachPolicy, EventFrame, Gap, RequestId, StartOptions, TaskStatus
+from protocol.frames import (
+    DetachPolicy,
+    EventFrame,
+    Gap,
+    RequestId,
+    StartOptions,
+    TaskStatus,
+)
 
 from .backend import InMemoryBackend, TaskBackend, TaskRecord
 from .errors import TaskError
@@ -140,6 +147,7 @@ class StartResult:
 
     task_id: str
     state: str
+    """A :data:`protocol.frames.TaskState` value."""
     existing: bool
     """True when an identical ``start`` had already created this task (idempotent retry)."""
     subscription: Subscription | None = None
@@ -319,7 +327,11 @@ class TaskManager:
         rt = self._active.get((owner, task_id))
         if rt is None:
             found = await self._backend.get(owner, task_id)
-            return "unknown" if found is None else "already_terminal"
+            if found is None:
+                return "unknown"
+            # Not running here. With the in-memory backend that means it has ended; a shared
+            # backend would forward the cancel to the process running it (not implemented).
+            return "already_terminal"
         if rt.terminal:
             return "already_terminal"
         self._cancel(rt, reason)
@@ -606,11 +618,19 @@ class TaskManager:
             self._cancel(rt, "server shutdown")
         remaining = [d for d in drivers if not d.done()]
         if remaining:
-            _, late = await asyncio.wait(remaining, timeout=self.config.cancel_grace)
+            grace = self.config.cancel_grace
+            _, late = await asyncio.wait(remaining, timeout=grace)
             for driver in late:
                 driver.cancel()
             if late:
-                await asyncio.wait(late)
+                _, stuck = await asyncio.wait(late, timeout=grace)
+                if stuck:
+                    log.error("shutdown: %d task(s) did not stop; ending them anyway", len(stuck))
+        for rt in list(self._active.values()):
+            # Work that would not stop even when its driver was cancelled: its clients still
+            # get their terminal event (the driver, if it ever ends, adds nothing).
+            self._emit(rt, TaskCancelled(reason="server shutdown (the work did not stop)"))
+            self._finish(rt)
         await self._backend.close()
 
     async def __aenter__(self) -> TaskManager:

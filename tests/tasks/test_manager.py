@@ -427,3 +427,28 @@ async def test_exactly_one_terminal_with_misbehaving_runners(
         assert kinds(items) == expected
         if behaviour in {"raises", "no_terminal"}:
             assert items[-1].event.code == "internal"  # type: ignore[union-attr]
+
+
+async def test_shutdown_ends_tasks_whose_work_will_not_stop() -> None:
+    release = asyncio.Event()
+
+    class Stuck(_Misbehaving):
+        async def _run(self) -> AsyncIterator[Event]:
+            yield TaskStarted()
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue  # refuses to stop, even when its driver is cancelled
+
+    tm = TaskManager(lambda spec: Stuck([]), config=TaskManagerConfig(cancel_grace=0.01))
+    started = await tm.start("alice", "q")
+    sub = await tm.subscribe("alice", started.task_id)
+    await until(lambda: sub.last_seq >= 1)
+    await tm.shutdown(deadline=0)
+    items = await collect(sub)
+    assert kinds(items) == ["task_started", "task_cancelled"]
+    assert "did not stop" in items[-1].event.reason  # type: ignore[union-attr]
+    assert tm.active_count == 0
+    release.set()  # let the stuck run end so the test leaves nothing behind
+    await until(lambda: len(asyncio.all_tasks()) == 1)
