@@ -408,7 +408,7 @@ class GatewayClient:
             except ConnectionClosed:
                 if resent_on_reconnect:
                     return  # the reconnect resends every pending request
-                await asyncio.sleep(0)  # let the reader notice and start reconnecting
+                await asyncio.sleep(0.01)  # let the reader notice and start reconnecting
 
     async def _subscribe(self, task: Task) -> None:
         rid = self._next_id()

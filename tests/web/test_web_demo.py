@@ -180,3 +180,24 @@ async def test_errors_and_unknown_frames_are_shown_not_fatal(page: Page) -> None
     )
     await expect(c.locator(".unknown")).to_contain_text("hologram")
     await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+
+
+async def test_token_from_the_page_url(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    token = "page-token-0123456789"
+    directory = tmp_path_factory.mktemp("web-auth")
+    async with demo_gateway(directory, pace_ms=0, tokens={token: "alice"}) as gw:
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(gw.http_url + "/")
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "closed")
+        await expect(page.locator("#banner-text")).to_contain_text("4001")
+        await page.goto(gw.http_url + "/?token=" + token)
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        await expect(page.locator("#session")).to_contain_text("principal alice")
+        task_id = await ask(page, QUESTION)
+        await expect(card(page, task_id).locator(".final-answer .value")).to_have_text(
+            "395", timeout=TIMEOUT_MS
+        )
+        await context.close()
