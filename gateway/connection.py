@@ -113,12 +113,13 @@ class ConnectionStats:
 class _Slot:
     """One queued event; mutable so a later delta can be merged into it."""
 
-    __slots__ = ("frame", "sent", "size")
+    __slots__ = ("frame", "replay", "sent", "size")
 
-    def __init__(self, frame: EventFrame, size: int) -> None:
+    def __init__(self, frame: EventFrame, size: int, replay: bool) -> None:
         self.frame = frame
         self.sent = False
         self.size = size
+        self.replay = replay
 
 
 _EVENT_OVERHEAD = 96  # rough bytes of an event frame besides its text
@@ -150,6 +151,11 @@ class Connection:
         blocked on a socket that does not drain) and closes the socket."""
         self._outbox: deque[_Slot | str | bytes] = deque()
         self._outbox_bytes = 0
+        # Replayed events are already held by the task's log (bounded by its retention), so
+        # they do not count against the slow-consumer bounds; only live lag does.
+        self._replaying = False
+        self._replay_items = 0
+        self._replay_bytes = 0
         self._open_delta: dict[str, _Slot] = {}
         self._wakeup = asyncio.Event()
         self._subscriptions: dict[str, Subscription] = {}
@@ -207,13 +213,17 @@ class Connection:
                     self._reply(StatusReply(id=rid, tasks=[status]))
                 case Subscribe(id=rid, task_id=task_id, after_seq=after_seq):
                     self._unsubscribe(task_id)
-                    sub = await self.manager.subscribe(
-                        self.principal,
-                        task_id,
-                        after_seq=after_seq,
-                        deliver=self._deliver,
-                        request_id=rid,
-                    )
+                    self._replaying = True
+                    try:
+                        sub = await self.manager.subscribe(
+                            self.principal,
+                            task_id,
+                            after_seq=after_seq,
+                            deliver=self._deliver,
+                            request_id=rid,
+                        )
+                    finally:
+                        self._replaying = False
                     self._keep(task_id, sub)
                 case Unsubscribe(task_id=task_id):
                     self._unsubscribe(task_id)
@@ -268,13 +278,17 @@ class Connection:
         deliver = self._deliver if frame.subscribe else None
         if frame.task_id is not None and frame.task_id in self._subscriptions and deliver:
             deliver = None  # a retried start on a connection already following it
-        result = await self.manager.start(
-            self.principal,
-            frame.input,
-            task_id=frame.task_id,
-            options=frame.options,
-            deliver=deliver,
-        )
+        self._replaying = True  # a retried start replays the existing task's events
+        try:
+            result = await self.manager.start(
+                self.principal,
+                frame.input,
+                task_id=frame.task_id,
+                options=frame.options,
+                deliver=deliver,
+            )
+        finally:
+            self._replaying = False
         self._started[result.task_id] = None
         self._reply(
             Accepted(
@@ -346,22 +360,29 @@ class Connection:
                         task_id=task_id, seq=item.seq, ts=slot.frame.ts, event=merged
                     )
                     slot.size += len(event.delta)
-                    self._outbox_bytes += len(event.delta)
+                    if slot.replay:
+                        self._replay_bytes += len(event.delta)
+                    else:
+                        self._outbox_bytes += len(event.delta)
                     self.stats.events_merged += 1
                     self._check_overflow()
                     return
-            new = _Slot(item, len(event.delta) + _EVENT_OVERHEAD)
+            new = _Slot(item, len(event.delta) + _EVENT_OVERHEAD, self._replaying)
             self._open_delta[task_id] = new
         else:
-            new = _Slot(item, _EVENT_OVERHEAD)
+            new = _Slot(item, _EVENT_OVERHEAD, self._replaying)
             if isinstance(event, _TERMINAL):
                 self._open_delta.pop(task_id, None)
                 self._subscriptions.pop(task_id, None)  # the subscription closes itself
             else:
                 self._open_delta.pop(task_id, None)
         outbox.append(new)
-        self._outbox_bytes += new.size
-        self._check_overflow()
+        if new.replay:
+            self._replay_items += 1
+            self._replay_bytes += new.size
+        else:
+            self._outbox_bytes += new.size
+            self._check_overflow()
         self._wakeup.set()
 
     def send_frame(self, frame: ServerFrame) -> None:
@@ -416,7 +437,10 @@ class Connection:
 
     def _check_overflow(self) -> None:
         s = self.settings
-        if len(self._outbox) > s.max_outbox or self._outbox_bytes > s.max_outbox_bytes:
+        if (
+            len(self._outbox) - self._replay_items > s.max_outbox
+            or self._outbox_bytes > s.max_outbox_bytes
+        ):
             self.request_close(CloseCode.SLOW_CONSUMER, "slow consumer: resume with subscribe")
 
     def request_close(self, code: int, reason: str) -> None:
@@ -426,7 +450,7 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self._outbox.clear()
-        self._outbox_bytes = 0
+        self._outbox_bytes = self._replay_items = self._replay_bytes = 0
         self._unsubscribe_all()
         self._wakeup.set()
         self._wake_flush_waiters()
@@ -456,7 +480,11 @@ class Connection:
                 break
             outbox.popleft()
             slot.sent = True
-            self._outbox_bytes -= slot.size
+            if slot.replay:
+                self._replay_items -= 1
+                self._replay_bytes -= slot.size
+            else:
+                self._outbox_bytes -= slot.size
             events.append(slot.frame)
         self.stats.frames_sent += 1
         return self._encode_events(events), len(events)
