@@ -33,7 +33,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import gateway
 from gateway.tasks import Subscription, TaskError, TaskManager
@@ -59,7 +59,6 @@ from protocol import (
     StatusReply,
     StatusRequest,
     Subscribe,
-    TaskState,
     Unsubscribe,
 )
 from protocol.events import TaskCancelled, TaskCompleted, TaskFailed
@@ -188,6 +187,8 @@ class Connection:
 
     async def handle(self, data: str | bytes) -> None:
         """Handle one incoming WebSocket message. Never raises for bad input."""
+        if self.close_code is not None or self._closed:
+            return  # closing: a reply could not be delivered, so do not act on it
         self.stats.frames_received += 1
         frame = self.session.receive(data)
         if isinstance(frame, ProtocolError):
@@ -294,7 +295,7 @@ class Connection:
             Accepted(
                 id=frame.id,
                 task_id=result.task_id,
-                state=cast(TaskState, result.state),
+                state=result.state,
                 existing=result.existing,
             )
         )

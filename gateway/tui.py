@@ -193,6 +193,7 @@ class TaskView:
     task_id: str
     input: str
     model: str = ""
+    demo: bool = False
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     note: str = ""
@@ -214,8 +215,9 @@ class TaskView:
         sub = getattr(event, "agent", "main") != "main"
         prefix = f"[{event.agent}] " if sub else ""
         match event:
-            case TaskStarted(model=model):
+            case TaskStarted(model=model, provider=provider):
                 self.model = model
+                self.demo = provider == "demo" or model == "ospark-demo"
             case TaskProgress(step=step, turn=turn):
                 label = f"{step} {turn}" if step == "turn_started" and turn else step
                 self.steps.append(prefix + label)
@@ -258,7 +260,7 @@ class TaskView:
     def __rich__(self) -> RenderableType:
         parts: list[RenderableType] = []
         model = self.model or "…"
-        if self.model in ("demo", "ospark-demo"):
+        if self.demo:
             model = f"{self.model} (offline demo model)"
         status = f"{self.task_id} · {model} · {self.elapsed():.1f}s"
         if self.outcome is None:

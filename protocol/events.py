@@ -51,14 +51,19 @@ class _EventBase(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=T
 
 
 class TaskStarted(_EventBase, tag="task_started"):
-    """The task left the queue and its agent began to work. Always the first event."""
+    """The task left the queue and its agent began to work. The first event of a task, but
+    for a ``task_progress`` step ``queued`` when it had to wait for a free slot; a task
+    cancelled while still queued ends with ``task_cancelled`` and has no ``task_started``."""
 
     input: str = ""
     """The task's input as given in ``start``."""
     agent_name: str = "main"
     """Name of the agent configuration running the task."""
     model: str = ""
-    """Model of the main agent (``demo`` for the offline demo model)."""
+    """Model name of the main agent (``ospark-demo`` for the offline demo model)."""
+    provider: str = ""
+    """LLM provider of the main agent: ``demo`` (the offline demo model), ``openai``,
+    ``anthropic``. A client should label ``demo`` runs as an offline demo."""
 
 
 class TaskProgress(_EventBase, tag="task_progress"):

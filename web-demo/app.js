@@ -375,7 +375,7 @@
           const model = $(".model", this.card);
           model.textContent = "";
           // The protocol names the offline model `demo`; its config calls it `ospark-demo`.
-          if (ev.model === "demo" || ev.model === "ospark-demo") {
+          if (ev.provider === "demo" || ev.model === "ospark-demo") {
             const badge = el("span", "demo", "offline demo model");
             badge.title = "deterministic offline demo model (" + ev.model + "), not a real LLM";
             model.appendChild(badge);

@@ -154,7 +154,8 @@ class TaskStream(AsyncGenerator[Event, None]):
                 yield self._translate.started(self.task, DEFAULT_AGENT, "")
                 yield self._translate.failure(exc)
                 return
-            yield self._translate.started(self.task, agent_name, config.main_agent.llm.model_name)
+            llm = config.main_agent.llm
+            yield self._translate.started(self.task, agent_name, llm.model_name, llm.provider)
             if self._cancel_reason is not None:
                 yield TaskCancelled(reason=self._cancel_reason)
                 return

@@ -134,8 +134,8 @@ class Translator:
     # -- start and end of a run
 
     @staticmethod
-    def started(task: str, agent_name: str, model: str) -> TaskStarted:
-        return TaskStarted(input=task, agent_name=agent_name, model=model)
+    def started(task: str, agent_name: str, model: str, provider: str = "") -> TaskStarted:
+        return TaskStarted(input=task, agent_name=agent_name, model=model, provider=provider)
 
     def terminal(self, run: asyncio.Task[tuple[str, str]], cancel_reason: str | None) -> Event:
         """The terminal event for a finished run task."""

@@ -65,6 +65,7 @@ from protocol.frames import (
     Gap,
     RequestId,
     StartOptions,
+    TaskState,
     TaskStatus,
 )
 
@@ -146,8 +147,8 @@ class StartResult:
     """What :meth:`TaskManager.start` returns."""
 
     task_id: str
-    state: str
-    """A :data:`protocol.frames.TaskState` value."""
+    state: TaskState
+    """The task's state when the call returned."""
     existing: bool
     """True when an identical ``start`` had already created this task (idempotent retry)."""
     subscription: Subscription | None = None
