@@ -110,3 +110,34 @@ def test_python_session_example_runs() -> None:
     namespace: dict[str, object] = {}
     exec(compile(code[-1], "README.md", "exec"), namespace)
     assert isinstance(namespace["frame"], ProtocolError)
+
+
+def table_examples(heading: str) -> dict[str, str]:
+    section = protocol_section()
+    part = section[section.index(heading) :]
+    part = part[: part.index("\n### ", 1)] if "\n### " in part[1:] else part
+    rows = {}
+    for line in part.splitlines():
+        if line.startswith("| `") or line.startswith("| 40"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            rows[cells[0].strip("`")] = cells[-1].strip("` ")
+    return rows
+
+
+def test_every_error_code_has_a_decodable_example() -> None:
+    from protocol import ErrorCode, ErrorFrame
+
+    examples = table_examples("### Error codes")
+    assert set(examples) == {c.value for c in ErrorCode}
+    for code, example in examples.items():
+        frame = JSON.decode_server(example)
+        assert isinstance(frame, ErrorFrame) and frame.code == code
+
+
+def test_every_close_code_has_an_example() -> None:
+    from protocol import CloseCode
+
+    examples = table_examples("### Close codes")
+    assert set(examples) == {str(c.value) for c in CloseCode}
+    for code, example in examples.items():
+        assert msgspec.json.decode(example)["code"] == int(code)
