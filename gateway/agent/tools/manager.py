@@ -60,6 +60,12 @@ def _result_text(result: types.CallToolResult) -> str:
     return "\n".join(parts)
 
 
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first real error inside (possibly nested) exception groups."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 class ToolManager:
     """Lists and calls the tools of the configured MCP servers for one task."""
 
@@ -102,6 +108,10 @@ class ToolManager:
             raise ToolError(
                 f"cannot start server {server!r}: {exc}", server=server, tool=""
             ) from exc
+        except ExceptionGroup as group:  # the SDK's task group: e.g. the process exited at once
+            raise ToolError(
+                f"cannot start server {server!r}: {_first_leaf(group)}", server=server, tool=""
+            ) from group
         self._clients[server] = client
         return client
 
@@ -145,6 +155,10 @@ class ToolManager:
             raise ToolError(message, server=server, tool=tool) from exc
         except (OSError, RuntimeError) as exc:
             raise ToolError(f"server failure: {exc}", server=server, tool=tool) from exc
+        except ExceptionGroup as group:
+            raise ToolError(
+                f"server failure: {_first_leaf(group)}", server=server, tool=tool
+            ) from group
         text = _result_text(result)
         if result.is_error:
             raise ToolError(text or "the tool reported an error", server=server, tool=tool)
