@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import gateway
-from gateway.tasks import Subscription, TaskError, TaskManager
+from gateway.tasks import Deliver, Delivery, Subscription, TaskError, TaskManager
 from protocol import (
     Accepted,
     Batch,
@@ -85,6 +85,9 @@ class ConnectionSettings:
     """Frames waiting for the socket before the client is closed as a slow consumer."""
     max_outbox_bytes: int = 16 << 20
     """Approximate bytes of queued text before the client is closed as a slow consumer."""
+    max_replay: int = 100_000
+    """Replayed events waiting for the socket (``subscribe`` of many long tasks at once)
+    before the client is closed as a slow consumer."""
     merge_after: int = 32
     """Outbox depth from which consecutive deltas of one task are merged."""
     max_batch: int = 256
@@ -110,15 +113,53 @@ class ConnectionStats:
 
 
 class _Slot:
-    """One queued event; mutable so a later delta can be merged into it."""
+    """One queued event. Deltas merged into it are kept as parts and joined once, when the
+    frame is sent (merging stays linear however far the client lags)."""
 
-    __slots__ = ("frame", "replay", "sent", "size")
+    __slots__ = ("frame", "last_seq", "parts", "replay", "sent", "size")
 
     def __init__(self, frame: EventFrame, size: int, replay: bool) -> None:
         self.frame = frame
         self.sent = False
         self.size = size
         self.replay = replay
+        self.parts: list[str] | None = None
+        self.last_seq = frame.seq
+
+    def materialize(self) -> EventFrame:
+        """The frame to send, with any merged deltas joined into it."""
+        frame = self.frame
+        if self.parts is None:
+            return frame
+        event = frame.event
+        assert isinstance(event, LlmResponse)
+        merged = LlmResponse(
+            delta="".join(self.parts),
+            channel=event.channel,
+            phase=event.phase,
+            turn=event.turn,
+            agent=event.agent,
+        )
+        return EventFrame(task_id=frame.task_id, seq=self.last_seq, ts=frame.ts, event=merged)
+
+
+class _Follow:
+    """This connection's subscription to one task. While a request that subscribes is in
+    progress, deliveries are held and released after the reply (so ``accepted`` comes before
+    the task's events) and counted as replay; a superseded follow delivers nothing."""
+
+    __slots__ = ("active", "held", "sub", "task_id")
+
+    def __init__(self, task_id: str | None) -> None:
+        self.task_id = task_id
+        self.sub: Subscription | None = None
+        self.held: list[Delivery] | None = []
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+        if self.sub is not None:
+            self.sub.close()
 
 
 _EVENT_OVERHEAD = 96  # rough bytes of an event frame besides its text
@@ -135,6 +176,7 @@ class Connection:
         principal: str,
         settings: ConnectionSettings | None = None,
         session_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.manager = manager
         self.session = session
@@ -142,6 +184,7 @@ class Connection:
         self.settings = settings or ConnectionSettings()
         self.session_id = session_id or uuid.uuid4().hex[:16]
         self.stats = ConnectionStats()
+        self.metrics = metrics
         self.close_code: int | None = None
         """Set when the connection must be closed; the endpoint closes with it."""
         self.close_reason = ""
@@ -151,13 +194,12 @@ class Connection:
         self._outbox: deque[_Slot | str | bytes] = deque()
         self._outbox_bytes = 0
         # Replayed events are already held by the task's log (bounded by its retention), so
-        # they do not count against the slow-consumer bounds; only live lag does.
-        self._replaying = False
+        # they count against their own, larger bound (``max_replay``), not the live-lag ones.
         self._replay_items = 0
         self._replay_bytes = 0
         self._open_delta: dict[str, _Slot] = {}
         self._wakeup = asyncio.Event()
-        self._subscriptions: dict[str, Subscription] = {}
+        self._follows: dict[str, _Follow] = {}
         self._started: dict[str, None] = {}  # tasks started here, for the per-connection limit
         limits = self.settings.limits
         self._bucket = _TokenBucket(
@@ -213,19 +255,18 @@ class Connection:
                     status = await self.manager.status(self.principal, task_id)
                     self._reply(StatusReply(id=rid, tasks=[status]))
                 case Subscribe(id=rid, task_id=task_id, after_seq=after_seq):
+                    follow, deliver = self._new_follow(task_id)
+                    follow.sub = await self.manager.subscribe(
+                        self.principal,
+                        task_id,
+                        after_seq=after_seq,
+                        deliver=deliver,
+                        request_id=rid,
+                    )
+                    # Only now drop the previous subscription, so the task never looks
+                    # detached in between (on_detach=cancel would cancel it).
                     self._unsubscribe(task_id)
-                    self._replaying = True
-                    try:
-                        sub = await self.manager.subscribe(
-                            self.principal,
-                            task_id,
-                            after_seq=after_seq,
-                            deliver=self._deliver,
-                            request_id=rid,
-                        )
-                    finally:
-                        self._replaying = False
-                    self._keep(task_id, sub)
+                    self._release(follow)
                 case Unsubscribe(task_id=task_id):
                     self._unsubscribe(task_id)
                 case Ping(id=rid, payload=payload):
@@ -276,20 +317,18 @@ class Connection:
                 None,
             )
             return
-        deliver = self._deliver if frame.subscribe else None
-        if frame.task_id is not None and frame.task_id in self._subscriptions and deliver:
-            deliver = None  # a retried start on a connection already following it
-        self._replaying = True  # a retried start replays the existing task's events
-        try:
-            result = await self.manager.start(
-                self.principal,
-                frame.input,
-                task_id=frame.task_id,
-                options=frame.options,
-                deliver=deliver,
-            )
-        finally:
-            self._replaying = False
+        follow: _Follow | None = None
+        deliver: Deliver | None = None
+        # A retried start on a connection that already follows the task subscribes no again.
+        if frame.subscribe and (frame.task_id is None or frame.task_id not in self._follows):
+            follow, deliver = self._new_follow(frame.task_id)
+        result = await self.manager.start(
+            self.principal,
+            frame.input,
+            task_id=frame.task_id,
+            options=frame.options,
+            deliver=deliver,
+        )
         self._started[result.task_id] = None
         self._reply(
             Accepted(
@@ -299,11 +338,10 @@ class Connection:
                 existing=result.existing,
             )
         )
-        if result.subscription is not None:
-            self._keep(result.task_id, result.subscription)
-        # Accepted is queued after the events the subscription may already have delivered;
-        # move it in front so the client learns the task id before its events.
-        self._hoist_last_control()
+        if follow is not None:
+            follow.task_id = result.task_id
+            follow.sub = result.subscription
+            self._release(follow)  # the task's events (a retry's replay) after `accepted`
 
     async def _forget_finished(self) -> None:
         """Drop the tasks that ended from the per-connection count (only when at the limit)."""
@@ -317,23 +355,61 @@ class Connection:
             if status is None or status.state in ("completed", "failed", "cancelled"):
                 del self._started[task_id]
 
-    def _keep(self, task_id: str, sub: Subscription) -> None:
-        if sub.closed:  # replay ended with the terminal event already
+    def _new_follow(self, task_id: str | None) -> tuple[_Follow, Deliver]:
+        follow = _Follow(task_id)
+        deliver_now = self._deliver
+
+        def deliver(item: Delivery) -> None:
+            if follow.active:
+                held = follow.held
+                if held is None:
+                    deliver_now(item, False)
+                else:
+                    held.append(item)
+
+        return follow, deliver
+
+    def _release(self, follow: _Follow) -> None:
+        """Queue what a new subscription delivered during its request, then go live."""
+        held, follow.held = follow.held, None
+        sub = follow.sub
+        task_id = follow.task_id
+        if sub is None or task_id is None:
             return
-        self._subscriptions[task_id] = sub
+        if not sub.closed:  # (closed: the replay already ended with the terminal event)
+            self._follows[task_id] = follow
+        for item in held or ():
+            self._deliver(item, True)
 
     def _unsubscribe(self, task_id: str) -> None:
-        sub = self._subscriptions.pop(task_id, None)
-        if sub is not None:
-            sub.close()
+        """Stop following a task and drop its events still queued for this socket."""
+        follow = self._follows.pop(task_id, None)
+        if follow is not None:
+            follow.stop()
+        self._open_delta.pop(task_id, None)
+        outbox = self._outbox
+        if not any(isinstance(x, _Slot) and x.frame.task_id == task_id for x in outbox):
+            return
+        kept: deque[_Slot | str | bytes] = deque()
+        for item in outbox:
+            if isinstance(item, _Slot) and item.frame.task_id == task_id:
+                if item.replay:
+                    self._replay_items -= 1
+                    self._replay_bytes -= item.size
+                else:
+                    self._outbox_bytes -= item.size
+            else:
+                kept.append(item)
+        self._outbox = kept
 
     # ------------------------------------------------------------------ outgoing
 
-    def _deliver(self, item: EventFrame | Gap) -> None:
-        """Subscription callback: queue an event (or a gap) for this socket. Never blocks."""
+    def _deliver(self, item: Delivery, replay: bool) -> None:
+        """Queue an event (or a gap) of a followed task for this socket. Never blocks."""
         if self._closed or self.close_code is not None:
             return
         if isinstance(item, Gap):
+            self._open_delta.pop(item.task_id, None)
             self._reply(item)
             return
         outbox = self._outbox
@@ -350,41 +426,44 @@ class Connection:
                     and prev.phase == event.phase
                     and prev.turn == event.turn
                 ):
-                    merged = LlmResponse(
-                        delta=prev.delta + event.delta,
-                        channel=event.channel,
-                        phase=event.phase,
-                        turn=event.turn,
-                        agent=event.agent,
-                    )
-                    slot.frame = EventFrame(
-                        task_id=task_id, seq=item.seq, ts=slot.frame.ts, event=merged
-                    )
-                    slot.size += len(event.delta)
-                    if slot.replay:
-                        self._replay_bytes += len(event.delta)
-                    else:
-                        self._outbox_bytes += len(event.delta)
-                    self.stats.events_merged += 1
-                    self._check_overflow()
+                    self._merge(slot, item, event, replay)
                     return
-            new = _Slot(item, len(event.delta) + _EVENT_OVERHEAD, self._replaying)
+            new = _Slot(item, len(event.delta) + _EVENT_OVERHEAD, replay)
             self._open_delta[task_id] = new
         else:
-            new = _Slot(item, _EVENT_OVERHEAD, self._replaying)
+            new = _Slot(item, _EVENT_OVERHEAD, replay)
+            self._open_delta.pop(task_id, None)
             if isinstance(event, _TERMINAL):
-                self._open_delta.pop(task_id, None)
-                self._subscriptions.pop(task_id, None)  # the subscription closes itself
-            else:
-                self._open_delta.pop(task_id, None)
+                self._follows.pop(task_id, None)  # the subscription closes itself
         outbox.append(new)
-        if new.replay:
+        if replay:
             self._replay_items += 1
             self._replay_bytes += new.size
         else:
             self._outbox_bytes += new.size
-            self._check_overflow()
+        self._check_overflow()
         self._wakeup.set()
+
+    def _merge(self, slot: _Slot, item: EventFrame, event: LlmResponse, replay: bool) -> None:
+        if slot.parts is None:
+            first = slot.frame.event
+            assert isinstance(first, LlmResponse)
+            slot.parts = [first.delta]
+        slot.parts.append(event.delta)
+        slot.last_seq = item.seq
+        size = len(event.delta)
+        if slot.replay and not replay:  # live text joins it: it now counts as live lag
+            slot.replay = False
+            self._replay_items -= 1
+            self._replay_bytes -= slot.size
+            self._outbox_bytes += slot.size
+        slot.size += size
+        if slot.replay:
+            self._replay_bytes += size
+        else:
+            self._outbox_bytes += size
+        self.stats.events_merged += 1
+        self._check_overflow()
 
     def send_frame(self, frame: ServerFrame) -> None:
         """Queue a server frame (not an event) for this client."""
@@ -409,18 +488,6 @@ class Connection:
         self._check_overflow()
         self._wakeup.set()
 
-    def _hoist_last_control(self) -> None:
-        outbox = self._outbox
-        if len(outbox) < 2 or not isinstance(outbox[-1], str | bytes):
-            return
-        last = outbox.pop()
-        # Put it before the trailing run of events (those delivered during the start call).
-        held: list[_Slot | str | bytes] = []
-        while outbox and isinstance(outbox[-1], _Slot) and not outbox[-1].sent:
-            held.append(outbox.pop())
-        outbox.append(last)
-        outbox.extend(reversed(held))
-
     def _reply_error(
         self,
         code: ErrorCode,
@@ -430,6 +497,8 @@ class Connection:
         field_path: str | None,
     ) -> None:
         self.stats.errors_sent += 1
+        if self.metrics is not None:
+            self.metrics.errors_sent.labels(code.value).inc()
         self._reply(
             ErrorFrame(
                 code=code.value, message=message, id=request_id, task_id=task_id, field=field_path
@@ -443,6 +512,10 @@ class Connection:
             or self._outbox_bytes > s.max_outbox_bytes
         ):
             self.request_close(CloseCode.SLOW_CONSUMER, "slow consumer: resume with subscribe")
+        elif self._replay_items > s.max_replay or self._replay_bytes > s.max_outbox_bytes * 4:
+            self.request_close(
+                CloseCode.SLOW_CONSUMER, "too much to replay at once: subscribe to fewer tasks"
+            )
 
     def request_close(self, code: int, reason: str) -> None:
         """Ask the endpoint to close the socket with ``code`` (first request wins)."""
@@ -486,7 +559,7 @@ class Connection:
                 self._replay_bytes -= slot.size
             else:
                 self._outbox_bytes -= slot.size
-            events.append(slot.frame)
+            events.append(slot.materialize())
         self.stats.frames_sent += 1
         return self._encode_events(events), len(events)
 
@@ -497,8 +570,9 @@ class Connection:
         self.stats.batches_sent += 1
         return self.session.send(Batch(events=events))
 
-    async def run_writer(self, send: Send, metrics: Metrics | None = None) -> None:
+    async def run_writer(self, send: Send) -> None:
         """Send queued frames until a close is requested; cancel it to stop."""
+        metrics = self.metrics
         wakeup = self._wakeup
         stats = self.stats
         try:
@@ -539,9 +613,9 @@ class Connection:
     # ------------------------------------------------------------------ lifetime
 
     def _unsubscribe_all(self) -> None:
-        subs, self._subscriptions = self._subscriptions, {}
-        for sub in subs.values():
-            sub.close()
+        follows, self._follows = self._follows, {}
+        for follow in follows.values():
+            follow.stop()
 
     def close(self) -> None:
         """Unsubscribe from every task (they keep running under their detach policy)."""

@@ -28,17 +28,13 @@ from gateway.connection import Connection
 from gateway.server.auth import authenticate
 from gateway.server.metrics import Metrics
 from gateway.server.settings import Settings
-from gateway.tasks import RunnerFactory, TaskManager, TaskSpec
+from gateway.tasks import RunnerFactory, TaskManager, TaskRecord, TaskSpec
 from protocol import (
-    TERMINAL_KINDS,
     CloseCode,
     Closing,
     Event,
     LlmResponse,
     ServerSession,
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
     codec_for_subprotocol,
     select_subprotocol,
 )
@@ -48,40 +44,29 @@ __all__ = ["Gateway", "create_app"]
 
 log = logging.getLogger("gateway.server")
 
-_STATE_OF = {TaskCompleted: "completed", TaskFailed: "failed", TaskCancelled: "cancelled"}
-
 
 class _InstrumentedRun:
-    """Wraps a task run to observe time to first token, cancel latency and final states."""
+    """Wraps a task run to observe the time to its first streamed token."""
 
-    __slots__ = ("_cancelled_at", "_first_token", "_inner", "_metrics", "_started")
+    __slots__ = ("_first_token", "_inner", "_metrics", "_started")
 
     def __init__(self, inner: Any, metrics: Metrics) -> None:
         self._inner = inner
         self._metrics = metrics
         self._started = time.perf_counter()
         self._first_token = False
-        self._cancelled_at: float | None = None
 
     def __aiter__(self) -> _InstrumentedRun:
         return self
 
     async def __anext__(self) -> Event:
         event: Event = await self._inner.__anext__()
-        cls = type(event)
-        if cls is LlmResponse:
-            if not self._first_token:
-                self._first_token = True
-                self._metrics.ttft.observe(time.perf_counter() - self._started)
-        elif event.__struct_config__.tag in TERMINAL_KINDS:
-            self._metrics.tasks_finished.labels(_STATE_OF[cls]).inc()
-            if cls is TaskCancelled and self._cancelled_at is not None:
-                self._metrics.cancel_latency.observe(time.perf_counter() - self._cancelled_at)
+        if not self._first_token and type(event) is LlmResponse:
+            self._first_token = True
+            self._metrics.ttft.observe(time.perf_counter() - self._started)
         return event
 
     def cancel(self, reason: str = "cancelled by client") -> None:
-        if self._cancelled_at is None:
-            self._cancelled_at = time.perf_counter()
         self._inner.cancel(reason)
 
     def aclose(self) -> Awaitable[None]:
@@ -138,7 +123,12 @@ class Gateway:
         def instrumented(spec: TaskSpec) -> Any:
             return _InstrumentedRun(factory(spec), metrics)
 
-        self.manager = TaskManager(instrumented, config=self.settings.tasks)
+        def finished(record: TaskRecord, since_cancel: float | None) -> None:
+            metrics.tasks_finished.labels(record.state).inc()
+            if since_cancel is not None:
+                metrics.cancel_latency.observe(since_cancel)
+
+        self.manager = TaskManager(instrumented, config=self.settings.tasks, on_terminal=finished)
 
     async def drain(self, deadline: float | None = None) -> None:
         """Graceful shutdown: tell every client, let tasks finish up to ``deadline``, cancel the
@@ -178,7 +168,8 @@ async def _websocket(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=subprotocol)
     if auth.principal is None:
         gw.metrics.rejected.labels("unauthorized").inc()
-        await websocket.close(CloseCode.UNAUTHORIZED, auth.reason)
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await websocket.close(CloseCode.UNAUTHORIZED, auth.reason)
         return
     if gw.draining or gw.manager is None:
         await websocket.close(CloseCode.SERVER_RESTART, "server shutting down")
@@ -188,7 +179,13 @@ async def _websocket(websocket: WebSocket) -> None:
         max_frame_bytes=settings.connection.limits.max_frame_bytes,
         max_violations=settings.connection.max_violations,
     )
-    conn = Connection(gw.manager, session, principal=auth.principal, settings=settings.connection)
+    conn = Connection(
+        gw.manager,
+        session,
+        principal=auth.principal,
+        settings=settings.connection,
+        metrics=gw.metrics,
+    )
     gw.add(conn)
     try:
         await _pump(websocket, conn, gw.metrics)
@@ -222,9 +219,7 @@ async def _pump(websocket: WebSocket, conn: Connection, metrics: Metrics) -> Non
 
     await send(conn.hello())
     read_task = asyncio.create_task(reader(), name=f"ws-reader:{conn.session_id}")
-    write_task = asyncio.create_task(
-        conn.run_writer(send, metrics), name=f"ws-writer:{conn.session_id}"
-    )
+    write_task = asyncio.create_task(conn.run_writer(send), name=f"ws-writer:{conn.session_id}")
     close_task: asyncio.Task[object] = asyncio.create_task(conn.close_requested.wait())
     try:
         done, _ = await asyncio.wait(

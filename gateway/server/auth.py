@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, QueryParams
 
-from gateway.server.settings import ANONYMOUS_PRINCIPAL, Settings
+from gateway.server.settings import ANONYMOUS_PRINCIPAL, Settings, is_loopback
 
 __all__ = ["AuthResult", "authenticate"]
 
@@ -28,12 +28,24 @@ class AuthResult:
     """Why it was refused (sent as the close reason)."""
 
 
-def _origin_allowed(origin: str, host: str | None, settings: Settings) -> bool:
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _hostname(host: str) -> str:
+    """``Host`` header → host name, without port or IPv6 brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _origin_allowed(origin: str, host: str, trusted_host: bool, settings: Settings) -> bool:
     origin = origin.rstrip("/")
     if origin in settings.allowed_origins or "*" in settings.allowed_origins:
         return True
-    netloc = urlsplit(origin).netloc
-    return bool(host) and netloc.lower() == (host or "").lower()
+    # Same origin as the page the gateway served, but only when the Host itself can be trusted:
+    # a DNS-rebound attacker's page has a matching Origin and Host of its own choosing.
+    return trusted_host and urlsplit(origin).netloc.lower() == host.strip().lower()
 
 
 def _find_principal(token: str, settings: Settings) -> str | None:
@@ -47,9 +59,6 @@ def _find_principal(token: str, settings: Settings) -> str | None:
 
 def authenticate(headers: Headers, query: QueryParams, settings: Settings) -> AuthResult:
     """Authenticate a WebSocket handshake."""
-    origin = headers.get("origin")
-    if origin is not None and not _origin_allowed(origin, headers.get("host"), settings):
-        return AuthResult(None, f"origin {origin} is not allowed")
     token = None
     authorization = headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
@@ -57,11 +66,22 @@ def authenticate(headers: Headers, query: QueryParams, settings: Settings) -> Au
         token = value.strip()
     elif query.get("token"):
         token = query["token"]
+    host = headers.get("host", "")
+    loopback_host = _hostname(host) in _LOOPBACK_NAMES
+    origin = headers.get("origin")
+    if origin is not None and not _origin_allowed(
+        origin, host, loopback_host or token is not None, settings
+    ):
+        return AuthResult(None, "origin not allowed")
     if token is not None:
         principal = _find_principal(token, settings)
         if principal is None:
             return AuthResult(None, "invalid token")
         return AuthResult(principal)
     if settings.anonymous_allowed:
+        if is_loopback(settings.host) and not loopback_host:
+            # Served on loopback without tokens: a Host that is not a loopback name means a
+            # browser was pointed here by a rebound DNS name.
+            return AuthResult(None, "host not allowed")
         return AuthResult(ANONYMOUS_PRINCIPAL)
     return AuthResult(None, "a token is required (Authorization: Bearer … or ?token=)")

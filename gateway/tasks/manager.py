@@ -87,6 +87,10 @@ log = logging.getLogger(__name__)
 
 CancelResult = Literal["accepted", "already_terminal", "unknown"]
 
+TerminalObserver = Callable[[TaskRecord, "float | None"], None]
+"""Told of every task's end (the record has the final state) with the seconds since its
+cancel was requested, if it was (metrics)."""
+
 
 @dataclass(frozen=True, slots=True)
 class TaskManagerConfig:
@@ -171,6 +175,7 @@ class _Runtime:
     __slots__ = (
         "admitted",
         "cancel_reason",
+        "cancel_requested",
         "detach_timer",
         "driver",
         "hard_timer",
@@ -187,6 +192,7 @@ class _Runtime:
         self.run: TaskRun | None = None
         self.admitted: asyncio.Future[bool] | None = None
         self.cancel_reason: str | None = None
+        self.cancel_requested: float | None = None
         self.subscribers = 0
         self.detach_timer: asyncio.TimerHandle | None = None
         self.hard_timer: asyncio.TimerHandle | None = None
@@ -207,9 +213,11 @@ class TaskManager:
         *,
         config: TaskManagerConfig | None = None,
         backend: TaskBackend | None = None,
+        on_terminal: TerminalObserver | None = None,
     ) -> None:
         self.config = config or TaskManagerConfig()
         self._runner_factory = runner_factory
+        self._on_terminal = on_terminal
         self._backend: TaskBackend = backend if backend is not None else InMemoryBackend()
         self._active: dict[tuple[str, str], _Runtime] = {}
         self._active_by_owner: Counter[str] = Counter()
@@ -342,6 +350,7 @@ class TaskManager:
         if rt.terminal or rt.cancel_reason is not None:
             return
         rt.cancel_reason = reason
+        rt.cancel_requested = time.perf_counter()
         self._disarm_detach(rt)
         admitted = rt.admitted
         if admitted is not None and not admitted.done():  # still queued
@@ -586,6 +595,11 @@ class TaskManager:
                     usage = rt.run.usage
                 record.usage = usage
                 self._backend.update(record)
+                if self._on_terminal is not None:
+                    requested = rt.cancel_requested
+                    self._on_terminal(
+                        record, None if requested is None else time.perf_counter() - requested
+                    )
         self._backend.append(
             record, EventFrame(task_id=record.task_id, seq=seq, ts=now, event=event)
         )

@@ -126,6 +126,36 @@ class Client:
         await self.ws.close()
 
 
+async def raw_close_code(port: int, headers: dict[str, str]) -> int | None:
+    """Open a WebSocket with exactly these handshake headers (as a browser would send them,
+    one ``Host``), and return the close code of the server's first frame if it is a close."""
+    import base64
+    import os
+    import struct
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        "GET /ws HTTP/1.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    first = await reader.readexactly(2)
+    payload = await reader.readexactly(first[1] & 0x7F)
+    writer.close()
+    if first[0] & 0x0F != 0x8:
+        return None
+    code: int = struct.unpack("!H", payload[:2])[0]
+    return code
+
+
 def assert_seq_continuous(frames: list[EventFrame]) -> None:
     assert [f.seq for f in frames] == list(range(1, len(frames) + 1))
 
@@ -144,4 +174,5 @@ __all__ = [
     "demo_config",
     "event_key",
     "gaps",
+    "raw_close_code",
 ]

@@ -10,7 +10,7 @@ import websockets
 from gateway.server import Settings, serve_in_background
 from gateway.server.settings import ConfigError, parse_tokens
 from protocol import Accepted, Cancel, CancelAck, ErrorFrame, StatusReply, StatusRequest, Subscribe
-from tests.server.helpers import Client, demo_config
+from tests.server.helpers import Client, demo_config, raw_close_code
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-0123456789ab"
@@ -108,3 +108,26 @@ def test_token_parsing() -> None:
         parse_tokens("alice:short")
     with pytest.raises(ConfigError, match="principal:token"):
         parse_tokens("alice")
+
+
+async def test_dns_rebinding_is_refused(tmp_path: Path) -> None:
+    """A page of attacker.example whose name was rebound to 127.0.0.1 sends its own Host and a
+    matching Origin: without a token that must not pass on a loopback gateway."""
+    s = Settings(port=0, agent_config=demo_config(tmp_path, 20), web_root=None)
+    async with serve_in_background(s) as gw:
+        rebound = f"attacker.example:{gw.port}"
+        origin = f"http://{rebound}"
+        assert await raw_close_code(gw.port, {"Host": rebound, "Origin": origin}) == 4001
+        assert await raw_close_code(gw.port, {"Host": rebound}) == 4001
+        own = f"127.0.0.1:{gw.port}"
+        assert await raw_close_code(gw.port, {"Host": own, "Origin": f"http://{own}"}) is None
+        # The gateway's own page (and non-browser clients) still connect.
+        ok = await Client.connect(gw.url, origin=f"http://127.0.0.1:{gw.port}")
+        await ok.close()
+        ok = await Client.connect(gw.url.replace("127.0.0.1", "localhost"))
+        await ok.close()
+
+
+async def test_a_huge_origin_is_refused_cleanly(tmp_path: Path) -> None:
+    async with serve_in_background(settings(tmp_path)) as gw:
+        assert await closed_with(gw.url, origin="https://" + "x" * 300 + ".example") == 4001

@@ -232,3 +232,65 @@ async def test_accepted_comes_before_replayed_events(gate: asyncio.Semaphore) ->
 def test_batch_frame_type() -> None:
     assert Batch(events=[]).__struct_config__.tag == "batch"
     assert Start(id=1, input="x").__struct_config__.tag == "start"
+
+
+async def test_resubscribing_never_detaches_the_task(gate: asyncio.Semaphore) -> None:
+    manager, conn, sock, writer = await setup({"a": [TaskStarted(), None, *deltas(3)]}, gate)
+    await conn.handle(
+        '{"type":"start","id":1,"input":"a","task_id":"t","options":{"on_detach":"cancel"}}'
+    )
+    async with sock.progress:  # the client has seen seq 1
+        await sock.progress.wait_for(lambda: "task_started" in str(sock.sent))
+    await conn.handle('{"type":"subscribe","id":2,"task_id":"t","after_seq":1}')
+    open_gate(gate)
+    await wait_done(manager, "t")
+    await conn.flushed()
+    got = events_of(sock.frames(), "t")
+    assert isinstance(got[-1].event, TaskCompleted)  # not cancelled as "detached"
+    assert [f.seq for f in got] == [1, 2, 3, 4, 5]
+    await finish(manager, conn, writer)
+
+
+async def test_resubscribing_while_lagging_gives_each_event_once(gate: asyncio.Semaphore) -> None:
+    manager, conn, sock, writer = await setup(
+        {"a": [TaskStarted(), None, *deltas(40)]}, gate, merge_after=4
+    )
+    sock.paused.clear()  # the client lags: events pile up (and merge) in the outbox
+    await conn.handle('{"type":"start","id":1,"input":"a","task_id":"t"}')
+    open_gate(gate)
+    await wait_done(manager, "t")
+    await conn.handle('{"type":"subscribe","id":2,"task_id":"t","after_seq":1}')
+    sock.paused.set()
+    await conn.flushed()
+    got = events_of(sock.frames(), "t")
+    seqs = [f.seq for f in got]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == 42
+    text = "".join(f.event.delta for f in got if isinstance(f.event, LlmResponse))
+    assert text == "".join(f"w{i} " for i in range(40))
+    await finish(manager, conn, writer)
+
+
+async def test_replay_flooding_is_bounded(gate: asyncio.Semaphore) -> None:
+    script: list[Event | None] = [TaskStarted()]
+    script += [ToolCallStart(call_id=f"c{i}", server="s", tool="t") for i in range(100)]
+    manager, conn, sock, writer = await setup({"a": script}, gate, max_replay=1000)
+    await conn.handle('{"type":"start","id":1,"input":"a","task_id":"t","subscribe":false}')
+    await wait_done(manager, "t")
+    sock.paused.clear()  # a client that never reads asks for the whole log again and again
+    for i in range(100):
+        await conn.handle(f'{{"type":"subscribe","id":{i},"task_id":"t"}}')
+        assert conn.outbox_depth <= 1000 + 102  # one replay at a time: older ones are dropped
+    # Replays of many different tasks past the bound close the connection instead.
+    for n in range(12):
+        await conn.handle(
+            f'{{"type":"start","id":"s{n}","input":"a","task_id":"t{n}","subscribe":false}}'
+        )
+    for n in range(12):
+        await wait_done(manager, f"t{n}")
+    for n in range(12):
+        await conn.handle(f'{{"type":"subscribe","id":"u{n}","task_id":"t{n}"}}')
+    assert conn.close_code == CloseCode.SLOW_CONSUMER
+    assert conn.outbox_depth == 0
+    writer.cancel()
+    conn.close()
+    await manager.shutdown(0)

@@ -82,3 +82,23 @@ async def test_a_client_that_never_answers_pings_is_dropped(tmp_path: Path) -> N
         assert 0x9 in opcodes  # the server pinged
         assert struct.unpack("!H", payload[:2])[0] == 1011  # then gave up: keepalive timeout
         writer.close()
+
+
+async def test_metrics_count_cancels_and_errors(tmp_path: Path) -> None:
+    from protocol import Cancel, ErrorFrame
+
+    async with serve_in_background(
+        Settings(port=0, agent_config=demo_config(tmp_path, 50), web_root=None)
+    ) as gw:
+        client = await Client.connect(gw.url)
+        await client.start("What is 17*23+4?", task_id="c1")
+        await client.until(lambda: len(client.events["c1"]) >= 3)
+        await client.send(Cancel(id="x", task_id="c1"))
+        await client.until_finished(["c1"])
+        await client.ws.send('{"type":"launch","id":"bad"}')
+        await client.reply("bad", ErrorFrame)
+        _, text = await asyncio.to_thread(get, gw.http_url + "/metrics")
+        assert 'ospark_tasks_finished_total{state="cancelled"} 1.0' in text
+        assert "ospark_cancel_latency_seconds_count 1.0" in text
+        assert 'ospark_errors_sent_total{code="unknown_type"} 1.0' in text
+        await client.close()
