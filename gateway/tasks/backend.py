@@ -29,7 +29,7 @@ from typing import Protocol
 
 import msgspec
 
-from protocol.events import Usage
+from protocol.events import LlmResponse, Usage
 from protocol.frames import EventFrame, StartOptions, TaskState
 
 __all__ = ["InMemoryBackend", "Listener", "LogSlice", "TaskBackend", "TaskRecord"]
@@ -113,6 +113,16 @@ class TaskBackend(Protocol):
 
 
 _size_encoder = msgspec.json.Encoder()
+_DELTA_OVERHEAD = 120  # bytes of an llm_response event frame besides its text
+
+
+def _size(frame: EventFrame) -> int:
+    """About the JSON size of ``frame``. Deltas, most of all events, are not encoded for it:
+    the per-event path stays free of a second encode."""
+    event = frame.event
+    if type(event) is LlmResponse:
+        return len(event.delta) + _DELTA_OVERHEAD
+    return len(_size_encoder.encode(frame))
 
 
 class _Log:
@@ -132,7 +142,7 @@ class _Log:
 class InMemoryBackend:
     """The embedded default: everything in this process's memory.
 
-    ``max_events`` and ``max_bytes`` bound each task's log (bytes as the JSON encoding of the
+    ``max_events`` and ``max_bytes`` bound each task's log (bytes as the JSON size of the
     ``event`` frames); the newest event is always kept, even if larger than ``max_bytes``."""
 
     def __init__(self, *, max_events: int = 10_000, max_bytes: int = 2 * 1024 * 1024) -> None:
@@ -173,7 +183,7 @@ class InMemoryBackend:
         entry = self._logs.get((record.owner, record.task_id))
         if entry is None:  # removed already (expired): nobody can read it any more
             return
-        size = len(_size_encoder.encode(frame))
+        size = _size(frame)
         frames = entry.frames
         frames.append(frame)
         entry.sizes.append(size)
