@@ -357,6 +357,18 @@
       return agent;
     }
 
+    // The model call is made again: what it streamed so far will come again, so the partial
+    // text is marked as superseded (kept visible, struck through) rather than shown twice.
+    supersede(path, message) {
+      const agent = this.agent(path);
+      let node = agent.stream.lastElementChild;
+      while (node && /^(reasoning|text-)/.test(node.dataset.block || "")) {
+        node.classList.add("superseded");
+        node = node.previousElementSibling;
+      }
+      agent.stream.appendChild(el("div", "retry-note", "↻ " + (message || "retrying")));
+    }
+
     block(agent, cls, make) {
       const last = agent.stream.lastElementChild;
       if (last && last.dataset.block === cls) return last;
@@ -392,6 +404,7 @@
           const item = el("li", "", label);
           item.title = ev.message || ev.step;
           this.timeline.appendChild(item);
+          if (ev.step === "retrying") this.supersede(path, ev.message);
           break;
         }
         case "llm_response": {
