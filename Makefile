@@ -39,10 +39,10 @@ schema: $(STAMP)
 	$(BIN)/ospark schema
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m gateway.bench
 
 bench-smoke: $(STAMP)
-	$(BIN)/python -m bench --smoke
+	$(BIN)/python -m gateway.bench --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

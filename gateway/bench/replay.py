@@ -1,0 +1,170 @@
+"""A synthetic task: the shape of a demo agent run, replayed without the agent.
+
+Every server of the transport benchmarks (the gateway, the peers and the raw endpoint) streams
+the same events, made here, so that what differs between them is only the transport: the
+agent's own cost is measured separately (the end-to-end rows run the real demo model).
+
+A replay task is described by its input, ``replay:<events>:<pace_ms>``: ``events`` events in
+all (``task_started``, progress, word-sized ``llm_response`` deltas, a tool call, the terminal
+``task_completed``), one every ``pace_ms`` milliseconds (``0``: as fast as the loop runs; every
+event still yields to the event loop once, as a real LLM stream does between network reads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+from protocol.events import (
+    Event,
+    LlmResponse,
+    TaskCancelled,
+    TaskCompleted,
+    TaskProgress,
+    TaskStarted,
+    ToolCallComplete,
+    ToolCallStart,
+    Usage,
+)
+from protocol.frames import EventFrame
+
+__all__ = ["ReplayRun", "events", "frames", "parse_input", "replay_factory", "replay_input"]
+
+_WORDS = [
+    "The",
+    "question",
+    "contains",
+    "the",
+    "arithmetic",
+    "expression",
+    "17*23+4.",
+    "Rather",
+    "than",
+    "working",
+    "it",
+    "out",
+    "in",
+    "my",
+    "head,",
+    "I",
+    "will",
+    "use",
+    "the",
+    "calculator",
+    "tool",
+    "and",
+    "then",
+    "report",
+    "the",
+    "result.",
+    "",
+]
+
+
+def replay_input(n_events: int, pace_ms: float = 0.0) -> str:
+    """The ``start`` input that asks a replay runner for ``n_events`` events."""
+    return f"replay:{n_events}:{pace_ms:g}"
+
+
+def parse_input(text: str) -> tuple[int, float]:
+    """``(events, pace seconds)`` of a replay input; a non-replay input gives a short task."""
+    parts = text.split(":")
+    if len(parts) == 3 and parts[0] == "replay":
+        return max(3, int(parts[1])), float(parts[2]) / 1000.0
+    return 16, 0.0
+
+
+def events(n: int) -> Iterator[Event]:
+    """The ``n`` events of one replayed task (at least 3), terminal event last."""
+    n = max(3, n)
+    yield TaskStarted(input="replay", agent_name="main", model="replay", provider="demo")
+    body = n - 2
+    tool_at = body // 2 if body >= 8 else -1
+    emitted = 0
+    i = 0
+    while emitted < body:
+        if i == 0:
+            yield TaskProgress(step="turn_started", turn=1)
+        elif i == tool_at:
+            yield ToolCallStart(
+                call_id="c1", server="calculator", tool="calculate", arguments={"e": "17*23+4"}
+            )
+        elif i == tool_at + 1:
+            yield ToolCallComplete(
+                call_id="c1", server="calculator", tool="calculate", result="395", duration_ms=0.4
+            )
+        else:
+            word = _WORDS[i % len(_WORDS)] + " "
+            if i < body // 2:
+                yield LlmResponse(delta=word, channel="reasoning", turn=1)
+            else:
+                yield LlmResponse(delta=word, channel="text", turn=1)
+        emitted += 1
+        i += 1
+    yield TaskCompleted(
+        final_answer="395",
+        summary="Final answer: \\boxed{395}",
+        usage=Usage(input_tokens=120, output_tokens=n),
+    )
+
+
+def frames(task_id: str, n: int) -> list[EventFrame]:
+    """The events of one replayed task as wire frames (``ts`` of now)."""
+    ts = time.time()
+    return [
+        EventFrame(task_id=task_id, seq=seq, ts=ts, event=ev)
+        for seq, ev in enumerate(events(n), start=1)
+    ]
+
+
+class ReplayRun:
+    """A :class:`gateway.tasks.TaskRun` that replays :func:`events`; cancellable between
+    events (the next one is then ``task_cancelled``)."""
+
+    def __init__(self, n_events: int, pace: float) -> None:
+        self._events = events(n_events)
+        self._pace = pace
+        self._cancelled: str | None = None
+        self._done = False
+        self._wake = asyncio.Event()
+        self.usage = Usage()
+
+    def __aiter__(self) -> ReplayRun:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._done:
+            raise StopAsyncIteration
+        if self._pace:
+            if self._cancelled is None:
+                try:
+                    async with asyncio.timeout(self._pace):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        else:
+            await asyncio.sleep(0)
+        if self._cancelled is not None:
+            self._done = True
+            return TaskCancelled(reason=self._cancelled)
+        event = next(self._events, None)
+        if event is None:
+            raise StopAsyncIteration
+        if isinstance(event, TaskCompleted):
+            self._done = True
+        return event
+
+    def cancel(self, reason: str = "cancelled by client") -> None:
+        if self._cancelled is None and not self._done:
+            self._cancelled = reason
+            self._wake.set()
+
+    async def aclose(self) -> None:
+        self._done = True
+
+
+def replay_factory(spec: object) -> ReplayRun:
+    """A runner factory (``TaskSpec → TaskRun``) reading the replay input."""
+    n, pace = parse_input(str(getattr(spec, "input", "")))
+    return ReplayRun(n, pace)
