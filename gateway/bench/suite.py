@@ -581,9 +581,18 @@ tools:
 main_agent: {{tool_config: [bench], max_turns: 4}}
 """,
             )
+            # The LLM-streaming case has no stdio tool server: its shutdown is not in the figure.
+            stream_config = self._config(
+                "cancel-stream",
+                f"""
+llm: {{provider: openai, model_name: bench, base_url: "http://127.0.0.1:{llm.port}/v1",
+      api_key: bench, timeout_s: 60}}
+main_agent: {{tool_config: [], max_turns: 4}}
+""",
+            )
             results: dict[str, list[dict[str, Any]]] = {"stream": [], "tool": []}
             for _ in range(s.runs):
-                with server("gateway", "--source", "demo", "--config", config) as gw:
+                with server("gateway", "--source", "demo", "--config", stream_config) as gw:
                     spec = {"workload": "cancel", "proto": "gateway", "port": gw.port}
                     results["stream"].append(
                         client(
@@ -596,6 +605,8 @@ main_agent: {{tool_config: [bench], max_turns: 4}}
                             }
                         )
                     )
+                with server("gateway", "--source", "demo", "--config", config) as gw:
+                    spec = {"workload": "cancel", "proto": "gateway", "port": gw.port}
                     results["tool"].append(
                         client(
                             {
