@@ -12,8 +12,8 @@ slow socket never slows a task, and a slow task never delays another task's even
 - When more than one event is waiting, the writer sends them as one ``batch`` frame (up to
   ``max_batch``); when it keeps up, one event per frame — low latency when idle, high
   throughput when busy.
-- When the outbox holds ``merge_after`` frames or more (the client lags), an ``llm_response``
-  is merged into the previous still-queued delta of the same task when no other event of that
+- When the writer is blocked on the socket and ``merge_after`` frames or more wait behind it
+  (the client lags), an ``llm_response`` is merged into the previous still-queued delta of the same task when no other event of that
   task came between them and agent, channel, phase and turn match. The merged frame carries
   the later ``seq``; lifecycle and tool events are never merged or dropped.
 - Past ``max_outbox`` frames (or ``max_outbox_bytes`` of queued text) the client is a slow
@@ -417,7 +417,12 @@ class Connection:
         task_id = item.task_id
         if isinstance(event, LlmResponse):
             slot = self._open_delta.get(task_id)
-            if slot is not None and not slot.sent and len(outbox) >= self.settings.merge_after:
+            if (
+                slot is not None
+                and not slot.sent
+                and self._sending  # the writer is stuck on the socket: the client lags
+                and len(outbox) >= self.settings.merge_after
+            ):
                 prev = slot.frame.event
                 if (
                     isinstance(prev, LlmResponse)

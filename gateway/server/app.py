@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,55 +27,18 @@ from gateway.connection import Connection
 from gateway.server.auth import authenticate
 from gateway.server.metrics import Metrics
 from gateway.server.settings import Settings
-from gateway.tasks import RunnerFactory, TaskManager, TaskRecord, TaskSpec
+from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
 from protocol import (
     CloseCode,
     Closing,
-    Event,
-    LlmResponse,
     ServerSession,
     codec_for_subprotocol,
     select_subprotocol,
 )
-from protocol.events import Usage
 
 __all__ = ["Gateway", "create_app"]
 
 log = logging.getLogger("gateway.server")
-
-
-class _InstrumentedRun:
-    """Wraps a task run to observe the time to its first streamed token."""
-
-    __slots__ = ("_first_token", "_inner", "_metrics", "_started")
-
-    def __init__(self, inner: Any, metrics: Metrics) -> None:
-        self._inner = inner
-        self._metrics = metrics
-        self._started = time.perf_counter()
-        self._first_token = False
-
-    def __aiter__(self) -> _InstrumentedRun:
-        return self
-
-    async def __anext__(self) -> Event:
-        event: Event = await self._inner.__anext__()
-        if not self._first_token and type(event) is LlmResponse:
-            self._first_token = True
-            self._metrics.ttft.observe(time.perf_counter() - self._started)
-        return event
-
-    def cancel(self, reason: str = "cancelled by client") -> None:
-        self._inner.cancel(reason)
-
-    def aclose(self) -> Awaitable[None]:
-        result: Awaitable[None] = self._inner.aclose()
-        return result
-
-    @property
-    def usage(self) -> Usage:
-        usage: Usage = self._inner.usage
-        return usage
 
 
 class Gateway:
@@ -120,15 +82,14 @@ class Gateway:
         factory = self._runner_factory or self._default_runner_factory()
         metrics = self.metrics
 
-        def instrumented(spec: TaskSpec) -> Any:
-            return _InstrumentedRun(factory(spec), metrics)
-
-        def finished(record: TaskRecord, since_cancel: float | None) -> None:
+        def finished(record: TaskRecord, since_cancel: float | None, ttft: float | None) -> None:
             metrics.tasks_finished.labels(record.state).inc()
             if since_cancel is not None:
                 metrics.cancel_latency.observe(since_cancel)
+            if ttft is not None:
+                metrics.ttft.observe(ttft)
 
-        self.manager = TaskManager(instrumented, config=self.settings.tasks, on_terminal=finished)
+        self.manager = TaskManager(factory, config=self.settings.tasks, on_terminal=finished)
 
     async def drain(self, deadline: float | None = None) -> None:
         """Graceful shutdown: tell every client, let tasks finish up to ``deadline``, cancel the

@@ -74,6 +74,7 @@ class TaskStream(AsyncGenerator[Event, None]):
         self._waiter: asyncio.Future[None] | None = None
         self._child: asyncio.Task[tuple[str, str]] | None = None
         self._cancel_reason: str | None = None
+        self._push: Callable[[Event], None] | None = None
         self._gen = self._run()
 
     # -- the AsyncGenerator interface, delegated to the inner generator
@@ -115,6 +116,13 @@ class TaskStream(AsyncGenerator[Event, None]):
             child.cancel()
         self._wake()
 
+    def push_to(self, deliver: Callable[[Event], None]) -> None:
+        """Hand the core's events to ``deliver`` synchronously as they happen, instead of
+        queueing them for iteration, which then yields only ``task_started`` and the terminal
+        event. Call it before iterating; ``deliver`` must not block (the task manager's
+        per-event path uses this: one task switch less per event)."""
+        self._push = deliver
+
     # -- internals
 
     def _wake(self, _: object = None) -> None:
@@ -127,6 +135,10 @@ class TaskStream(AsyncGenerator[Event, None]):
     def _sink(self, core_event: CoreEvent) -> None:
         event = self._translate(core_event)
         if event is None:
+            return
+        push = self._push
+        if push is not None:
+            push(event)
             return
         items = self._items
         if items and type(event) is LlmResponse:

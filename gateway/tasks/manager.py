@@ -53,6 +53,7 @@ from typing import Literal, Protocol
 from protocol.errors import ErrorCode
 from protocol.events import (
     Event,
+    LlmResponse,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
@@ -87,9 +88,10 @@ log = logging.getLogger(__name__)
 
 CancelResult = Literal["accepted", "already_terminal", "unknown"]
 
-TerminalObserver = Callable[[TaskRecord, "float | None"], None]
+TerminalObserver = Callable[[TaskRecord, "float | None", "float | None"], None]
 """Told of every task's end (the record has the final state) with the seconds since its
-cancel was requested, if it was (metrics)."""
+cancel was requested, if it was, and the seconds from its run's start to its first streamed
+token, if any (metrics)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +180,12 @@ class _Runtime:
         "cancel_requested",
         "detach_timer",
         "driver",
+        "first_token",
         "hard_timer",
         "holds_slot",
         "record",
         "run",
+        "started",
         "subscribers",
         "terminal",
     )
@@ -193,6 +197,8 @@ class _Runtime:
         self.admitted: asyncio.Future[bool] | None = None
         self.cancel_reason: str | None = None
         self.cancel_requested: float | None = None
+        self.started = 0.0  # perf_counter() when the run began
+        self.first_token = 0.0  # perf_counter() of the first llm_response
         self.subscribers = 0
         self.detach_timer: asyncio.TimerHandle | None = None
         self.hard_timer: asyncio.TimerHandle | None = None
@@ -530,6 +536,13 @@ class TaskManager:
                 TaskSpec(record.owner, record.task_id, record.input, record.options)
             )
             rt.run = run
+            rt.started = time.perf_counter()
+            push_to = getattr(run, "push_to", None)
+            if push_to is not None:
+                # The run hands its events over as they happen, in its producer's own call:
+                # no hop through this driver task per event. Iteration below then yields only
+                # what the run produces itself (its first and its terminal event).
+                push_to(lambda event: self._emit(rt, event))
             async for event in run:
                 self._emit(rt, event)
                 if rt.terminal:
@@ -580,7 +593,10 @@ class TaskManager:
         now = time.time()
         record.updated = now
         cls = type(event)
-        if cls is TaskProgress:
+        if cls is LlmResponse:
+            if rt.first_token == 0.0:
+                rt.first_token = time.perf_counter()
+        elif cls is TaskProgress:
             assert isinstance(event, TaskProgress)
             record.progress = event.step
             if event.turn is not None and event.agent == "main":
@@ -597,8 +613,11 @@ class TaskManager:
                 self._backend.update(record)
                 if self._on_terminal is not None:
                     requested = rt.cancel_requested
+                    first = rt.first_token
                     self._on_terminal(
-                        record, None if requested is None else time.perf_counter() - requested
+                        record,
+                        None if requested is None else time.perf_counter() - requested,
+                        first - rt.started if first and rt.started else None,
                     )
         self._backend.append(
             record, EventFrame(task_id=record.task_id, seq=seq, ts=now, event=event)
