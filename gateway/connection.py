@@ -13,8 +13,9 @@ slow socket never slows a task, and a slow task never delays another task's even
   ``max_batch``); when it keeps up, one event per frame — low latency when idle, high
   throughput when busy.
 - When the writer is blocked on the socket and ``merge_after`` frames or more wait behind it
-  (the client lags), an ``llm_response`` is merged into the previous still-queued delta of the same task when no other event of that
-  task came between them and agent, channel, phase and turn match. The merged frame carries
+  (the client lags), an ``llm_response`` is merged into the previous still-queued delta of
+  the same task when no other event of that task came between them and agent, channel, phase
+  and turn match. The merged frame carries
   the later ``seq``; lifecycle and tool events are never merged or dropped.
 - Past ``max_outbox`` frames (or ``max_outbox_bytes`` of queued text) the client is a slow
   consumer: the connection closes with close code 4000; the client resumes with ``subscribe``
@@ -512,10 +513,12 @@ class Connection:
 
     def _check_overflow(self) -> None:
         s = self.settings
-        if (
-            len(self._outbox) - self._replay_items > s.max_outbox
-            or self._outbox_bytes > s.max_outbox_bytes
-        ):
+        live = len(self._outbox) - self._replay_items
+        # A backlog counts against the client only while the socket does not drain (the writer
+        # is blocked on it); a burst of events the writer has not had its turn for yet is ours,
+        # bounded by a hard limit of four times the bound.
+        factor = 1 if self._sending else 4
+        if live > s.max_outbox * factor or self._outbox_bytes > s.max_outbox_bytes * factor:
             self.request_close(CloseCode.SLOW_CONSUMER, "slow consumer: resume with subscribe")
         elif self._replay_items > s.max_replay or self._replay_bytes > s.max_outbox_bytes * 4:
             self.request_close(

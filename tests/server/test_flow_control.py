@@ -35,7 +35,7 @@ def kinds_without_deltas(frames: list[EventFrame]) -> list[object]:
 
 
 async def test_slow_consumer_is_closed_and_resumes(tmp_path: Path) -> None:
-    s = Settings(port=0, agent_config=demo_config(tmp_path, 0), web_root=None)
+    s = Settings(port=0, agent_config=demo_config(tmp_path, 1), web_root=None)
     s.connection = ConnectionSettings(
         limits=Limits(max_starts_per_second=10_000, max_tasks_per_connection=200),
         max_outbox=200,
@@ -47,7 +47,11 @@ async def test_slow_consumer_is_closed_and_resumes(tmp_path: Path) -> None:
         await reference.until_finished(["ref"])
         ref = reference.events["ref"]
 
-        # A client whose socket barely buffers and that stops reading after `hello`.
+        # A client whose socket barely buffers and that stops reading after `hello` (small
+        # buffers at both ends: accepted sockets inherit the listening socket's send buffer).
+        for server in gw.server.servers:
+            for listening in server.sockets:
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
         raw = socket.socket()
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         raw.connect(("127.0.0.1", gw.port))

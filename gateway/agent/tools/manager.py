@@ -1,9 +1,12 @@
 """ToolManager: every tool of a task, over MCP, by (server, tool, arguments).
 
-One ToolManager serves one task (the main agent and its sub-agents share it). Connections are
-opened lazily — a stdio server is started when its tools are first listed, an in-process built-in
-when it is first called — kept for the task, and closed by :meth:`ToolManager.aclose`, which must
-run in the task that used the manager (the MCP clients hold anyio task groups).
+One ToolManager serves one task (the main agent and its sub-agents share it). Stdio servers are
+started lazily, when their tools are first listed, kept for the task, and closed by
+:meth:`ToolManager.aclose`, which must run in the task that used the manager (the MCP clients
+hold anyio task groups). The in-process built-ins are stateless, so every task of an event loop
+shares one MCP client per built-in, owned by a background task of that loop: a session set-up
+per task would cost five times the call itself, and thousands of tasks reaching their first
+tool call together would stall the loop.
 
 Cancellation: cancelling a running :meth:`call_tool` cancels the MCP request; for a stdio server
 the SDK sends ``notifications/cancelled`` before the ``CancelledError`` propagates. A per-call
@@ -13,6 +16,7 @@ timeout also sends the cancel and becomes a :class:`ToolError`.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -66,6 +70,44 @@ def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[Client]]]
+_SHARED = weakref.WeakKeyDictionary()
+_HOSTS: set[asyncio.Task[None]] = set()
+
+
+async def _host_builtin(name: str, ready: asyncio.Future[Client]) -> None:
+    """Own the loop's client of a built-in server until the loop shuts down (cancels it)."""
+    try:
+        async with Client(builtin_server(name)) as client:
+            # Listed once here, so that no call has to list the tools again to check its
+            # result against the tool's output schema (the client's cache is per session).
+            await client.list_tools()
+            ready.set_result(client)
+            await asyncio.get_running_loop().create_future()  # forever
+    except BaseException as exc:
+        _SHARED.get(asyncio.get_running_loop(), {}).pop(name, None)
+        if not ready.done():
+            ready.set_exception(
+                exc if isinstance(exc, Exception) else RuntimeError("built-in tools stopped")
+            )
+            ready.exception()  # retrieved here; awaiting callers get it too
+        if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            raise
+
+
+async def shared_builtin_client(name: str) -> Client:
+    """This event loop's MCP client of the built-in server ``name`` (started on first use)."""
+    loop = asyncio.get_running_loop()
+    per_loop = _SHARED.setdefault(loop, {})
+    ready = per_loop.get(name)
+    if ready is None:
+        ready = per_loop[name] = loop.create_future()
+        host = loop.create_task(_host_builtin(name, ready), name=f"builtin-tools:{name}")
+        _HOSTS.add(host)
+        host.add_done_callback(_HOSTS.discard)
+    return await asyncio.shield(ready)
+
+
 class ToolManager:
     """Lists and calls the tools of the configured MCP servers for one task."""
 
@@ -90,7 +132,9 @@ class ToolManager:
             raise ToolError("the tool manager is closed", server=server, tool="")
         cfg = self.server_config(server)
         if cfg.builtin is not None:
-            client = Client(builtin_server(cfg.builtin))
+            client = await shared_builtin_client(cfg.builtin)
+            self._clients[server] = client
+            return client
         else:
             assert cfg.command is not None
             params = StdioServerParameters(
