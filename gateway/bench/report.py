@@ -70,15 +70,17 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "`docs/bench/results.json`; the harness is `gateway/bench` (`python -m gateway.bench "
         "--quick` for a shorter run).",
         "",
-        "What limits the figures (py-spy of the gateway process under the 1 conn × 100 tasks "
-        "load): the per-event path, not the encoding or the socket. About a third of the "
-        "samples are the event loop switching tasks (one switch per event per task), a fifth "
-        "`TaskManager._drive` (one `await run.__anext__()` per event, then `_emit` → log append "
-        "→ subscription → `Connection._deliver`); encoding and sending are under a tenth, "
-        "thanks to batching. The raw batch-32 figure sends bytes encoded in advance, so no "
-        "server that makes its events in Python reaches half of it. Cancel during a tool call "
-        "waits for the MCP SDK to stop the task's stdio server process (stdin closed, then up "
-        "to 2 s grace); the LLM-stream cancel needs no process to exit.",
+        "What limits the figures: the per-event path in Python, not the encoding or the "
+        "socket (py-spy of the gateway process under the 1 conn × 100 tasks load: about a third "
+        "of the samples were the event loop switching tasks, encoding and sending under a tenth "
+        "thanks to batching). Since that profile, a run pushes its events straight into the task "
+        "manager (no driver-task hop per event), built-in tools share one MCP client per process "
+        "and the collector is tuned at startup; that took the demo-agent throughput from about "
+        "10k to over 100k events/s and the latency p99 from 22 ms to about 6 ms. The raw "
+        "batch-32 figure sends bytes encoded in advance, so no server that makes its events in "
+        "Python reaches half of it. Cancel during a tool call waits for the MCP SDK to stop the "
+        "task's stdio server process (stdin closed, then up to 2 s grace); the LLM-stream cancel "
+        "needs no process to exit, and its p99 over 40 cancels is the slowest one.",
         "",
     ]
     for row in results["rows"]:
