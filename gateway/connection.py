@@ -102,7 +102,7 @@ class ConnectionSettings:
 
 @dataclass(slots=True)
 class ConnectionStats:
-    """Counters of one connection (the metrics module sums them)."""
+    """Counters of one connection (the process-wide ones are in ``gateway.server.metrics``)."""
 
     frames_sent: int = 0
     bytes_sent: int = 0
@@ -233,6 +233,9 @@ class Connection:
         if self.close_code is not None or self._closed:
             return  # closing: a reply could not be delivered, so do not act on it
         self.stats.frames_received += 1
+        if self.metrics is not None:
+            self.metrics.frames_received.inc()
+            self.metrics.bytes_received.inc(len(data))
         frame = self.session.receive(data)
         if isinstance(frame, ProtocolError):
             self._reply_error(
@@ -320,7 +323,7 @@ class Connection:
             return
         follow: _Follow | None = None
         deliver: Deliver | None = None
-        # A retried start on a connection that already follows the task subscribes no again.
+        # A retried start on a connection that already follows the task does not subscribe again.
         if frame.subscribe and (frame.task_id is None or frame.task_id not in self._follows):
             follow, deliver = self._new_follow(frame.task_id)
         result = await self.manager.start(
@@ -394,14 +397,18 @@ class Connection:
         kept: deque[_Slot | str | bytes] = deque()
         for item in outbox:
             if isinstance(item, _Slot) and item.frame.task_id == task_id:
-                if item.replay:
-                    self._replay_items -= 1
-                    self._replay_bytes -= item.size
-                else:
-                    self._outbox_bytes -= item.size
+                self._uncount(item)
             else:
                 kept.append(item)
         self._outbox = kept
+
+    def _uncount(self, slot: _Slot) -> None:
+        """Take a slot leaving the outbox off the replay or live-backlog counters."""
+        if slot.replay:
+            self._replay_items -= 1
+            self._replay_bytes -= slot.size
+        else:
+            self._outbox_bytes -= slot.size
 
     # ------------------------------------------------------------------ outgoing
 
@@ -459,9 +466,8 @@ class Connection:
         slot.last_seq = item.seq
         size = len(event.delta)
         if slot.replay and not replay:  # live text joins it: it now counts as live lag
+            self._uncount(slot)
             slot.replay = False
-            self._replay_items -= 1
-            self._replay_bytes -= slot.size
             self._outbox_bytes += slot.size
         slot.size += size
         if slot.replay:
@@ -562,21 +568,11 @@ class Connection:
                 break
             outbox.popleft()
             slot.sent = True
-            if slot.replay:
-                self._replay_items -= 1
-                self._replay_bytes -= slot.size
-            else:
-                self._outbox_bytes -= slot.size
+            self._uncount(slot)
             events.append(slot.materialize())
-        self.stats.frames_sent += 1
-        return self._encode_events(events), len(events)
-
-    def _encode_events(self, events: list[EventFrame]) -> str | bytes:
-        self.stats.events_sent += len(events)
         if len(events) == 1:
-            return self.session.send(events[0])
-        self.stats.batches_sent += 1
-        return self.session.send(Batch(events=events))
+            return self.session.send(events[0]), 1
+        return self.session.send(Batch(events=events)), len(events)
 
     async def run_writer(self, send: Send) -> None:
         """Send queued frames until a close is requested; cancel it to stop."""
@@ -595,8 +591,11 @@ class Connection:
                 while (item := self.take_frame()) is not None:
                     payload, n_events = item
                     size = len(payload)
-                    stats.bytes_sent += size
                     await send(payload)
+                    stats.frames_sent += 1
+                    stats.bytes_sent += size
+                    stats.events_sent += n_events
+                    stats.batches_sent += n_events > 1
                     if metrics is not None:
                         metrics.frames_sent.inc()
                         metrics.bytes_sent.inc(size)

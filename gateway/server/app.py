@@ -149,7 +149,7 @@ async def _websocket(websocket: WebSocket) -> None:
     )
     gw.add(conn)
     try:
-        await _pump(websocket, conn, gw.metrics)
+        await _pump(websocket, conn)
     finally:
         conn.close()
         gw.discard(conn)
@@ -157,14 +157,9 @@ async def _websocket(websocket: WebSocket) -> None:
             gw.metrics.slow_consumers.inc()
 
 
-async def _pump(websocket: WebSocket, conn: Connection, metrics: Metrics) -> None:
-    binary = conn.session.codec.binary
-
-    async def send(payload: str | bytes) -> None:
-        if binary:
-            await websocket.send_bytes(payload)  # type: ignore[arg-type]
-        else:
-            await websocket.send_text(payload)  # type: ignore[arg-type]
+async def _pump(websocket: WebSocket, conn: Connection) -> None:
+    # The session encodes to bytes for MessagePack and to str for JSON: pick the sender once.
+    send: Any = websocket.send_bytes if conn.session.codec.binary else websocket.send_text
 
     async def reader() -> None:
         while conn.close_code is None:
@@ -174,8 +169,6 @@ async def _pump(websocket: WebSocket, conn: Connection, metrics: Metrics) -> Non
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            metrics.frames_received.inc()
-            metrics.bytes_received.inc(len(data))
             await conn.handle(data)
 
     await send(conn.hello())
