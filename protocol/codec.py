@@ -66,10 +66,6 @@ class Codec:
         """Encode a frame (or any msgspec-encodable value) to bytes."""
         return self._encoder.encode(obj)
 
-    def encode_into(self, obj: Any, buffer: bytearray, offset: int = 0) -> None:
-        """Encode into an existing buffer at ``offset`` (``-1`` appends)."""
-        self._encoder.encode_into(obj, buffer, offset)
-
     def to_wire(self, data: bytes) -> str | bytes:
         """The WebSocket payload for encoded bytes: text for JSON, binary for MessagePack."""
         return data if self.binary else data.decode()
