@@ -62,7 +62,7 @@ from protocol import (
     Subscribe,
     Unsubscribe,
 )
-from protocol.events import TaskCancelled, TaskCompleted, TaskFailed
+from protocol.events import TERMINAL_STATES
 
 if TYPE_CHECKING:
     from gateway.server.metrics import Metrics
@@ -72,8 +72,6 @@ __all__ = ["Connection", "ConnectionSettings", "ConnectionStats"]
 log = logging.getLogger(__name__)
 
 Send = Callable[[str | bytes], Awaitable[None]]
-
-_TERMINAL = (TaskCompleted, TaskFailed, TaskCancelled)
 
 
 @dataclass(slots=True)
@@ -446,7 +444,7 @@ class Connection:
         else:
             new = _Slot(item, _EVENT_OVERHEAD, replay)
             self._open_delta.pop(task_id, None)
-            if isinstance(event, _TERMINAL):
+            if type(event) in TERMINAL_STATES:
                 self._follows.pop(task_id, None)  # the subscription closes itself
         outbox.append(new)
         if replay:

@@ -31,8 +31,9 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from gateway.client import DEFAULT_URL, GatewayClient, GatewayError, Task, TaskFrame
+from gateway.client import DEFAULT_URL, GatewayClient, GatewayError, Task, TaskFrame, Terminal
 from protocol import (
+    TERMINAL_STATES,
     ErrorEvent,
     Gap,
     LlmResponse,
@@ -202,7 +203,7 @@ class TaskView:
     text: str = ""
     tools: dict[tuple[str, str], _ToolCall] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
-    outcome: TaskCompleted | TaskFailed | TaskCancelled | None = None
+    outcome: Terminal | None = None
 
     def apply(self, frame: TaskFrame) -> None:
         if isinstance(frame, Gap):
@@ -266,7 +267,7 @@ class TaskView:
         if self.outcome is None:
             parts.append(Spinner("dots", Text(f" running · {status}", style="bold cyan")))
         else:
-            parts.append(Text(f"■ {_kind_name(self.outcome)} · {status}", style="bold"))
+            parts.append(Text(f"■ {TERMINAL_STATES[type(self.outcome)]} · {status}", style="bold"))
         parts.append(Text(f"› {self.input}", style="bold"))
         if self.steps:
             parts.append(Text(" → ".join(self.steps[-8:]), style="dim cyan"))
@@ -310,12 +311,6 @@ class TaskView:
             case TaskCancelled(reason=reason):
                 parts.append(Text(f"cancelled: {reason}", style="bold yellow"))
         return Group(*parts)
-
-
-def _kind_name(event: TaskCompleted | TaskFailed | TaskCancelled) -> str:
-    if isinstance(event, TaskCompleted):
-        return "completed"
-    return "failed" if isinstance(event, TaskFailed) else "cancelled"
 
 
 # ---------------------------------------------------------------------------------- status

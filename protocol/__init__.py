@@ -17,6 +17,7 @@ from protocol.errors import RETRYABLE_CLOSE_CODES, CloseCode, ErrorCode, Protoco
 from protocol.events import (
     EVENT_TYPES,
     TERMINAL_KINDS,
+    TERMINAL_STATES,
     ErrorEvent,
     Event,
     LlmResponse,
@@ -73,6 +74,7 @@ __all__ = [
     "RETRYABLE_CLOSE_CODES",
     "SUBPROTOCOLS",
     "TERMINAL_KINDS",
+    "TERMINAL_STATES",
     "Accepted",
     "Batch",
     "Cancel",

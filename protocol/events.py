@@ -18,6 +18,7 @@ import msgspec
 __all__ = [
     "EVENT_TYPES",
     "TERMINAL_KINDS",
+    "TERMINAL_STATES",
     "ErrorEvent",
     "Event",
     "LlmResponse",
@@ -205,5 +206,13 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskCancelled,
 )
 
+TERMINAL_STATES: dict[type, Literal["completed", "failed", "cancelled"]] = {
+    TaskCompleted: "completed",
+    TaskFailed: "failed",
+    TaskCancelled: "cancelled",
+}
+"""The event types that end a task, with the state each leaves it in; exactly one of them is
+the last event of each task (test ``type(event) in TERMINAL_STATES``)."""
+
 TERMINAL_KINDS: frozenset[str] = frozenset({"task_completed", "task_failed", "task_cancelled"})
-"""Kinds of the events that end a task; exactly one of them is the last event of each task."""
+"""Kinds of the events that end a task."""

@@ -41,6 +41,7 @@ from protocol import (
     MSGPACK,
     PROTOCOL_NAME,
     PROTOCOL_VERSION,
+    TERMINAL_STATES,
     Accepted,
     Cancel,
     CancelAck,
@@ -85,11 +86,6 @@ TaskFrame = EventFrame | UnknownEventFrame | Gap
 _R = TypeVar("_R")
 
 _NO_RETRY = frozenset({CloseCode.UNAUTHORIZED, CloseCode.POLICY_VIOLATION})
-_STATE_OF: dict[type, str] = {
-    TaskCompleted: "completed",
-    TaskFailed: "failed",
-    TaskCancelled: "cancelled",
-}
 
 
 class Task:
@@ -174,7 +170,7 @@ class Task:
         self.last_seq = frame.seq
         self._frames.append(frame)
         event = frame.event
-        state = _STATE_OF.get(type(event))
+        state = TERMINAL_STATES.get(type(event))
         if state is not None:
             self.state = state
             self.result = event  # type: ignore[assignment]

@@ -52,10 +52,10 @@ from typing import Literal, Protocol
 
 from protocol.errors import ErrorCode
 from protocol.events import (
+    TERMINAL_STATES,
     Event,
     LlmResponse,
     TaskCancelled,
-    TaskCompleted,
     TaskFailed,
     TaskProgress,
     Usage,
@@ -161,14 +161,7 @@ class StartResult:
     """The subscription made with ``deliver``, if one was passed."""
 
 
-_TERMINAL_STATE: dict[type, Literal["completed", "failed", "cancelled"]] = {
-    TaskCompleted: "completed",
-    TaskFailed: "failed",
-    TaskCancelled: "cancelled",
-}
-
-
-_FINAL_STATES = frozenset(_TERMINAL_STATE.values())
+_FINAL_STATES = frozenset(TERMINAL_STATES.values())
 
 
 class _Runtime:
@@ -602,7 +595,7 @@ class TaskManager:
             if event.turn is not None and event.agent == "main":
                 record.turn = event.turn
         else:
-            state = _TERMINAL_STATE.get(cls)
+            state = TERMINAL_STATES.get(cls)
             if state is not None:
                 rt.terminal = True
                 record.state = state

@@ -29,7 +29,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from protocol.events import TaskCancelled, TaskCompleted, TaskFailed
+from protocol.events import TERMINAL_STATES
 from protocol.frames import EventFrame, Gap
 
 __all__ = ["Deliver", "Delivery", "Subscription"]
@@ -39,8 +39,6 @@ Delivery = EventFrame | Gap
 
 Deliver = Callable[[Delivery], None]
 """Synchronous callback receiving each delivery in order."""
-
-_TERMINAL_TYPES = (TaskCompleted, TaskFailed, TaskCancelled)
 
 
 class Subscription:
@@ -111,7 +109,7 @@ class Subscription:
         if frame.seq <= self.last_seq or self.closed:
             return  # already delivered by the replay (join point), or unsubscribed
         self.last_seq = frame.seq
-        if isinstance(frame.event, _TERMINAL_TYPES):
+        if type(frame.event) in TERMINAL_STATES:
             self.finished = True
             self._deliver(frame)
             if self._buffer is None:  # not during the replay: _start closes after it

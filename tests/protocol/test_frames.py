@@ -81,3 +81,10 @@ def test_subprotocol_selection() -> None:
     assert codec_for_subprotocol(None) is JSON
     assert codec_for_subprotocol("ospark.v1.msgpack") is MSGPACK
     assert codec_for_subprotocol("ospark.v1.json") is JSON
+
+
+def test_terminal_constants_agree() -> None:
+    from protocol import TERMINAL_KINDS, TERMINAL_STATES
+
+    assert {t.__struct_config__.tag for t in TERMINAL_STATES} == TERMINAL_KINDS
+    assert set(TERMINAL_STATES.values()) == {"completed", "failed", "cancelled"}
