@@ -430,13 +430,7 @@ class Connection:
                 and len(outbox) >= self.settings.merge_after
             ):
                 prev = slot.frame.event
-                if (
-                    isinstance(prev, LlmResponse)
-                    and prev.agent == event.agent
-                    and prev.channel == event.channel
-                    and prev.phase == event.phase
-                    and prev.turn == event.turn
-                ):
+                if isinstance(prev, LlmResponse) and prev.same_stream(event):
                     self._merge(slot, item, event, replay)
                     return
             new = _Slot(item, len(event.delta) + _EVENT_OVERHEAD, replay)

@@ -94,6 +94,16 @@ class LlmResponse(_EventBase, tag="llm_response"):
     turn: int = 0
     """Turn number of the agent this delta belongs to (0 in the summary phase)."""
 
+    def same_stream(self, other: LlmResponse) -> bool:
+        """Whether ``other`` continues this delta's stream (same agent, channel, phase and
+        turn), so that the two may be merged into one."""
+        return (
+            self.agent == other.agent
+            and self.channel == other.channel
+            and self.phase == other.phase
+            and self.turn == other.turn
+        )
+
 
 class ToolCallStart(_EventBase, tag="tool_call_start"):
     """The agent called a tool (or a sub-agent, with ``server="agents"``)."""

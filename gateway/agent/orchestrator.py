@@ -78,6 +78,10 @@ class _Run:
     subagent_counts: dict[tuple[str, str], int]
 
 
+def _ignore(event: CoreEvent) -> None:
+    """The sink of an Orchestrator nobody listens to."""
+
+
 class Orchestrator:
     """Runs one task: the main agent loop, its tools and sub-agents, and the final summary.
 
@@ -87,7 +91,8 @@ class Orchestrator:
 
     def __init__(self, config: AgentConfig | None = None, *, sink: Sink | None = None) -> None:
         self.config = config if config is not None else default_config()
-        self._sink = sink
+        # Bound once: the per-delta path makes no check for a missing sink.
+        self._emit: Sink = sink if sink is not None else _ignore
         self.task_id: str | None = None
         self.failed_reason: str | None = None
         self.input_tokens = 0
@@ -97,10 +102,6 @@ class Orchestrator:
     def _get_task_guidance(chinese_context: bool) -> str:
         """The guidance appended to every task (:func:`.prompts._get_task_guidance`)."""
         return _get_task_guidance(chinese_context)
-
-    def _emit(self, event: CoreEvent) -> None:
-        if self._sink is not None:
-            self._sink(event)
 
     async def run_main_agent(
         self, task_description: str, task_id: str | None = None

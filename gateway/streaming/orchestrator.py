@@ -101,10 +101,6 @@ class TaskStream(AsyncGenerator[Event, None]):
         """Token usage of the run so far."""
         return self._translate.usage
 
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancel_reason is not None
-
     def cancel(self, reason: str = "cancelled by client") -> None:
         """Stop the task; the stream then ends with ``task_cancelled`` (or with the terminal
         event of an outcome that was reached first). Idempotent; does not wait."""
@@ -136,19 +132,12 @@ class TaskStream(AsyncGenerator[Event, None]):
         event = self._translate(core_event)
         if event is None:
             return
-        push = self._push
-        if push is not None:
-            push(event)
-            return
         items = self._items
         if items and type(event) is LlmResponse:
             last = items[-1]
             if (
                 type(last) is LlmResponse
-                and last.agent == event.agent
-                and last.channel == event.channel
-                and last.phase == event.phase
-                and last.turn == event.turn
+                and last.same_stream(event)
                 and len(last.delta) < MERGE_LIMIT
             ):
                 # Not yet seen by anyone: growing it in place is safe.
@@ -156,6 +145,12 @@ class TaskStream(AsyncGenerator[Event, None]):
                 return
         items.append(event)
         self._wake()
+
+    def _sink_push(self, core_event: CoreEvent) -> None:
+        """The sink when a push target is set (see :meth:`push_to`)."""
+        event = self._translate(core_event)
+        if event is not None:
+            self._push(event)  # type: ignore[misc]
 
     async def _run(self) -> AsyncGenerator[Event, None]:
         child: asyncio.Task[tuple[str, str]] | None = None
@@ -171,7 +166,9 @@ class TaskStream(AsyncGenerator[Event, None]):
             if self._cancel_reason is not None:
                 yield TaskCancelled(reason=self._cancel_reason)
                 return
-            orchestrator = Orchestrator(config, sink=self._sink)
+            orchestrator = Orchestrator(
+                config, sink=self._sink if self._push is None else self._sink_push
+            )
             child = asyncio.get_running_loop().create_task(
                 orchestrator.run_main_agent(self.task, task_id=self.task_id),
                 name=f"agent:{self.task_id or '?'}",

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -535,7 +536,7 @@ class TaskManager:
                 # The run hands its events over as they happen, in its producer's own call:
                 # no hop through this driver task per event. Iteration below then yields only
                 # what the run produces itself (its first and its terminal event).
-                push_to(lambda event: self._emit(rt, event))
+                push_to(functools.partial(self._emit, rt))
             async for event in run:
                 self._emit(rt, event)
                 if rt.terminal:
