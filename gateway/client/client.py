@@ -108,7 +108,7 @@ class Task:
         self.gaps: list[Gap] = []
         """Events the gateway could no longer replay (dropped by its retention)."""
         self._frames: list[TaskFrame] = []
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None  # made only when a consumer waits
         self._error: GatewayError | None = None
         self._follow = follow
         self._accepted = False
@@ -135,8 +135,9 @@ class Task:
                 return
             if self._error is not None:
                 raise self._error
-            changed = self._changed
-            await changed.wait()
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
 
     async def events(self) -> AsyncIterator[Event | UnknownEvent]:
         """The task's events (typed protocol Structs; :class:`~protocol.UnknownEvent` for kinds
@@ -161,8 +162,9 @@ class Task:
     # -- fed by the client's reader
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     def _feed(self, frame: EventFrame | UnknownEventFrame) -> None:
         if frame.seq <= self.last_seq or self.done:
