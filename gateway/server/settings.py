@@ -86,7 +86,7 @@ class Settings:
     shutdown_deadline: float = 10.0
     """On SIGTERM: seconds running tasks may still finish before they are cancelled."""
     web_root: Path | None = field(
-        default_factory=lambda: Path(__file__).resolve().parents[2] / "web-demo"
+        default_factory=lambda: Path(__file__).resolve().parents[1] / "web"
     )
     """Directory served at ``/`` (the web demo); None to serve none."""
 
