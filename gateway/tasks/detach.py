@@ -79,6 +79,11 @@ class DetachClocks:
         if clock is not None:
             self._disarm(clock)
 
+    def armed(self, key: Hashable) -> bool:
+        """Whether the task's detach timer runs."""
+        clock = self._clocks.get(key)
+        return clock is not None and clock.timer is not None
+
     def _arm(self, key: Hashable, clock: _Clock) -> None:
         ttl = clock.ttl
         if clock.policy == "cancel" or ttl <= 0:

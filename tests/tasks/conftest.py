@@ -5,14 +5,13 @@ once per backend (the Redis backend adds its parameter here)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.tasks import InMemoryBackend, Retention, TaskBackend
 from gateway.testing import ScriptedRunner
-
-BackendFactory = Callable[..., TaskBackend]
+from tests.tasks.helpers import BackendFactory
 
 
 def _memory(retention: Retention | None = None) -> TaskBackend:

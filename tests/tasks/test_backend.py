@@ -18,7 +18,7 @@ from gateway.tasks import (
 )
 from protocol.events import Event, LlmResponse, TaskCompleted, TaskStarted, Usage
 from protocol.frames import EventFrame, Gap, StartOptions
-from tests.tasks.conftest import BackendFactory
+from tests.tasks.helpers import BackendFactory
 
 
 def record(owner: str = "alice", task_id: str = "t1", **fields: object) -> TaskRecord:
