@@ -58,6 +58,7 @@ from protocol.events import (
     Event,
     LlmResponse,
     TaskCancelled,
+    TaskFailed,
     TaskProgress,
     Usage,
 )
@@ -546,6 +547,8 @@ class TaskManager:
         self._backend.append(
             record, EventFrame(task_id=record.task_id, seq=seq, ts=now, event=terminal)
         )
+        if type(terminal) is TaskFailed:  # one line per failed task: its code, never its text
+            log.warning("task %s failed with code %s", record.task_id, terminal.code)
         self._observer.task_ended(record)
         self._release(task)
         self._backend.expire(record.owner, record.task_id, self.config.retain_finished)
