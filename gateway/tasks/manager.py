@@ -139,6 +139,10 @@ class StartResult:
     """The subscription made with ``deliver``, if one was passed."""
 
 
+def _noop() -> None:
+    pass
+
+
 class _Task:
     """The process-local part of an active task."""
 
@@ -288,9 +292,19 @@ class TaskManager:
         if found is not None:  # lost a race with an identical start
             undo()
             return await self._existing(found, input, options, deliver)
+        self._launch(record, sub, undo)
+        return StartResult(record.task_id, record.state, False, sub)
+
+    def _launch(
+        self, record: TaskRecord, sub: Subscription | None = None, undo: Callable[[], None] = _noop
+    ) -> _Task:
+        """Run a task this node now owns (a new one, or one a backend moved here) from
+        ``record.last_seq`` on; ``sub`` (listening already, ``undo`` ends that) becomes its
+        first subscriber before the detach clock starts."""
         task = _Task(record)
+        task.last_seq = record.last_seq
         self._active[task.key] = task
-        cfg = self.config
+        cfg, options = self.config, record.options
         self._detach.track(
             task.key,
             options.on_detach or cfg.on_detach,
@@ -306,9 +320,9 @@ class TaskManager:
         self._drivers.add(driver)
         driver.add_done_callback(functools.partial(self._driver_done, task))
         self._detach.settle(task.key)
-        if self._closing:  # shutdown began while the backend created it
+        if self._closing:  # shutdown began while the backend stored it
             self._cancel(task, "server shutdown")
-        return StartResult(record.task_id, record.state, False, sub)
+        return task
 
     def _check_open(self, task_id: str | None) -> None:
         if self._closing:
@@ -676,10 +690,6 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
             second()
 
     return both
-
-
-def _noop() -> None:
-    pass
 
 
 def _discard(event: Event | Usage) -> None:
