@@ -46,7 +46,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -207,7 +207,7 @@ class TaskManager:
         self._active: dict[tuple[str, str], _Task] = {}
         self._drivers: set[asyncio.Task[None]] = set()
         self._slots = RunSlots(self.config.max_running)
-        self._detach = DetachClocks(self._detached)
+        self._detach: DetachClocks[tuple[str, str]] = DetachClocks(self._detached)
         self._closing = False
         self._backend.attach(self.node, _Handler(self))
 
@@ -396,8 +396,8 @@ class TaskManager:
             log.error("task %s did not stop; ending it without its work", task.record.task_id)
             self._end(task, TaskCancelled(reason=f"{task.cancel_reason} (the work did not stop)"))
 
-    def _detached(self, key: Hashable, reason: str) -> None:
-        task = self._active.get(key)  # type: ignore[call-overload]
+    def _detached(self, key: tuple[str, str], reason: str) -> None:
+        task = self._active.get(key)
         if task is not None:
             self._cancel(task, reason)
 
