@@ -6,13 +6,17 @@ off the hot path: counters are bumped once per frame sent, not per event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["LOOP_LAG_INTERVAL", "Metrics", "sample_loop_lag"]
+
+LOOP_LAG_INTERVAL = 0.25
+"""Seconds between two event-loop lag samples."""
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -26,6 +30,31 @@ class _TaskStates(Collector):
         for state, n in self._counts().items():
             family.add_metric([state], n)
         yield family
+
+
+class _TransportCloses(Collector):
+    def __init__(self, closes: Mapping[str, int]) -> None:
+        self._closes = closes
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "ospark_transport_closes",
+            "Connections closed below the application (handshake_timeout, fragments, ping_flood)",
+            labels=["reason"],
+        )
+        for reason in ("handshake_timeout", "fragments", "ping_flood"):
+            family.add_metric([reason], self._closes.get(reason, 0))
+        yield family
+
+
+async def sample_loop_lag(histogram: Histogram, interval: float = LOOP_LAG_INTERVAL) -> None:
+    """Observe, every ``interval``, how late the event loop woke a sleeper: the time one
+    callback waited behind the others (runs until cancelled)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        planned = loop.time() + interval
+        await asyncio.sleep(interval)
+        histogram.observe(max(0.0, loop.time() - planned))
 
 
 class Metrics:
@@ -80,7 +109,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "ospark_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled every 0.25 s)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         r.register(_TaskStates(task_counts))
+
+    def track_transport(self, closes: Mapping[str, int]) -> None:
+        """Expose a server's transport-level closes (:class:`TransportGuard.closes`)."""
+        self.registry.register(_TransportCloses(closes))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
