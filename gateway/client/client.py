@@ -427,7 +427,15 @@ class GatewayClient:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            raise ConnectionLost(f"the gateway refused the connection: HTTP {status}") from exc
+            reason = bytes(exc.response.body or b"").decode("utf-8", "replace")[:200]
+            # The gateway refuses a bad token (401) or origin (403) at the handshake: reported
+            # like the 4001 close it replaces, and not retried.
+            code = CloseCode.UNAUTHORIZED if status in (401, 403) else None
+            raise ConnectionLost(
+                f"the gateway refused the connection: HTTP {status} {reason}".rstrip(),
+                code=code,
+                reason=reason,
+            ) from exc
         session = ClientSession(self.codec)
         try:
             first = await ws.recv()

@@ -134,6 +134,16 @@ class HostGuard:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/ws":
+            # A plain GET of the WebSocket URL says whether its handshake would be accepted
+            # (426) or why not (401/403): browsers see a refused handshake only as a 1006.
+            verdict = authenticate(
+                Headers(scope=scope), QueryParams(scope["query_string"]), self.settings
+            )
+            status = 426 if verdict.principal is not None else verdict.status
+            reason = "upgrade to a WebSocket" if verdict.principal is not None else verdict.reason
+            await PlainTextResponse(reason, status_code=status)(scope, receive, send)
+            return
         if scope["type"] == "http":
             verdict = check_http(
                 Headers(scope=scope),

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from gateway.server.app import Gateway, create_app
+from gateway.server.logging import install_redaction
 from gateway.server.protocols import TransportGuard, protocol_classes
 from gateway.server.settings import Settings
 from gateway.tasks import RunnerFactory
@@ -57,8 +58,9 @@ class GatewayServer(uvicorn.Server):
                     log.info("listening", extra={"url": f"ws://{host}:{port}/ws"})
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()  # stop accepting first
+        # Still listening while the gateway drains: /healthz answers 503 (a load balancer
+        # takes the instance out) and new WebSockets are refused with 503, instead of
+        # connections being refused; uvicorn stops accepting once the drain is done.
         await self.gateway.drain()
         await super().shutdown(sockets)
 
@@ -86,6 +88,7 @@ def tune_gc() -> None:
 def uvicorn_config(app: Any, settings: Settings, **kw: Any) -> uvicorn.Config:
     # uvicorn's protocols with our transport bounds (head timeout, fragments, unread pongs);
     # their refusals are counted in the app's metrics.
+    install_redaction()  # no `?token=` in uvicorn's lines, whoever configures the handlers
     guard = TransportGuard(settings.transport)
     http_protocol, ws_protocol = protocol_classes(guard)
     gw = getattr(getattr(app, "state", None), "gateway", None)

@@ -21,6 +21,7 @@ from starlette.datastructures import Headers, QueryParams
 from gateway.server import RunningGateway, Settings, serve_in_background
 from gateway.server.auth import check_http
 from gateway.server.protocols import TransportLimits
+from protocol import Accepted, Cancel, Closing
 from tests.server.helpers import Client, demo_config
 
 TOKEN = "alice-token-0123456789"
@@ -164,6 +165,9 @@ async def test_bad_tokens_and_origins_never_get_an_upgrade(tmp_path: Path) -> No
             await handshake_status(gw.port, {"Origin": "https://ok.test"}, f"/ws?token={TOKEN}")
             == 101
         )
+        # A plain GET of the WebSocket URL says why (browsers only see a 1006).
+        assert await http_status(gw.port, "/ws?token=wrong-token-0000000000") == 401
+        assert await http_status(gw.port, f"/ws?token={TOKEN}") == 426
         rejected = gw.gateway.metrics.registry.get_sample_value
         assert rejected("ospark_connections_rejected_total", {"reason": "unauthorized"}) == 3
         assert rejected("ospark_connections_rejected_total", {"reason": "forbidden"}) == 1
@@ -294,3 +298,26 @@ def test_metrics_need_a_token_off_loopback() -> None:
     assert verdict("/metrics", host="10.0.0.5:8000") == 401
     assert verdict("/metrics", host="10.0.0.5:8000", authorization=f"Bearer {TOKEN}") == 200
     assert verdict("/healthz", host="10.0.0.5:8000") == 200
+
+
+# -- the drain -----------------------------------------------------------------------------------
+
+
+async def test_healthz_answers_503_while_draining(tmp_path: Path) -> None:
+    s = Settings(
+        port=0, agent_config=demo_config(tmp_path, 200), web_root=None, shutdown_deadline=60
+    )
+    async with serve_in_background(s) as gw:
+        client = await Client.connect(gw.url)
+        rid = await client.start("What is 17*23+4?", task_id="long")
+        await client.reply(rid, Accepted)
+        assert await http_status(gw.port, "/healthz") == 200
+        gw.server.should_exit = True  # what SIGTERM does
+        await client.until(lambda: any(isinstance(f, Closing) for f in client.others))
+
+        # The task still runs: the gateway is draining, still listening, and says so.
+        assert await http_status(gw.port, "/healthz") == 503
+        assert await handshake_status(gw.port, {}) == 503
+
+        await client.send(Cancel(id="c", task_id="long"))  # lets the drain end early
+        await client.until_finished(["long"])
