@@ -430,10 +430,10 @@ class GatewayClient:
             reason = bytes(exc.response.body or b"").decode("utf-8", "replace")[:200]
             # The gateway refuses a bad token (401) or origin (403) at the handshake: reported
             # like the 4001 close it replaces, and not retried.
-            code = CloseCode.UNAUTHORIZED if status in (401, 403) else None
+            refused = int(CloseCode.UNAUTHORIZED) if status in (401, 403) else None
             raise ConnectionLost(
                 f"the gateway refused the connection: HTTP {status} {reason}".rstrip(),
-                code=code,
+                code=refused,
                 reason=reason,
             ) from exc
         session = ClientSession(self.codec)
