@@ -20,8 +20,14 @@ sysdeps:
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-serve: $(STAMP)
-	$(BIN)/ospark serve --host $(HOST) --port $(PORT)
+# `make serve [HOST=127.0.0.1] [PORT=8000]`. The set-up's build chatter goes to a log that is
+# shown only if it fails; the gateway prints the page to open.
+serve:
+	@$(MAKE) -s -q $(STAMP) 2>/dev/null || echo "installing into $(VENV) (about a minute the first time)..."
+	@log=$$(mktemp); \
+	  if ! $(MAKE) -s --no-print-directory $(STAMP) >"$$log" 2>&1; then cat "$$log"; rm -f "$$log"; exit 1; fi; \
+	  rm -f "$$log"
+	@$(BIN)/ospark serve --host $(HOST) --port $(PORT)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
