@@ -65,7 +65,7 @@ def decode(client: ClientSession, payloads: list[tuple[Payload, int]]) -> list[I
 def is_batch(codec: Codec, payload: Payload) -> bool:
     decoded = codec.decode_any(payload)
     assert isinstance(decoded, dict)
-    return decoded["type"] == "batch"
+    return bool(decoded["type"] == "batch")
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
