@@ -13,20 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import gateway
 from gateway.connection import Connection, ConnectionStats
-from gateway.server.auth import authenticate
-from gateway.server.metrics import Metrics
+from gateway.server.auth import HostGuard, authenticate
+from gateway.server.metrics import Metrics, sample_loop_lag
 from gateway.server.settings import Settings
 from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
 from protocol import (
@@ -67,6 +68,7 @@ class Gateway:
         self.draining = False
         self._no_connections = asyncio.Event()
         self._no_connections.set()
+        self._background: set[asyncio.Task[None]] = set()
 
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -110,8 +112,31 @@ class Gateway:
                 metrics.cancel_latency.observe(since_cancel)
             if ttft is not None:
                 metrics.ttft.observe(ttft)
+            if record.state == "failed":
+                self._spawn(self._log_failure(record))
 
         self.manager = TaskManager(factory, config=self.settings.tasks, on_terminal=finished)
+        self._spawn(sample_loop_lag(metrics.loop_lag))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _log_failure(self, record: TaskRecord) -> None:
+        """One line per failed task: who, which task, the failure's code — never its reason or
+        input, which may quote a provider's error or the user's data."""
+        code = "failed"
+        if self.manager is not None:  # the terminal event is appended right after the observer
+            logged = await self.manager.backend.read(
+                record.owner, record.task_id, max(0, record.last_seq - 1)
+            )
+            if logged is not None and logged.frames:
+                code = getattr(logged.frames[-1].event, "code", code)
+        log.warning(
+            "task failed",
+            extra={"principal": record.owner, "task_id": record.task_id, "code": code},
+        )
 
     async def drain(self, deadline: float | None = None) -> None:
         """Graceful shutdown: tell every client, let tasks finish up to ``deadline``, cancel the
@@ -141,6 +166,9 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.drain(0)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
 
 async def _websocket(websocket: WebSocket) -> None:
@@ -148,15 +176,16 @@ async def _websocket(websocket: WebSocket) -> None:
     settings = gw.settings
     subprotocol = select_subprotocol(websocket.scope.get("subprotocols", []))
     auth = authenticate(websocket.headers, websocket.query_params, settings)
-    await websocket.accept(subprotocol=subprotocol)
+    # Refused before the upgrade: an HTTP status and no 101, so a client without a valid token
+    # never gets a WebSocket the server would have to read frames from.
     if auth.principal is None:
-        gw.metrics.rejected.labels("unauthorized").inc()
-        with contextlib.suppress(Exception):  # the client may be gone already
-            await websocket.close(CloseCode.UNAUTHORIZED, auth.reason)
+        label = "unauthorized" if auth.status == 401 else "forbidden"
+        await _deny(websocket, auth.status, auth.reason, label)
         return
     if gw.draining or gw.manager is None:
-        await websocket.close(CloseCode.SERVER_RESTART, "server shutting down")
+        await _deny(websocket, 503, "server shutting down", "draining")
         return
+    await websocket.accept(subprotocol=subprotocol)
     session = ServerSession(
         codec_for_subprotocol(subprotocol),
         max_frame_bytes=settings.connection.limits.max_frame_bytes,
@@ -176,6 +205,13 @@ async def _websocket(websocket: WebSocket) -> None:
         gw.discard(conn)
         if conn.close_code == CloseCode.SLOW_CONSUMER:
             gw.metrics.slow_consumers.inc()
+
+
+async def _deny(websocket: WebSocket, status: int, reason: str, label: str) -> None:
+    gw: Gateway = websocket.app.state.gateway
+    gw.metrics.rejected.labels(label).inc()
+    with contextlib.suppress(Exception):  # the client may be gone already
+        await websocket.send_denial_response(PlainTextResponse(reason, status_code=status))
 
 
 async def _pump(websocket: WebSocket, conn: Connection, metrics: Metrics) -> None:
@@ -294,6 +330,8 @@ def create_app(
     ]
     if settings.web_root is not None and settings.web_root.is_dir():
         routes.append(Mount("/", StaticFiles(directory=settings.web_root, html=True)))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(HostGuard, settings=settings)]
+    )
     app.state.gateway = gw
     return app

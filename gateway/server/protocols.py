@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
@@ -110,6 +111,13 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._partial: bytearray | None = None
         self._fragments = 0
         self._unread_pongs = 0
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A refused handshake (401/403/503) is a complete answer; without this uvicorn logs
+            # "ASGI callable returned without completing handshake" for every refusal.
+            self.handshake_complete = True
 
     # Fragments: one buffer per message, and a bound on how many pieces it may come in.
 

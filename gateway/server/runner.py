@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from gateway.server.app import Gateway, create_app
+from gateway.server.protocols import TransportGuard, protocol_classes
 from gateway.server.settings import Settings
 from gateway.tasks import RunnerFactory
 
@@ -83,10 +84,19 @@ def tune_gc() -> None:
 
 
 def uvicorn_config(app: Any, settings: Settings, **kw: Any) -> uvicorn.Config:
+    # uvicorn's protocols with our transport bounds (head timeout, fragments, unread pongs);
+    # their refusals are counted in the app's metrics.
+    guard = TransportGuard(settings.transport)
+    http_protocol, ws_protocol = protocol_classes(guard)
+    gw = getattr(getattr(app, "state", None), "gateway", None)
+    if isinstance(gw, Gateway):
+        gw.metrics.track_transport(guard.closes)
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=http_protocol,
+        ws=ws_protocol,
         # Above our own limit, so that a moderately oversized frame gets a `frame_too_large`
         # error and the connection stays open; far larger ones are cut by the WebSocket layer
         # (close 1009) before they are buffered whole.

@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from gateway.connection import ConnectionSettings
+from gateway.server.protocols import TransportLimits
 from gateway.tasks import TaskManagerConfig
 
 __all__ = ["ANONYMOUS_PRINCIPAL", "ConfigError", "Settings", "is_loopback", "parse_tokens"]
@@ -126,6 +127,8 @@ class Settings:
     """Path of the agent configuration YAML (None: the built-in demo config)."""
     connection: ConnectionSettings = field(default_factory=ConnectionSettings)
     tasks: TaskManagerConfig = field(default_factory=TaskManagerConfig)
+    transport: TransportLimits = field(default_factory=TransportLimits)
+    """Bounds below the application: request-head timeout, fragments, unread pongs."""
     heartbeat_timeout: float = 20.0
     """Seconds a client has to answer a WebSocket ping."""
     shutdown_deadline: float = 10.0
