@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test lint typecheck pytest bench bench-smoke schema sysdeps clean
+.PHONY: serve test lint typecheck pytest bench bench-smoke soak schema sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m gateway.bench --smoke
+
+# Soak and chaos against real `ospark serve` processes (not part of `make test`):
+# `make soak SOAK_SECONDS=600`. Prints a table; exits 1 on any loss or unbounded growth.
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	$(BIN)/python -m soak --duration $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,11 @@ below Starlette:
   ``bytearray`` (its size is already capped by the WebSocket layer's ``max_size``), and a
   message of more than ``max_fragments`` fragments closes the connection with 1009, so neither
   one-byte nor empty fragments cost more than the bytes they carry.
+- **Parsing time** (:class:`GuardedWebSocketProtocol`): what one read brings (up to 256 KiB,
+  tens of thousands of tiny frames) is parsed in slices of ``READ_SLICE`` bytes, with reading
+  paused and the event loop given a turn between slices, so one client's flood of small frames
+  delays other connections by one slice's parsing at most, and parsing stops at the slice
+  where a bound is hit.
 - **Pings** (:class:`GuardedWebSocketProtocol`): a pong is written for every ping; while the
   client does not read (the socket's write buffer is over its high-water mark), at most
   ``max_unread_pongs`` more pongs are queued, then the connection is dropped with 1008.
@@ -103,6 +108,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+READ_SLICE = 16 * 1024
+"""Bytes of WebSocket input parsed per event-loop turn."""
+
+
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     guard: ClassVar[TransportGuard]
 
@@ -111,6 +120,34 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._partial: bytearray | None = None
         self._fragments = 0
         self._unread_pongs = 0
+        self._backlog: bytearray | None = None
+        """Input received but not parsed yet (reading is paused while there is some)."""
+
+    # Parsing in slices, one per event-loop turn.
+
+    def data_received(self, data: bytes) -> None:
+        if self._backlog is not None:  # uvicorn resumed reading while slices were pending
+            self._backlog += data
+            self.transport.pause_reading()
+            return
+        self._feed(memoryview(data))
+
+    def _feed(self, data: memoryview) -> None:
+        super().data_received(bytes(data[:READ_SLICE]))
+        rest = data[READ_SLICE:]
+        if not rest or self.close_sent or self.transport.is_closing():
+            return
+        self._backlog = bytearray(rest)
+        self.transport.pause_reading()
+        self.loop.call_soon(self._feed_backlog)
+
+    def _feed_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        if backlog is None or self.close_sent or self.transport.is_closing():
+            return
+        self._feed(memoryview(backlog))
+        if self._backlog is None and not self.read_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
