@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import socket
 import struct
 from pathlib import Path
@@ -215,6 +216,24 @@ async def test_a_message_in_too_many_fragments_closes_the_connection(
         # Everybody else is fine.
         other = await Client.connect(gw.url)
         await other.close()
+
+
+async def test_a_large_read_of_small_frames_is_parsed_in_slices_without_loss(
+    tmp_path: Path,
+) -> None:
+    """One write far larger than a parsing slice (16 KiB): every frame is still handled,
+    once and in order, across the pauses between slices."""
+    async with serve_in_background(settings(tmp_path)) as gw:
+        raw = await upgraded(gw.port)
+        n = 3_000
+        raw.send(b"".join(frame(TEXT, b'{"type":"ping","id":"p%d"}' % i) for i in range(n)))
+        ids = []
+        while len(ids) < n:
+            opcode, payload = await raw.read_frame()
+            assert opcode == TEXT
+            ids.extend(re.findall(rb'"id":"p(\d+)"', payload))
+        assert [int(i) for i in ids] == list(range(n))
+        raw.close()
 
 
 # -- pings from a client that never reads -------------------------------------------------------
