@@ -88,7 +88,7 @@ def explain_validation_error(codec: Codec, data: bytes | str, exc: Exception) ->
     """Turn a msgspec validation failure into a ProtocolError naming the field at fault."""
     try:
         obj = codec.decode_any(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeError):
         obj = None
     text = str(exc)
     field: str | None = None
@@ -182,7 +182,7 @@ class ServerSession:
             return ProtocolError(ErrorCode.BAD_FRAME, f"not valid {self.codec.name}: {exc}")
         except RecursionError:
             return ProtocolError(ErrorCode.BAD_FRAME, "frame is nested too deeply")
-        except UnicodeDecodeError:
+        except UnicodeError:  # decoding bytes, or text with lone surrogates (see the docstring)
             return ProtocolError(ErrorCode.BAD_FRAME, "frame contains invalid UTF-8")
 
     # ------------------------------------------------------------------ outgoing
@@ -282,7 +282,7 @@ class ClientSession:
             frame = self.codec.decode_server(data)
         except msgspec.ValidationError:
             frames = self._receive_lenient(data)
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"undecodable server frame: {exc}") from exc
         else:
             frames = list(frame.events) if isinstance(frame, Batch) else [frame]
@@ -296,7 +296,7 @@ class ClientSession:
     def _receive_lenient(self, data: bytes | str) -> list[IncomingFrame]:
         try:
             obj = self.codec.decode_any(data)
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"undecodable server frame: {exc}") from exc
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
             raise ProtocolError(ErrorCode.BAD_FRAME, "a server frame must be an object with `type`")
