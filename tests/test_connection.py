@@ -23,6 +23,7 @@ from protocol import (
     EventFrame,
     Hello,
     LlmResponse,
+    ProtocolError,
     ServerSession,
     Start,
     TaskCancelled,
@@ -106,7 +107,9 @@ class FakeSocket:
         client = ClientSession(JSON)
         out: list[object] = []
         for payload in self.sent:
-            out.extend(client.receive(payload))
+            frames = client.receive(payload)
+            assert not isinstance(frames, ProtocolError), frames
+            out.extend(frames)
         return out
 
 

@@ -448,9 +448,9 @@ class GatewayClient:
                 code=code,
                 reason=reason,
             ) from exc
-        except ProtocolError as exc:
+        if isinstance(frames, ProtocolError):
             await ws.close()
-            raise ProtocolMismatch(f"not an OSpark gateway: {exc.message}") from exc
+            raise ProtocolMismatch(f"not an OSpark gateway: {frames.message}") from frames
         hello = frames[0]
         assert isinstance(hello, Hello)
         if hello.protocol != PROTOCOL_NAME or hello.version != PROTOCOL_VERSION:
@@ -471,10 +471,9 @@ class GatewayClient:
             assert ws is not None
             try:
                 async for message in ws:
-                    try:
-                        frames = self._session.receive(message)
-                    except ProtocolError as exc:
-                        log.warning("undecodable frame from the gateway: %s", exc.message)
+                    frames = self._session.receive(message)
+                    if isinstance(frames, ProtocolError):
+                        log.warning("undecodable frame from the gateway: %s", frames.message)
                         continue
                     for frame in frames:
                         self._dispatch(frame)

@@ -31,6 +31,7 @@ from gateway.server.metrics import Metrics, sample_loop_lag
 from gateway.server.settings import Settings
 from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
 from protocol import (
+    SUBPROTOCOLS,
     CloseCode,
     Closing,
     ServerSession,
@@ -174,7 +175,8 @@ class Gateway:
 async def _websocket(websocket: WebSocket) -> None:
     gw: Gateway = websocket.app.state.gateway
     settings = gw.settings
-    subprotocol = select_subprotocol(websocket.scope.get("subprotocols", []))
+    offered: list[str] = websocket.scope.get("subprotocols", [])
+    subprotocol = select_subprotocol(offered)
     auth = authenticate(websocket.headers, websocket.query_params, settings)
     # Refused before the upgrade: an HTTP status and no 101, so a client without a valid token
     # never gets a WebSocket the server would have to read frames from.
@@ -184,6 +186,14 @@ async def _websocket(websocket: WebSocket) -> None:
         return
     if gw.draining or gw.manager is None:
         await _deny(websocket, 503, "server shutting down", "draining")
+        return
+    if offered and subprotocol is None:
+        # The client insists on a protocol we do not speak: say so, rather than upgrade
+        # without one and leave the client to abort.
+        names = ", ".join(offered)[:200]
+        ours = ", ".join(SUBPROTOCOLS)
+        reason = f"unsupported subprotocol {names}; this gateway speaks {ours} (or none: JSON)"
+        await _deny(websocket, 400, reason, "subprotocol")
         return
     await websocket.accept(subprotocol=subprotocol)
     session = ServerSession(

@@ -20,6 +20,16 @@ below Starlette:
   client does not read (the socket's write buffer is over its high-water mark), at most
   ``max_unread_pongs`` more pongs are queued, then the connection is dropped with 1008.
 
+- **Closing** (:class:`GuardedWebSocketProtocol`, the connection's side): the application's
+  close frame is queued behind what the client has not read yet, without waiting for room
+  (a slow consumer that reads again later still finds its 4000), and a socket that does not
+  drain is dropped ``close_linger`` seconds after closing; once closed (a heartbeat timeout
+  included), the application is told at once (``websocket.disconnect``) and a late send ends
+  its writer like a client that left, never with "Unexpected ASGI message".
+- **Text that is not UTF-8** reaches the application as a string with lone surrogates
+  (``surrogateescape``), which the protocol session refuses with ``bad_frame``: an error
+  frame, the connection stays, nothing is logged.
+
 Each refusal is counted in :attr:`TransportGuard.closes` (``ospark_transport_closes_total``).
 :func:`protocol_classes` makes the two classes for one server, bound to its guard.
 """
@@ -33,6 +43,7 @@ from typing import Any, ClassVar
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
 
@@ -111,9 +122,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 READ_SLICE = 16 * 1024
 """Bytes of WebSocket input parsed per event-loop turn."""
 
+_SOCKET_MESSAGES = frozenset({"websocket.send", "websocket.close"})
+
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     guard: ClassVar[TransportGuard]
+    close_linger: ClassVar[float] = 60.0
+    """Seconds a closed socket may hold unsent data (a client that stopped reading)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -135,7 +150,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def _feed(self, data: memoryview) -> None:
         super().data_received(bytes(data[:READ_SLICE]))
         rest = data[READ_SLICE:]
-        if not rest or self.close_sent or self.transport.is_closing():
+        # After the app's close the rest is still parsed: the client's close reply may be in it.
+        if not rest or self.transport.is_closing():
             return
         self._backlog = bytearray(rest)
         self.transport.pause_reading()
@@ -143,18 +159,75 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _feed_backlog(self) -> None:
         backlog, self._backlog = self._backlog, None
-        if backlog is None or self.close_sent or self.transport.is_closing():
+        if backlog is None or self.transport.is_closing():
             return
         self._feed(memoryview(backlog))
         if self._backlog is None and not self.read_paused and not self.transport.is_closing():
             self.transport.resume_reading()
 
     async def send(self, message: ASGISendEvent) -> None:
+        kind = message["type"]
+        if kind in _SOCKET_MESSAGES and self.handshake_complete and self.initial_response is None:
+            if self.close_sent or self.disconnected or self.transport.is_closing():
+                if kind == "websocket.send":
+                    raise ClientDisconnected()  # closing: for the writer, the client is gone
+                return  # already closing
+            if kind == "websocket.close":
+                self._close(message.get("code", 1000), message.get("reason") or "")
+                return
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             # A refused handshake (401/403/503) is a complete answer; without this uvicorn logs
             # "ASGI callable returned without completing handshake" for every refusal.
             self.handshake_complete = True
+
+    # Closing (the connection's side; see the module docstring).
+
+    def _close(self, code: int, reason: str) -> None:
+        """uvicorn's close, without waiting for room in the write buffer: the close frame goes
+        behind the data the client has not read."""
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:  # read the client's close reply
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self._close_transport)
+
+    def _close_transport(self) -> None:
+        self.close_timer = None
+        self._close_and_linger()
+
+    def _close_and_linger(self) -> None:
+        self.transport.close()  # sends what is buffered first
+        if self.transport.get_write_buffer_size():
+            self.loop.call_later(self.close_linger, self.transport.abort)
+
+    def keepalive_timeout(self) -> None:
+        closing = self.close_sent or self.transport.is_closing()
+        super().keepalive_timeout()
+        if not closing:
+            self.queue.put_nowait(
+                {"type": "websocket.disconnect", "code": 1011, "reason": "keepalive ping timeout"}
+            )
+            if self.transport.get_write_buffer_size():
+                self.loop.call_later(self.close_linger, self.transport.abort)
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            text = data.decode("utf-8", "surrogateescape")
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     # Fragments: one buffer per message, and a bound on how many pieces it may come in.
 

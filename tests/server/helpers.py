@@ -24,6 +24,7 @@ from protocol import (
     EventFrame,
     Gap,
     Hello,
+    ProtocolError,
     Start,
     StartOptions,
 )
@@ -91,6 +92,7 @@ class Client:
 
     async def recv(self) -> list[IncomingFrame]:
         frames = self.session.receive(await self.ws.recv())
+        assert not isinstance(frames, ProtocolError), frames
         for frame in frames:
             if isinstance(frame, EventFrame):
                 self.events[frame.task_id].append(frame)

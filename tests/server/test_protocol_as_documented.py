@@ -5,9 +5,14 @@ error and the connection stays."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import websockets
+from websockets.exceptions import InvalidStatus
 
 from gateway.server import Settings, serve_in_background
 from protocol import (
@@ -118,3 +123,61 @@ async def test_an_empty_input_is_refused_clearly(tmp_path: Path) -> None:
         await client.until_finished(["ok"])
         assert isinstance(client.events["ok"][-1].event, TaskCompleted)
         await client.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """What the gateway and uvicorn log (uvicorn's loggers do not reach pytest's root
+    handler)."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("gateway", "uvicorn", "uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+async def test_invalid_utf8_in_a_text_frame_is_a_bad_frame_and_the_connection_stays(
+    tmp_path: Path,
+) -> None:
+    async with serve_in_background(settings(tmp_path)) as gw:
+        with server_log() as records:
+            async with websockets.connect(gw.url) as ws:
+                await ws.recv()  # hello
+                await ws.send(b'{"type":"ping","id":"\xff\xfe"}', text=True)
+                reply = json.loads(await ws.recv())
+                assert reply["type"] == "error" and reply["code"] == "bad_frame", reply
+                assert "UTF-8" in reply["message"]
+                await ws.send(json.dumps({"type": "ping", "id": "alive"}))
+                pong = json.loads(await ws.recv())
+                assert (pong["type"], pong["id"]) == ("pong", "alive")
+        assert not [r for r in records if r.levelno >= logging.WARNING], records
+
+
+async def test_an_unknown_subprotocol_is_refused_clearly(tmp_path: Path) -> None:
+    async with serve_in_background(settings(tmp_path)) as gw:
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(gw.url, subprotocols=["graphql-ws"]):  # type: ignore[list-item]
+                pass
+        response = info.value.response
+        assert response.status_code == 400
+        body = response.body.decode()
+        assert "graphql-ws" in body and "ospark.v1.json" in body and "ospark.v1.msgpack" in body
+        # Offering one of ours among others still works.
+        async with websockets.connect(
+            gw.url,
+            subprotocols=["graphql-ws", "ospark.v1.msgpack"],  # type: ignore[list-item]
+        ) as ws:
+            assert ws.subprotocol == "ospark.v1.msgpack"
