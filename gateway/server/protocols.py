@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -173,7 +173,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                     raise ClientDisconnected()  # closing: for the writer, the client is gone
                 return  # already closing
             if kind == "websocket.close":
-                self._close(message.get("code", 1000), message.get("reason") or "")
+                code, reason = message.get("code", 1000), message.get("reason") or ""
+                self._close(int(cast(int, code)), str(reason))
                 return
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
