@@ -17,10 +17,12 @@ import struct
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 from starlette.datastructures import Headers, QueryParams
 
 from gateway.server import RunningGateway, Settings, serve_in_background
 from gateway.server.auth import check_http
+from gateway.server.metrics import sample_loop_lag
 from gateway.server.protocols import TransportLimits
 from protocol import Accepted, Cancel, Closing
 from tests.server.helpers import Client, demo_config
@@ -340,3 +342,32 @@ async def test_healthz_answers_503_while_draining(tmp_path: Path) -> None:
 
         await client.send(Cancel(id="c", task_id="long"))  # lets the drain end early
         await client.until_finished(["long"])
+
+
+# -- the event-loop lag metric -------------------------------------------------------------------
+
+
+async def test_the_event_loop_lag_is_exposed_and_sampled(tmp_path: Path) -> None:
+    async with serve_in_background(settings(tmp_path)) as gw:
+        raw = await RawSocket.open(gw.port)
+        raw.send(f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n\r\n".encode())
+        head = await raw.reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await raw.reader.readexactly(length)
+        raw.close()
+        assert b"ospark_event_loop_lag_seconds_bucket" in body
+        assert b'ospark_transport_closes_total{reason="ping_flood"} 0.0' in body
+
+    class Recorder(Histogram):
+        seen = asyncio.Event()
+
+        def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+            super().observe(amount, exemplar)
+            self.seen.set()
+
+    lag = Recorder("lag", "test", registry=CollectorRegistry())
+    sampler = asyncio.create_task(sample_loop_lag(lag, interval=0.01))
+    await Recorder.seen.wait()
+    sampler.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sampler

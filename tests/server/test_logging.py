@@ -45,7 +45,7 @@ async def test_log_lines_carry_no_secret_and_name_failed_tasks(tmp_path: Path) -
         rid = await client.start("What is 1+1?", task_id="doomed")
         await client.until_finished(["doomed"])
         failed = client.events["doomed"][-1].event
-        assert isinstance(failed, TaskFailed)
+        assert isinstance(failed, TaskFailed) and failed.code == "provider_error"
         await client.close()
     assert srv.returncode == 0
     assert rid
