@@ -627,6 +627,8 @@ async def phase_sigterm(config: Path, tasks: int = 100) -> Row:
         conns = [await connect(gw.url) for _ in range(4)]
         terminals: dict[str, int] = {}
         closes: list[int | None] = []
+        running: set[str] = set()
+        all_running = asyncio.Event()
 
         async def run(ws: ClientConnection, k: int) -> None:
             ids = [f"term-{k}-{i}" for i in range(tasks // len(conns))]
@@ -637,14 +639,17 @@ async def phase_sigterm(config: Path, tasks: int = 100) -> Row:
             try:
                 async for raw in ws:
                     for event in events_of(json.loads(raw)):
+                        running.add(event["task_id"])  # it has streamed: it runs
                         if event["event"]["kind"] in TERMINAL:
                             terminals[event["task_id"]] = terminals.get(event["task_id"], 0) + 1
+                    if len(running) == tasks:
+                        all_running.set()
             except websockets.ConnectionClosed:
                 pass
             closes.append(ws.close_code)
 
         runners = [asyncio.create_task(run(ws, k)) for k, ws in enumerate(conns)]
-        await asyncio.sleep(1.5)  # let every task start (the soak's only timing assumption)
+        await all_running.wait()  # every task has sent an event
         log0 = len(gw.log)
         peak = gw.rss_peak
         t0 = time.monotonic()
