@@ -34,9 +34,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from uvicorn._types import ASGISendEvent
+from uvicorn._types import ASGISendEvent, WebSocketCloseEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -136,7 +136,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                     raise ClientDisconnected()  # closing: for the writer, the client is gone
                 return  # already closing
             if kind == "websocket.close":
-                self._close(message.get("code", 1000), message.get("reason") or "")
+                close = cast("WebSocketCloseEvent", message)
+                self._close(close.get("code", 1000), close.get("reason") or "")
                 return
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
