@@ -41,7 +41,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
-from uvicorn._types import ASGISendEvent
+from uvicorn._types import ASGISendEvent, WebSocketCloseEvent
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -173,8 +173,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                     raise ClientDisconnected()  # closing: for the writer, the client is gone
                 return  # already closing
             if kind == "websocket.close":
-                code, reason = message.get("code", 1000), message.get("reason") or ""
-                self._close(int(cast(int, code)), str(reason))
+                close = cast("WebSocketCloseEvent", message)
+                self._close(close.get("code", 1000), close.get("reason") or "")
                 return
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):

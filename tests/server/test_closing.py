@@ -16,8 +16,7 @@ import websockets
 from gateway.connection import ConnectionSettings
 from gateway.server import RunningGateway, Settings, serve_in_background
 from protocol import Limits
-from tests.server.helpers import Client, demo_config
-from tests.server.test_protocol_as_documented import server_log
+from tests.server.helpers import Client, demo_config, server_log
 
 QUESTION = "What is 17*23+4?"
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from protocol import (
     Unsubscribe,
     Unsubscribed,
 )
-from tests.server.helpers import Client, demo_config
+from tests.server.helpers import Client, demo_config, server_log
 
 QUESTION = "What is 17*23+4?"
 
@@ -123,30 +121,6 @@ async def test_an_empty_input_is_refused_clearly(tmp_path: Path) -> None:
         await client.until_finished(["ok"])
         assert isinstance(client.events["ok"][-1].event, TaskCompleted)
         await client.close()
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@contextmanager
-def server_log() -> Iterator[list[logging.LogRecord]]:
-    """What the gateway and uvicorn log (uvicorn's loggers do not reach pytest's root
-    handler)."""
-    handler = _Records()
-    loggers = [logging.getLogger(name) for name in ("gateway", "uvicorn", "uvicorn.error")]
-    for logger in loggers:
-        logger.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
 
 
 async def test_invalid_utf8_in_a_text_frame_is_a_bad_frame_and_the_connection_stays(
