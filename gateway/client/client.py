@@ -427,7 +427,15 @@ class GatewayClient:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            raise ConnectionLost(f"the gateway refused the connection: HTTP {status}") from exc
+            reason = bytes(exc.response.body or b"").decode("utf-8", "replace")[:200]
+            # The gateway refuses a bad token (401) or origin (403) at the handshake: reported
+            # like the 4001 close it replaces, and not retried.
+            refused = int(CloseCode.UNAUTHORIZED) if status in (401, 403) else None
+            raise ConnectionLost(
+                f"the gateway refused the connection: HTTP {status} {reason}".rstrip(),
+                code=refused,
+                reason=reason,
+            ) from exc
         session = ClientSession(self.codec)
         try:
             first = await ws.recv()
@@ -440,9 +448,9 @@ class GatewayClient:
                 code=code,
                 reason=reason,
             ) from exc
-        except ProtocolError as exc:
+        if isinstance(frames, ProtocolError):
             await ws.close()
-            raise ProtocolMismatch(f"not an OSpark gateway: {exc.message}") from exc
+            raise ProtocolMismatch(f"not an OSpark gateway: {frames.message}") from frames
         hello = frames[0]
         assert isinstance(hello, Hello)
         if hello.protocol != PROTOCOL_NAME or hello.version != PROTOCOL_VERSION:
@@ -463,10 +471,9 @@ class GatewayClient:
             assert ws is not None
             try:
                 async for message in ws:
-                    try:
-                        frames = self._session.receive(message)
-                    except ProtocolError as exc:
-                        log.warning("undecodable frame from the gateway: %s", exc.message)
+                    frames = self._session.receive(message)
+                    if isinstance(frames, ProtocolError):
+                        log.warning("undecodable frame from the gateway: %s", frames.message)
                         continue
                     for frame in frames:
                         self._dispatch(frame)
