@@ -1,0 +1,1 @@
+"""Helpers for testing against a real gateway (see :mod:`gateway.testing.held`)."""
