@@ -11,7 +11,7 @@ import re
 import socket
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,8 +209,8 @@ async def test_hundreds_of_tasks_resume_paced_within_the_replay_budget() -> None
         missed = sum(s.last_seq for s in await observer.status()) - sum(t.last_seq for t in tasks)
         assert missed > 4 * settings.max_replay
         proxy.restore()
-        everything = asyncio.gather(*(t.wait() for t in tasks))
-        another_reconnect = asyncio.create_task(proxy.connections(3))
+        everything: asyncio.Future[Any] = asyncio.gather(*(t.wait() for t in tasks))
+        another_reconnect: asyncio.Future[Any] = asyncio.create_task(proxy.connections(3))
         done, _ = await asyncio.wait(
             [everything, another_reconnect], return_when=asyncio.FIRST_COMPLETED
         )
@@ -222,19 +222,22 @@ async def test_hundreds_of_tasks_resume_paced_within_the_replay_budget() -> None
 
 
 async def test_requests_wait_across_a_reconnect() -> None:
-    async with held_gateway(Held()) as gw, Proxy(gw) as proxy:
-        async with GatewayClient(proxy.url, open_timeout=60) as client:
-            proxy.cut()
-            # Sent while the connection is down: resent once the client is back.
-            starting = asyncio.create_task(client.start(QUESTION))
-            pinging = asyncio.create_task(client.ping("x"))
-            await proxy.connections(2)
-            assert not starting.done() and not pinging.done()
-            proxy.restore()
-            task = await starting
-            assert isinstance(await task.wait(), TaskCompleted)
-            assert (await pinging).payload == "x"
-            assert client.reconnects == 1
+    async with (
+        held_gateway(Held()) as gw,
+        Proxy(gw) as proxy,
+        GatewayClient(proxy.url, open_timeout=60) as client,
+    ):
+        proxy.cut()
+        # Sent while the connection is down: resent once the client is back.
+        starting = asyncio.create_task(client.start(QUESTION))
+        pinging = asyncio.create_task(client.ping("x"))
+        await proxy.connections(2)
+        assert not starting.done() and not pinging.done()
+        proxy.restore()
+        task = await starting
+        assert isinstance(await task.wait(), TaskCompleted)
+        assert (await pinging).payload == "x"
+        assert client.reconnects == 1
 
 
 async def test_attach_from_a_second_client() -> None:
