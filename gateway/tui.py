@@ -29,6 +29,7 @@ import msgspec
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.spinner import Spinner
 from rich.table import Table
@@ -115,6 +116,11 @@ def _quiet_broken_pipe() -> int:
     return EXIT_OK
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError  # handled like everywhere else: quietly, exit status 0
+
+
 def _main(command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Handler:
     def main(args: argparse.Namespace) -> int:
         try:
@@ -140,7 +146,7 @@ def _frame_json(frame: TaskFrame) -> bytes:
 
 async def _run(args: argparse.Namespace) -> int:
     options = {"max_turns": args.max_turns} if args.max_turns is not None else None
-    console = Console(stderr=args.json, highlight=False)
+    console = _Console(stderr=args.json, highlight=False)
     try:
         async with _client(args) as client:
             task = await client.start(args.input, task_id=args.task_id, options=options)
@@ -226,6 +232,7 @@ class _Output:
 class _Note:
     text: str
     style: str
+    agent: str = "main"
 
 
 _Item = _Output | _ToolCall | _Note
@@ -296,7 +303,9 @@ class TaskView:
                 self.steps.append(prefix + "retrying")
                 for out in self._call.pop(agent, ()):
                     self.items.remove(out)
-                self.items.append(_Note(f"↻ {prefix}model call made again ({message})", "yellow"))
+                self.items.append(
+                    _Note(f"↻ {prefix}model call made again ({message})", "yellow", agent)
+                )
             case TaskProgress(step=step, turn=turn):
                 self._end_call(agent)
                 label = f"{step} {turn}" if step == "turn_started" and turn else step
@@ -327,7 +336,7 @@ class TaskView:
             case ErrorEvent(code=code, message=message, retryable=retryable):
                 if not retryable:  # (a retryable one announces the `retrying` step)
                     self._end_call(agent)
-                self.items.append(_Note(f"! {prefix}{code}: {message}", "red"))
+                self.items.append(_Note(f"! {prefix}{code}: {message}", "red", agent))
             case TaskCompleted() | TaskFailed() | TaskCancelled():
                 self.outcome = event
             case _:
@@ -383,7 +392,9 @@ class TaskView:
             parts.append(Text(" → ".join(self.steps[-8:]), style="dim cyan"))
         for item in self.items:
             if not (isinstance(item, _Output) and not item.text.strip()):
-                parts.append(self._render_item(item))
+                depth = item.agent.count("/")  # a sub-agent's work sits under its call
+                rendered = self._render_item(item)
+                parts.append(Padding(rendered, (0, 0, 0, 2 * depth)) if depth else rendered)
         if self.note and self.outcome is None:
             parts.append(Text(self.note, style="yellow"))
         match self.outcome:
@@ -419,7 +430,7 @@ async def _status(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(_JSON.encode(status) + b"\n")
         sys.stdout.flush()
         return EXIT_OK
-    console = Console(highlight=False)
+    console = _Console(highlight=False)
     if not tasks:
         console.print("no tasks")
         return EXIT_OK
