@@ -6,7 +6,7 @@ the task waits where the test says, the test acts, then releases it. No sleeps, 
 
 ```python
 held = Held("summary")                        # every model call waits before its summary
-async with serve_in_background(Settings(port=0), runner_factory=held.runner_factory()) as gw:
+async with serve_in_background(Settings(port=0), runner_factory=held.runner()) as gw:
     task = await client.start("What is 17*23+4?")
     await held.reached("summary")             # the task is now waiting there
     await task.cancel()                       # ... certain to cancel a running task
@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from gateway.agent.errors import NetworkError
 from gateway.agent.llm.base import Delta, LLMRequest, ReasoningDelta, TextDelta
 from gateway.agent.llm.demo import DELTA_HOOK
 from gateway.agent.prompts import GUIDANCE_MARKER
+from gateway.streaming.runner import Emit, Runner, TaskSpec
+from protocol.events import Event
 
 if TYPE_CHECKING:
     from gateway.agent import AgentConfig
@@ -105,22 +107,23 @@ class Held:
         self._waiters.append((key, count, future))
         await future
 
-    def runner_factory(self, config: AgentConfig | None = None) -> Callable[[Any], Any]:
-        """The gateway's runner factory for the agent stack on ``config`` (default:
-        :func:`held_config`), with every demo model call going through these gates. Pass it
-        to ``serve_in_background(..., runner_factory=...)`` or ``create_app``."""
-        from gateway.streaming import runner_factory
+    def runner(self, config: AgentConfig | None = None) -> Runner:
+        """The agent stack on ``config`` (default: :func:`held_config`) as a runner (the
+        task manager's contract), every demo model call of its tasks going through these
+        gates. Pass it to ``serve_in_background(..., runner_factory=...)`` or ``create_app``."""
+        from gateway.streaming import agent_runner
 
-        inner = runner_factory(config or held_config())
+        inner = agent_runner(config or held_config())
         hook = self._deltas
 
-        def factory(spec: Any) -> Any:
-            # The factory is called in the task's own driver, which starts the run: the model
-            # calls of this task (and only of it) see the hook.
-            DELTA_HOOK.set(hook)
-            return inner(spec)
+        async def run(spec: TaskSpec, emit: Emit) -> Event:
+            token = DELTA_HOOK.set(hook)  # seen by this run's model calls, and only by them
+            try:
+                return await inner(spec, emit)
+            finally:
+                DELTA_HOOK.reset(token)
 
-        return factory
+        return run
 
     # -- the hook
 

@@ -43,7 +43,7 @@ def held() -> Held:
 
 @pytest.fixture
 async def gw(held: Held) -> AsyncIterator[RunningGateway]:
-    async with serve_in_background(Settings(port=0), runner_factory=held.runner_factory()) as gw:
+    async with serve_in_background(Settings(port=0), runner_factory=held.runner()) as gw:
         yield gw
 
 

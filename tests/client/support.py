@@ -43,9 +43,7 @@ async def demo_gateway(
 async def held_gateway(held: Held, **kw: Any) -> AsyncIterator[RunningGateway]:
     """A gateway on an ephemeral port running the real agent stack on the demo model (no
     pacing), every model call going through ``held``'s gates."""
-    async with serve_in_background(
-        Settings(port=0, **kw), runner_factory=held.runner_factory()
-    ) as gw:
+    async with serve_in_background(Settings(port=0, **kw), runner_factory=held.runner()) as gw:
         yield gw
 
 
