@@ -43,12 +43,26 @@ from .support import QUESTION, ROOT, Proxy, drop_connections, held_gateway, tran
 ENCODINGS = pytest.mark.parametrize("encoding", ["msgpack", "json"])
 
 
-def readme_example() -> str:
+def readme_examples() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("\n## Python client\n", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "the README's Python client section has no example"
-    return match.group(1)
+    examples = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(examples) == 2, "the README's Python client section has two examples"
+    return examples
+
+
+async def run_python(code: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
 
 
 async def seqs_and_text(task: TaskHandle) -> tuple[list[int], str]:
@@ -63,23 +77,16 @@ async def seqs_and_text(task: TaskHandle) -> tuple[list[int], str]:
 
 
 async def test_readme_example_runs() -> None:
-    code = readme_example()
+    code = readme_examples()[0]
     assert len(code.strip().splitlines()) <= 16
     async with held_gateway(Held()) as gw:
-        code = code.replace("ws://127.0.0.1:8000/ws", gw.url)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            code,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    text = out.decode()
+        text = await run_python(code.replace("ws://127.0.0.1:8000/ws", gw.url))
     assert "[calculate({'expression': '17*23+4'})]" in text
     assert "answer: 395" in text.splitlines()[-1]
+
+
+async def test_readme_held_example_runs() -> None:
+    assert await run_python(readme_examples()[1]) == "accepted TaskCancelled\n"
 
 
 @ENCODINGS
