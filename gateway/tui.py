@@ -102,7 +102,10 @@ def _client(args: argparse.Namespace) -> GatewayClient:
 
 
 def _fail(command: str, error: BaseException, url: str) -> int:
-    print(f"ospark {command}: {url}: {error}", file=sys.stderr)
+    message = str(error)
+    if url not in message:
+        message = f"{url}: {message}"
+    print(f"ospark {command}: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 

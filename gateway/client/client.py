@@ -505,6 +505,8 @@ class GatewayClient:
             raise CannotConnect(self.url, f"TLS: {exc.reason or exc}", retryable=False) from exc
         except TimeoutError as exc:
             raise CannotConnect(self.url, f"no answer within {self.open_timeout:g}s") from exc
+        except ConnectionRefusedError as exc:
+            raise CannotConnect(self.url, "connection refused (is the gateway running?)") from exc
         except OSError as exc:
             raise CannotConnect(self.url, exc.strerror or str(exc) or type(exc).__name__) from exc
         except WebSocketException as exc:  # a bad URI, an invalid or cut-off handshake

@@ -110,7 +110,7 @@ async def test_unreachable_gateway(command: str) -> None:
     args = {"run": [QUESTION], "status": [], "cancel": ["t-1"]}[command]
     code, out, err = await ospark(command, *args, "--url", url)
     assert (code, out) == (2, "")
-    assert err.startswith(f"ospark {command}: {url}: cannot connect to {url}: ")
+    assert err.startswith(f"ospark {command}: cannot connect to {url}: ")
     assert "Traceback" not in err and len(err.splitlines()) == 1
 
 

@@ -102,4 +102,4 @@ def test_the_terminal_client_runs_without_the_server(tmp_path: Path) -> None:
         "raise SystemExit(main(['status', '--url', 'ws://127.0.0.1:9/ws']))\n",
     )
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("ospark status: ws://127.0.0.1:9/ws: cannot connect to ")
+    assert proc.stderr.startswith("ospark status: cannot connect to ws://127.0.0.1:9/ws: ")
