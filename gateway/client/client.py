@@ -485,15 +485,12 @@ class GatewayClient:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            body = (
-                exc.response.body.decode(errors="replace").strip()[:200]
-                if exc.response.body
-                else ""
-            )
+            body = exc.response.body or b""
+            said = " ".join(body.decode(errors="replace").split())[:200]  # the server's reason
             raise CannotConnect(
                 self.url,
                 f"the gateway refused the connection: HTTP {status}"
-                + (f": {body}" if body else ""),
+                + (f": {said}" if said else ""),
                 status=status,
                 retryable=status not in _REFUSED,
             ) from exc

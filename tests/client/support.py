@@ -69,7 +69,8 @@ class Proxy:
     for exactly as long as the test wants."""
 
     def __init__(self, gw: RunningGateway) -> None:
-        self._upstream = (gw.host, gw.port)
+        self.upstream = (gw.host, gw.port)
+        """Where new connections are forwarded (a test may point it elsewhere)."""
         self._open = asyncio.Event()
         self._open.set()
         self._links: set[asyncio.StreamWriter] = set()
@@ -119,7 +120,7 @@ class Proxy:
         await self._open.wait()
         if writer not in self._links:  # cut while it waited
             return
-        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         self._links.add(up_writer)
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             pump = asyncio.create_task(self._pump(src, dst))

@@ -356,6 +356,51 @@ async def test_a_handshake_refused_with_http_status_is_a_gateway_error() -> None
     assert info.value.status is not None and 400 <= info.value.status < 500
 
 
+async def refuse_with_401(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An HTTP server refusing every WebSocket handshake as a gateway refuses a bad token."""
+    await reader.readuntil(b"\r\n\r\n")
+    body = b"invalid token\n"
+    writer.write(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    await writer.drain()
+    writer.close()
+
+
+async def test_a_token_refused_at_the_handshake_is_not_retryable() -> None:
+    server = await asyncio.start_server(refuse_with_401, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(CannotConnect) as info:
+            await GatewayClient(f"ws://127.0.0.1:{port}/ws", token="x" * 20).connect()
+    assert info.value.status == 401 and not info.value.retryable
+    assert str(info.value).endswith("HTTP 401: invalid token")
+
+
+async def test_a_reconnect_refused_at_the_handshake_gives_up() -> None:
+    held = Held("summary")
+    server = await asyncio.start_server(refuse_with_401, "127.0.0.1", 0)
+    async with (
+        server,
+        held_gateway(held) as gw,
+        Proxy(gw) as proxy,
+        GatewayClient(proxy.url, open_timeout=60) as client,
+    ):
+        task = await client.start(QUESTION)
+        await held.reached("summary")
+        proxy.upstream = server.sockets[0].getsockname()[:2]  # e.g. the token was revoked
+        proxy.cut()
+        proxy.restore()
+        with pytest.raises(CannotConnect) as info:
+            await task.wait()
+        assert info.value.status == 401
+        assert proxy.accepted == 2 and client.reconnects == 0
+        with pytest.raises(CannotConnect):
+            await client.ping()
+        held.release()
+
+
 async def test_not_a_url_is_a_gateway_error() -> None:
     with pytest.raises(CannotConnect):
         await GatewayClient("http://127.0.0.1:1/ws").connect()
