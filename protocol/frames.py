@@ -140,7 +140,8 @@ class Subscribe(_Frame, tag="subscribe"):
     task_id: TaskId
     """The task to follow."""
     after_seq: Seq = 0
-    """Last ``seq`` already seen (0 = from the start)."""
+    """Last ``seq`` already seen (0 = from the start); past the latest ``seq`` of a task still
+    running, the request is refused (``invalid_field``)."""
 
 
 class Unsubscribe(_Frame, tag="unsubscribe"):
