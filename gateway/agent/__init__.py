@@ -42,7 +42,7 @@ Cancellation policy
 Errors (see :mod:`gateway.agent.errors`)::
 
     AgentError
-    ├── ConfigError          (key)
+    ├── AgentConfigError          (key)
     ├── LLMError             (provider, status_code; the provider's message kept)
     │   ├── ContextLimitError, RateLimitError, AuthError, NetworkError, BadRequestError
     ├── ToolError            (server, tool) — reported to the model, never raised to the caller
@@ -57,13 +57,14 @@ from .config import (
     LLMConfig,
     ToolServerConfig,
     default_config,
+    load_agents,
     load_config,
 )
 from .errors import (
+    AgentConfigError,
     AgentError,
     AuthError,
     BadRequestError,
-    ConfigError,
     ContextLimitError,
     LLMError,
     NetworkError,
@@ -85,12 +86,12 @@ from .prompts import extract_boxed
 
 __all__ = [
     "AgentConfig",
+    "AgentConfigError",
     "AgentError",
     "AgentErrorEvent",
     "AgentSpec",
     "AuthError",
     "BadRequestError",
-    "ConfigError",
     "ContextLimitError",
     "CoreEvent",
     "LLMConfig",
@@ -109,5 +110,6 @@ __all__ = [
     "UsageEvent",
     "default_config",
     "extract_boxed",
+    "load_agents",
     "load_config",
 ]

@@ -3,7 +3,7 @@
 ::
 
     AgentError                      root; every error has a stable ``code``
-    ├── ConfigError                 invalid configuration; ``key`` names the bad key
+    ├── AgentConfigError            invalid configuration; ``key`` names the bad key
     ├── LLMError                    a provider call failed (``provider``, ``message`` kept verbatim)
     │   ├── ContextLimitError       the prompt is longer than the model's context window
     │   ├── RateLimitError          HTTP 429 / overloaded; retried with backoff
@@ -31,14 +31,16 @@ class AgentError(Exception):
         self.message = message
 
 
-class ConfigError(AgentError):
-    """The configuration is invalid; ``key`` is the dotted path of the offending key."""
+class AgentConfigError(AgentError):
+    """The configuration is invalid; ``key`` is the dotted path of the offending key and
+    ``detail`` what is wrong with it (``message`` is both)."""
 
     code = "invalid_config"
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
+        self.detail = message
 
 
 class LLMError(AgentError):

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .events import AgentErrorEvent, CoreEvent, LLMDelta, StepEvent, ToolEnd, ToolStart, UsageEvent
 from .llm import (
+    TOOL_SEPARATOR,
     LLMProvider,
     LLMRequest,
     Message,
@@ -33,10 +34,10 @@ from .llm import (
     ReasoningSignature,
     Stop,
     TextDelta,
+    TokenUsage,
     ToolCall,
     ToolCallAssembler,
     ToolSpec,
-    Usage,
     make_provider,
 )
 from .prompts import SUMMARY_PROMPT, SYSTEM_PROMPT, _get_task_guidance, extract_boxed, task_message
@@ -45,7 +46,6 @@ from .tools import ToolManager
 Sink = Callable[[CoreEvent], None]
 
 AGENTS_SERVER = "agents"
-TOOL_SEPARATOR = "__"  # model-facing tool names are ``server__tool``
 OMITTED_RESULT = "[older tool result omitted to save context]"
 
 _SUBAGENT_PARAMETERS: dict[str, Any] = {
@@ -153,6 +153,8 @@ class Orchestrator:
                 self._emit(AgentErrorEvent(path, "tool_server_failed", f"{server}: {exc}", False))
                 continue
             for info in infos:
+                if (server, info.name) in spec.tool_blacklist:
+                    continue
                 name = f"{server}{TOOL_SEPARATOR}{info.name}"
                 specs.append(ToolSpec(name, info.description, info.parameters))
                 names[name] = (server, info.name)
@@ -374,7 +376,7 @@ class Orchestrator:
                     self._emit(LLMDelta(path, delta.text, "reasoning", phase, turn))
                 elif isinstance(delta, ReasoningSignature):
                     signature = delta.signature
-                elif isinstance(delta, Usage):
+                elif isinstance(delta, TokenUsage):
                     self.input_tokens += delta.input_tokens
                     self.output_tokens += delta.output_tokens
                     self._emit(UsageEvent(path, delta.input_tokens, delta.output_tokens))

@@ -33,8 +33,9 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.agent import AgentConfig, AgentError, ConfigError, CoreEvent, Orchestrator
+from gateway.agent import AgentConfig, AgentError, AgentConfigError, CoreEvent, Orchestrator
 from gateway.agent import default_config as _default_config
+from gateway.agent import load_agents as _load_agents
 from gateway.agent import load_config as _load_config
 from protocol.events import Event, LlmResponse, TaskCancelled, Usage
 from protocol.frames import StartOptions
@@ -228,7 +229,7 @@ class StreamingOrchestrator:
         )
 
     def resolve(self, options: StartOptions | None) -> tuple[str, AgentConfig]:
-        """The agent name and configuration for ``options``; raises :class:`ConfigError`."""
+        """The agent name and configuration for ``options``; raises :class:`AgentConfigError`."""
         name = DEFAULT_AGENT
         model = max_turns = chinese = None
         if options is not None:
@@ -244,7 +245,7 @@ class StreamingOrchestrator:
             found = self.agents.get(name)
             if found is None:
                 known = ", ".join(sorted({DEFAULT_AGENT, *self.agents}))
-                raise ConfigError("agent", f"unknown agent {name!r} (known: {known})")
+                raise AgentConfigError("agent", f"unknown agent {name!r} (known: {known})")
             base = found
         if model is None and max_turns is None and chinese is None:
             config = base
@@ -265,8 +266,12 @@ def runner_factory(
     *,
     agents: Mapping[str, AgentConfig] | None = None,
 ) -> Callable[[TaskSpec], TaskStream]:
-    """The task manager's runner factory for an agent config (a loaded one, a YAML path, or
-    ``None`` for the built-in demo config)."""
-    if not isinstance(config, AgentConfig):
+    """The task manager's runner factory for an agent config (a loaded one, a YAML path, a
+    config directory whose agents become selectable by name, or ``None`` for the built-in demo
+    config)."""
+    if isinstance(config, str | Path) and Path(config).is_dir():
+        default, found = _load_agents(config)
+        config, agents = found[default], {**found, **(agents or {})}
+    elif not isinstance(config, AgentConfig):
         config = _load_config(config)
     return StreamingOrchestrator(config, agents=agents).runner

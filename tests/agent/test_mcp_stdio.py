@@ -74,7 +74,13 @@ async def test_fast_and_failing_tools() -> None:
     )
     assert fail.result is None and "the tool failed: on purpose" in (fail.error or "")
     tools = {t["function"]["name"] for t in llm.requests[0]["tools"]}
-    assert tools == {"testsrv__echo", "testsrv__slow", "testsrv__fail", "agents__agent-worker"}
+    assert tools == {
+        "testsrv__echo",
+        "testsrv__slow",
+        "testsrv__fail",
+        "testsrv__env",
+        "agents__agent-worker",
+    }
     results = [m for m in llm.requests[1]["messages"] if m["role"] == "tool"]
     assert results[0]["content"] == "echo: hi"
     assert results[1]["content"].startswith("Error: ") and "on purpose" in results[1]["content"]

@@ -132,3 +132,17 @@ async def test_cancel_mid_stream_closes_the_http_stream() -> None:
             await task
         await asyncio.wait_for(server.disconnected.wait(), 10)  # the server saw the client leave
     assert rec.text().strip() == "thinking out"
+
+
+async def test_a_network_error_names_the_url_tried() -> None:
+    import socket
+
+    from gateway.agent import NetworkError
+
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+        config = provider_config("openai", url).with_overrides({"main_agent.llm.max_retries": 0})
+        with pytest.raises(NetworkError) as info:
+            await Orchestrator(config).run_main_agent("x")
+    assert f"{url}/chat/completions" in str(info.value)
