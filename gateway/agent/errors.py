@@ -10,6 +10,7 @@
     │   ├── AuthError               bad or missing API key (401/403)
     │   ├── NetworkError            connection failed, dropped mid-stream or timed out; retried
     │   └── BadRequestError         the provider rejected the request (other 4xx, bad response)
+    ├── TaskInputError              the task's input cannot be used (e.g. a file that is missing)
     ├── ToolError                   a tool call failed; reported to the model, never fatal
     └── TaskFailedError             the run ended but must be treated as failed
                                     (``reason``; ``summary`` holds what could be produced)
@@ -84,6 +85,12 @@ class BadRequestError(LLMError):
     """The provider rejected the request or sent a response we cannot read."""
 
     code = "bad_request"
+
+
+class TaskInputError(AgentError):
+    """The task cannot start with this input: a file that does not exist, an unknown upload."""
+
+    code = "invalid_input"
 
 
 class ToolError(AgentError):
