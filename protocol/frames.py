@@ -54,6 +54,8 @@ RequestId = (
 numbers represent exactly), echoed in the reply."""
 
 TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+FileId = Annotated[str, msgspec.Meta(min_length=6, max_length=80, pattern=r"^file_[A-Za-z0-9_-]+$")]
+"""The id ``POST /files`` returned for an upload."""
 """A task id: 1-128 characters of letters, digits and ``. _ : -``."""
 
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
@@ -89,6 +91,9 @@ class StartOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     expires, or ``cancel`` at once."""
     detach_ttl: Annotated[float, msgspec.Meta(ge=0, le=86_400)] | None = None
     """Seconds a task with no subscriber keeps running before it is cancelled."""
+    files: Annotated[list[FileId], msgspec.Meta(max_length=16)] | None = None
+    """Files uploaded with ``POST /files`` that come with the task: the agent is told their
+    paths and opens them with its reading and code tools."""
 
 
 class Start(_Frame, tag="start"):

@@ -29,11 +29,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.agent import AgentConfig, AgentError, AgentConfigError, CoreEvent, Orchestrator
+from gateway.agent import (
+    AgentConfig,
+    AgentConfigError,
+    AgentError,
+    CoreEvent,
+    FileSource,
+    Orchestrator,
+    TaskFile,
+    TaskInputError,
+    TraceStore,
+)
 from gateway.agent import default_config as _default_config
 from gateway.agent import load_agents as _load_agents
 from gateway.agent import load_config as _load_config
@@ -66,9 +76,17 @@ class TaskStream(AsyncGenerator[Event, None]):
         *,
         task_id: str | None = None,
         preview_chars: int = DEFAULT_RESULT_PREVIEW_CHARS,
+        owner: str = "",
+        file_ids: Sequence[str] = (),
+        file_source: FileSource | None = None,
+        traces: TraceStore | None = None,
     ) -> None:
         self.task = task
         self.task_id = task_id
+        self.owner = owner
+        self._file_ids = list(file_ids)
+        self._file_source = file_source
+        self._traces = traces
         self._resolve = resolve
         self._translate = Translator(preview_chars=preview_chars)
         self._items: deque[Event] = deque()
@@ -153,11 +171,20 @@ class TaskStream(AsyncGenerator[Event, None]):
         if event is not None:
             self._push(event)  # type: ignore[misc]
 
+    def _files(self) -> list[TaskFile]:
+        if not self._file_ids:
+            return []
+        if self._file_source is None:
+            raise TaskInputError("this server takes no files (no file store is configured)")
+        return self._file_source.acquire(self.owner, self._file_ids)
+
     async def _run(self) -> AsyncGenerator[Event, None]:
         child: asyncio.Task[tuple[str, str]] | None = None
+        files: list[TaskFile] = []
         try:
             try:
                 agent_name, config = self._resolve()
+                files = self._files()
             except AgentError as exc:
                 yield self._translate.started(self.task, DEFAULT_AGENT, "")
                 yield self._translate.failure(exc)
@@ -170,8 +197,10 @@ class TaskStream(AsyncGenerator[Event, None]):
             orchestrator = Orchestrator(
                 config, sink=self._sink if self._push is None else self._sink_push
             )
+            if self._traces is not None and self.task_id is not None:
+                self._traces.started(self.owner, self.task_id, orchestrator.trace)
             child = asyncio.get_running_loop().create_task(
-                orchestrator.run_main_agent(self.task, task_id=self.task_id),
+                orchestrator.run_main_agent(self.task, task_id=self.task_id, files=files),
                 name=f"agent:{self.task_id or '?'}",
             )
             self._child = child
@@ -194,6 +223,10 @@ class TaskStream(AsyncGenerator[Event, None]):
                     await asyncio.wait([child])
                 if not child.cancelled():
                     child.exception()  # retrieved: no "exception was never retrieved" warning
+            if files and self._file_source is not None:
+                self._file_source.release(self.owner, self._file_ids)
+            if self._traces is not None and self.task_id is not None:
+                self._traces.finished(self.owner, self.task_id)
 
 
 class StreamingOrchestrator:
@@ -210,22 +243,37 @@ class StreamingOrchestrator:
         *,
         agents: Mapping[str, AgentConfig] | None = None,
         preview_chars: int = DEFAULT_RESULT_PREVIEW_CHARS,
+        files: FileSource | None = None,
+        traces: TraceStore | None = None,
     ) -> None:
         self.config = config if config is not None else _default_config()
         self.agents: dict[str, AgentConfig] = dict(agents or {})
         self.preview_chars = preview_chars
+        self.files = files
+        """Where ``StartOptions.files`` ids are looked up (``None``: tasks take no files)."""
+        self.traces = traces
+        """Where every task's trace is kept for its owner (``None``: not kept)."""
         self._configs: dict[tuple[Any, ...], AgentConfig] = {}
 
     def execute_task_streaming(
-        self, task: str, options: StartOptions | None = None, *, task_id: str | None = None
+        self,
+        task: str,
+        options: StartOptions | None = None,
+        *,
+        task_id: str | None = None,
+        owner: str = "",
     ) -> TaskStream:
         """Run ``task`` and stream its events (see :class:`TaskStream`). Never raises: invalid
-        options end the stream with ``task_failed``."""
+        options (or files ``owner`` has not uploaded) end the stream with ``task_failed``."""
         return TaskStream(
             task,
             lambda: self.resolve(options),
             task_id=task_id,
             preview_chars=self.preview_chars,
+            owner=owner,
+            file_ids=(options.files or []) if options is not None else (),
+            file_source=self.files,
+            traces=self.traces,
         )
 
     def resolve(self, options: StartOptions | None) -> tuple[str, AgentConfig]:
@@ -258,13 +306,17 @@ class StreamingOrchestrator:
 
     def runner(self, spec: TaskSpec) -> TaskStream:
         """A :data:`gateway.tasks.RunnerFactory`: ``TaskManager(streaming.runner)``."""
-        return self.execute_task_streaming(spec.input, spec.options, task_id=spec.task_id)
+        return self.execute_task_streaming(
+            spec.input, spec.options, task_id=spec.task_id, owner=spec.owner
+        )
 
 
 def runner_factory(
     config: AgentConfig | str | Path | None = None,
     *,
     agents: Mapping[str, AgentConfig] | None = None,
+    files: FileSource | None = None,
+    traces: TraceStore | None = None,
 ) -> Callable[[TaskSpec], TaskStream]:
     """The task manager's runner factory for an agent config (a loaded one, a YAML path, a
     config directory whose agents become selectable by name, or ``None`` for the built-in demo
@@ -274,4 +326,4 @@ def runner_factory(
         config, agents = found[default], {**found, **(agents or {})}
     elif not isinstance(config, AgentConfig):
         config = _load_config(config)
-    return StreamingOrchestrator(config, agents=agents).runner
+    return StreamingOrchestrator(config, agents=agents, files=files, traces=traces).runner

@@ -79,6 +79,7 @@ async def test_fast_and_failing_tools() -> None:
         "testsrv__slow",
         "testsrv__fail",
         "testsrv__env",
+        "testsrv__read_file",
         "agents__agent-worker",
     }
     results = [m for m in llm.requests[1]["messages"] if m["role"] == "tool"]
