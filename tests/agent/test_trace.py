@@ -128,3 +128,26 @@ def test_the_store_keeps_traces_per_owner_and_bounded() -> None:
     expired.started("alice", "t", recorders[0])
     expired.finished("alice", "t")
     assert expired.get("alice", "t") is None
+
+
+def test_the_command_line_takes_a_file_and_prints_the_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.agent.__main__ import main
+
+    data = tmp_path / "data.csv"
+    data.write_text("x,1\n")
+    argv = ["--quiet", "--set", "llm.pace_ms=0", "--file", str(data), "--trace", "What is 2+2?"]
+    assert main(argv) == 0
+    answer, _, trace = capsys.readouterr().out.partition("\n")
+    assert answer == "4"
+    files = json.loads(trace)["files"]
+    assert files == [
+        {
+            "file_id": None,
+            "name": "data.csv",
+            "path": str(data),
+            "content_type": "text/csv",
+            "size": 4,
+        }
+    ]
