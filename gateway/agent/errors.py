@@ -13,7 +13,8 @@
     ├── TaskInputError              the task's input cannot be used (e.g. a file that is missing)
     ├── ToolError                   a tool call failed; reported to the model, never fatal
     └── TaskFailedError             the run ended but must be treated as failed
-                                    (``reason``; ``summary`` holds what could be produced)
+                                    (``reason``, ``context_limit``; ``summary`` holds what
+                                    could be produced)
 
 ``retryable`` says whether repeating the same call may succeed.
 """
@@ -114,7 +115,9 @@ class TaskFailedError(AgentError):
 
     code = "task_failed"
 
-    def __init__(self, reason: str, summary: str = "") -> None:
+    def __init__(self, reason: str, summary: str = "", *, context_limit: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.summary = summary
+        self.context_limit = context_limit
+        """The context window was the cause (a field, so nobody has to read ``reason``)."""

@@ -166,7 +166,8 @@ class Orchestrator:
                         await provider.aclose()
             if failed is not None:
                 self.failed_reason = error = failed
-                raise TaskFailedError(failed, summary)
+                # Every failure the loop itself reports comes from the context window.
+                raise TaskFailedError(failed, summary, context_limit=True)
             answer = extract_boxed(summary)
             status = "completed"
             return summary, answer

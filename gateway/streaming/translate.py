@@ -150,7 +150,7 @@ class Translator:
     def failure(self, exc: BaseException) -> TaskFailed:
         """``task_failed`` for an exception that ended a run."""
         if isinstance(exc, TaskFailedError):
-            code = "context_limit" if exc.reason.startswith("context limit") else "failed"
+            code = "context_limit" if exc.context_limit else "failed"
             return TaskFailed(reason=exc.reason, code=code, summary=exc.summary, usage=self.usage)
         if isinstance(exc, LLMError):
             provider = f"{exc.provider}: " if exc.provider else ""
