@@ -12,6 +12,7 @@ tools open it by path; the file itself is never pasted into the prompt.
 from __future__ import annotations
 
 import mimetypes
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,10 @@ from typing import Protocol
 
 from .errors import TaskInputError
 
-__all__ = ["FileSource", "TaskFile", "describe_files", "local_file"]
+__all__ = ["PATH_LISTS", "FileSource", "TaskFile", "describe_files", "local_file", "task_env"]
+
+PATH_LISTS = frozenset({"OSPARK_READING_ROOTS"})
+"""Variables of :func:`task_env` that extend a server's own value instead of replacing it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,19 @@ def describe_files(files: Sequence[TaskFile]) -> str:
     ]
     lines.extend(f"- {f.path} ({f.name}, {f.content_type}, {f.size:,} bytes)" for f in files)
     return "\n".join(lines)
+
+
+def task_env(files: Sequence[TaskFile]) -> dict[str, str]:
+    """What the task's stdio tool servers are told about its files: ``OSPARK_TASK_FILES`` (the
+    paths, separated by ``os.pathsep``), and the files' directories are added to
+    ``OSPARK_READING_ROOTS`` so the reading tool may open them (the tool's own roots stay)."""
+    if not files:
+        return {}
+    directories = dict.fromkeys(str(f.path.parent) for f in files)
+    return {
+        "OSPARK_TASK_FILES": os.pathsep.join(str(f.path) for f in files),
+        "OSPARK_READING_ROOTS": os.pathsep.join(directories),
+    }
 
 
 class FileSource(Protocol):

@@ -27,7 +27,7 @@ from .errors import (
     ToolError,
 )
 from .events import AgentErrorEvent, CoreEvent, LLMDelta, StepEvent, ToolEnd, ToolStart, UsageEvent
-from .files import TaskFile, describe_files, local_file
+from .files import TaskFile, describe_files, local_file, task_env
 from .llm import (
     TOOL_SEPARATOR,
     LLMProvider,
@@ -149,7 +149,7 @@ class Orchestrator:
             all_files.append(local_file(task_file_name))
         self.trace.begin(self.task_id, task_description, all_files)
         task = task_description + describe_files(all_files)
-        run = _Run(self.task_id, ToolManager(self.config.tools), {}, {})
+        run = _Run(self.task_id, ToolManager(self.config.tools, task_env(all_files)), {}, {})
         status, summary, answer, error = "failed", "", "", ""
         try:
             try:

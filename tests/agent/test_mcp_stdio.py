@@ -125,3 +125,29 @@ async def test_cancel_mid_tool_call() -> None:
     assert end.error == "cancelled"
     with pytest.raises(ProcessLookupError):  # the server subprocess is gone and reaped
         os.kill(pid, 0)
+
+
+async def test_stdio_servers_are_told_the_tasks_files(tmp_path: Path) -> None:
+    """The task's files reach its tool servers: their paths, and their directory among the
+    reading tool's roots (added to the roots the server already had)."""
+    data = tmp_path / "data.txt"
+    data.write_text("hello")
+    calls = [
+        ("c1", "testsrv__env", json.dumps({"name": "OSPARK_TASK_FILES"})),
+        ("c2", "testsrv__env", json.dumps({"name": "OSPARK_READING_ROOTS"})),
+    ]
+    async with fake_llm_server() as llm, probe() as (port, _):
+        llm.add(
+            Stream(openai_stream(tool_calls=calls)),
+            Stream(openai_stream(text="done")),
+            Stream(openai_stream(text="\\boxed{ok}")),
+        )
+        rec = Recorder()
+        config = stdio_config(llm.openai_url, port)
+        tool = {**config.raw["tools"][0]}
+        tool["env"] = {**tool["env"], "OSPARK_READING_ROOTS": "/srv/docs"}
+        config = config.with_overrides({"tools": [tool]})
+        await Orchestrator(config, sink=rec).run_main_agent("x", str(data))
+    files, roots = (end.result for end in rec.of(ToolEnd))
+    assert files == str(data)
+    assert roots == os.pathsep.join(["/srv/docs", str(tmp_path)])
