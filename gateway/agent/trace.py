@@ -222,57 +222,52 @@ def write_trace(directory: Path, trace: dict[str, Any]) -> Path:
     return path
 
 
-@dataclass(slots=True)
-class _Kept:
-    recorder: TraceRecorder
-    finished: float | None = None  # monotonic
-
-
 class TraceStore:
     """The traces of this process's tasks, by ``(owner, task_id)``.
 
     A trace is visible from its task's start; after the task ends it is kept ``retain_s``
-    seconds (the task manager's retention of finished tasks), and at most ``max_traces`` are
-    kept, the oldest finished ones dropped first."""
+    seconds (the task manager's retention of finished tasks), and at most ``max_traces``
+    finished ones are kept, the oldest dropped first. Each call costs O(1) plus the traces it
+    drops."""
 
     def __init__(self, *, retain_s: float = 3600.0, max_traces: int = 1000) -> None:
         self.retain_s = retain_s
         self.max_traces = max_traces
-        self._kept: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
+        self._running: dict[tuple[str, str], TraceRecorder] = {}
+        # Finished traces in the order they finished, with when (monotonic).
+        self._finished: OrderedDict[tuple[str, str], tuple[TraceRecorder, float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._kept)
+        return len(self._running) + len(self._finished)
 
     def started(self, owner: str, task_id: str, recorder: TraceRecorder) -> None:
-        self._prune()
         key = (owner, task_id)
-        self._kept.pop(key, None)
-        self._kept[key] = _Kept(recorder)
+        self._finished.pop(key, None)
+        self._running[key] = recorder
+        self._prune()
 
     def finished(self, owner: str, task_id: str) -> None:
-        kept = self._kept.get((owner, task_id))
-        if kept is not None:
-            kept.finished = time.monotonic()
-            self._kept.move_to_end((owner, task_id))
+        key = (owner, task_id)
+        recorder = self._running.pop(key, None)
+        if recorder is not None:
+            self._finished[key] = (recorder, time.monotonic())
         self._prune()
 
     def get(self, owner: str, task_id: str) -> TraceRecorder | None:
         """The trace of ``owner``'s task, or ``None`` (also for another owner's task)."""
         self._prune()
-        kept = self._kept.get((owner, task_id))
-        return None if kept is None else kept.recorder
+        key = (owner, task_id)
+        running = self._running.get(key)
+        if running is not None:
+            return running
+        finished = self._finished.get(key)
+        return None if finished is None else finished[0]
 
     def _prune(self) -> None:
-        now = time.monotonic()
-        expired = [
-            key
-            for key, kept in self._kept.items()
-            if kept.finished is not None and now - kept.finished > self.retain_s
-        ]
-        for key in expired:
-            del self._kept[key]
-        if len(self._kept) > self.max_traces:
-            for key in [k for k, kept in self._kept.items() if kept.finished is not None]:
-                if len(self._kept) <= self.max_traces:
-                    break
-                del self._kept[key]
+        finished = self._finished
+        limit = time.monotonic() - self.retain_s
+        while finished:
+            key, (_, at) = next(iter(finished.items()))
+            if at > limit and len(finished) <= self.max_traces:
+                break
+            del finished[key]

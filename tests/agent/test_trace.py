@@ -115,7 +115,7 @@ async def test_a_task_file_is_described_to_the_agent(tmp_path: Path) -> None:
 
 
 def test_the_store_keeps_traces_per_owner_and_bounded() -> None:
-    store = TraceStore(retain_s=3600, max_traces=2)
+    store = TraceStore(retain_s=3600, max_traces=1)
     recorders = [TraceRecorder() for _ in range(3)]
     for i, recorder in enumerate(recorders):
         store.started("alice", f"t{i}", recorder)
@@ -123,7 +123,9 @@ def test_the_store_keeps_traces_per_owner_and_bounded() -> None:
     assert store.get("bob", "t0") is None  # another owner's task looks missing
     store.finished("alice", "t0")
     store.finished("alice", "t1")
-    assert len(store) == 2 and store.get("alice", "t0") is None  # oldest finished went first
+    assert store.get("alice", "t0") is None  # the oldest finished one went first
+    assert store.get("alice", "t1") is recorders[1] and store.get("alice", "t2") is recorders[2]
+    assert len(store) == 2
     expired = TraceStore(retain_s=0)
     expired.started("alice", "t", recorders[0])
     expired.finished("alice", "t")
