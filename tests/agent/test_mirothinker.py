@@ -84,3 +84,30 @@ def test_a_malformed_block_is_passed_on_as_text() -> None:
     text = "".join(d.text for d in out)  # type: ignore[union-attr]
     assert text == "x <use_mcp_tool>nonsense</use_mcp_tool> y"
     assert parser.flush() == []
+
+
+async def test_on_the_wire_text_streams_as_llm_response_then_tool_call_start() -> None:
+    from gateway.streaming import StreamingOrchestrator
+    from protocol.events import LlmResponse, TaskCompleted, ToolCallStart
+
+    async with fake_llm_server() as server:
+        server.add(
+            Stream(openai_text_pieces(["Let me ", "compute it. ", CALL])),
+            Stream(openai_stream(text="It is 395.")),
+            Stream(openai_stream(text="Report: \\boxed{395}")),
+        )
+        config = provider_config("openai", server.openai_url, **{"llm.tool_calling": "mirothinker"})
+        stream = StreamingOrchestrator(config).execute_task_streaming("What is 17*23+4?")
+        events = [event async for event in stream]
+    kinds = [type(e).__name__ for e in events]
+    first_tool = kinds.index("ToolCallStart")
+    before = [e for e in events[:first_tool] if isinstance(e, LlmResponse) and e.channel == "text"]
+    assert "".join(e.delta for e in before) == "Let me compute it. "
+    call = events[first_tool]
+    assert isinstance(call, ToolCallStart)
+    assert (call.server, call.tool, call.arguments) == (
+        "calculator",
+        "calculate",
+        {"expression": "17*23+4"},
+    )
+    assert isinstance(events[-1], TaskCompleted) and events[-1].final_answer == "395"
