@@ -164,7 +164,13 @@ def compose(directory: Path, names: Iterable[str]) -> dict[str, Any]:
             try:
                 out[name] = hydra_compose(config_name=name)
             except (HydraException, OmegaConfBaseException, yaml.YAMLError) as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                cause: BaseException = exc
+                while cause.__cause__ is not None and not isinstance(cause, yaml.YAMLError):
+                    cause = cause.__cause__
+                if isinstance(cause, yaml.YAMLError):  # where in the file: on one line
+                    message = " ".join(line.strip() for line in str(cause).splitlines())
+                else:
+                    message = _first_line(exc)
                 raise AgentConfigError("", f"{directory / name}.yaml: {message}") from None
     return out
 

@@ -198,3 +198,14 @@ def test_serve_loads_a_config_directory() -> None:
     assert streaming.config == load_config(LAYOUT)
     name, config = streaming.resolve(StartOptions(agent="agent_mirothinker"))
     assert (name, config.main_agent.llm.tool_calling) == ("agent_mirothinker", "mirothinker")
+
+
+def test_broken_files_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "group.yaml").write_text("defaults:\n  - benchmark: nope\n  - _self_\n")
+    with pytest.raises(AgentConfigError, match="Could not find 'benchmark/nope'"):
+        load_config(tmp_path / "group.yaml")
+    (tmp_path / "syntax.yaml").write_text("main_agent: {max_turns: [\n")
+    with pytest.raises(AgentConfigError, match=r"syntax\.yaml.*line 2"):
+        load_config(tmp_path / "syntax.yaml")
+    with pytest.raises(AgentConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
