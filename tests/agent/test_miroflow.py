@@ -164,9 +164,13 @@ def test_env_defaults_keep_their_type(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.tools["tool-echo"].env["REMOVE_SNIPPETS"] == "True"  # a set value is kept
 
 
-async def test_a_miroflow_config_runs_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_miroflow_config_runs_end_to_end(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """The OpenRouter agent, pointed at a fake server, calls a tool from ``tool/`` whose env
-    default reaches the subprocess as written; ``chinese_context`` comes from the env."""
+    default reaches the subprocess as written; ``chinese_context`` comes from the env; the
+    trace lands in ``output_dir`` (``logs/``, relative to the working directory)."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OSPARK_TEST_MCP_SERVER", MCP_SERVER)
     monkeypatch.setenv("OPENROUTER_API_KEY", "test-key")
     monkeypatch.setenv("CHINESE_CONTEXT", "true")
@@ -181,8 +185,11 @@ async def test_a_miroflow_config_runs_end_to_end(monkeypatch: pytest.MonkeyPatch
         )
         config = load_config(LAYOUT / "agent_single_openrouter.yaml")
         rec = Recorder()
-        _, answer = await Orchestrator(config, sink=rec).run_main_agent("What is the flag?")
+        _, answer = await Orchestrator(config, sink=rec).run_main_agent(
+            "What is the flag?", task_id="flag-1"
+        )
     assert answer == "false"
+    assert (tmp_path / "logs" / "task_flag-1.json").is_file()
     (end,) = rec.of(ToolEnd)
     assert (end.server, end.tool, end.result) == ("tool-echo", "env", "false")
     first = server.requests[0]
