@@ -238,27 +238,27 @@ def typed_container(
 
     ``lenient(path)`` says where an unset variable without a default is dropped (``None``)
     instead of refused."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     OmegaConf.set_struct(cfg, False)
     OmegaConf.set_readonly(cfg, False)
 
-    def walk(node: Any, path: tuple[str, ...]) -> None:
-        keys: Iterable[Any]
-        if isinstance(node, DictConfig):
-            keys = list(node.keys())
-        elif isinstance(node, ListConfig):
-            keys = range(len(node))
+    def walk(node: Any, raw_node: Any, path: tuple[str, ...]) -> None:
+        """``raw_node`` is ``node`` unresolved, as plain containers (read), ``node`` is where a
+        typed value is written back."""
+        items: Iterable[tuple[Any, Any]]
+        if isinstance(raw_node, dict):
+            items = raw_node.items()
+        elif isinstance(raw_node, list):
+            items = enumerate(raw_node)
         else:
             return
-        for key in keys:
+        for key, raw in items:
             child_path = (*path, str(key))
-            child = node._get_node(key)
-            if isinstance(child, DictConfig | ListConfig):
-                walk(child, child_path)
+            if isinstance(raw, dict | list):
+                walk(node[key], raw, child_path)
                 continue
-            raw = child._value() if child is not None else None
             if not isinstance(raw, str) or "${" not in raw:
                 continue
             value = _env_value(raw)
@@ -276,7 +276,7 @@ def typed_container(
                 node[key] = value
 
     try:
-        walk(cfg, ())
+        walk(cfg, OmegaConf.to_container(cfg, resolve=False), ())
         container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         key = str(getattr(exc, "full_key", "") or "")
