@@ -70,7 +70,7 @@ async def test_context_limit_goes_to_summary_and_drops_an_exchange() -> None:
         with pytest.raises(TaskFailedError) as info:
             await orchestrator.run_main_agent("What is 17*23+4?")
     assert info.value.summary.strip() == "Partial report. \\boxed{unknown}"
-    assert "dropped" in info.value.reason and info.value.context_limit
+    assert "dropped" in info.value.reason and info.value.failure_code == "context_limit"
     assert orchestrator.failed_reason == info.value.reason
     steps = rec.steps()
     assert steps.count("context_limit") == 2 and steps.count("summarising") == 2
