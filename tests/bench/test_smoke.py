@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bench import report
+from bench import report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_smoke_run_writes_results_plot_and_readme_section(tmp_path: Path) -> Non
     readme.write_text("# Project\n\nIntro.\n\n## Benchmarks\n\nold table\n\n## After\n\nkept\n")
     out = str(tmp_path / "bench")
     subprocess.run(
-        [sys.executable, "-m", "gateway.bench", "--smoke", "--out", out, "--readme", str(readme)],
+        [sys.executable, "-m", "bench", "--smoke", "--out", out, "--readme", str(readme)],
         cwd=ROOT,
         check=True,
         timeout=170,

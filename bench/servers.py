@@ -1,9 +1,9 @@
-"""The servers under test, each run in its own process: ``python -m gateway.bench.servers KIND``.
+"""The servers under test, each run in its own process: ``python -m bench.servers KIND``.
 
 Kinds:
 
 - ``gateway``: the OSpark gateway with limits raised for load (every task runs at once, no start
-  rate limit); ``--source replay`` replays synthetic tasks (see :mod:`gateway.bench.replay`),
+  rate limit); ``--source replay`` replays synthetic tasks (see :mod:`bench.replay`),
   ``--source demo`` runs the real agent stack from ``--config``.
 - ``raw``: the physical limit: a minimal Starlette WebSocket endpoint that sends pre-encoded
   event frames as fast as it can (one event per frame, or ``batch`` frames).
@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.bench.replay import frames, replay_factory
+from bench.replay import frames, replay_factory
 from protocol import Batch, EventFrame, Hello, codec_for_subprotocol, select_subprotocol
 from protocol.events import TERMINAL_KINDS
 
@@ -414,7 +414,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench.servers")
+    parser = argparse.ArgumentParser(prog="python -m bench.servers")
     parser.add_argument("kind", choices=["gateway", "raw", "socketio", "sse", "fakellm"])
     parser.add_argument("--source", choices=["replay", "demo"], default="replay")
     parser.add_argument("--config", default=None, help="agent config YAML (demo source)")

@@ -1,4 +1,4 @@
-"""The load generator, run in its own process: ``python -m gateway.bench.client SPEC_JSON``.
+"""The load generator, run in its own process: ``python -m bench.client SPEC_JSON``.
 
 One *link* type per protocol under test (the gateway, the raw endpoint, python-socketio, SSE)
 gives the workloads one interface: open, start a task, cancel it, and a callback for every

@@ -1,6 +1,6 @@
 """The benchmark suite: starts each server in its own process, drives it from a client process,
 and measures every figure against its baselines in the same run (median, min and max of
-several runs). See :mod:`gateway.bench` for what is measured and why."""
+several runs). See :mod:`bench` for what is measured and why."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 __all__ = ["SIZES", "Sizes", "Suite", "environment"]
 
 PY = sys.executable
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,12 @@ SIZES = {
 
 
 class Server:
-    """One server process (``python -m gateway.bench.servers``)."""
+    """One server process (``python -m bench.servers``)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            [PY, "-m", "gateway.bench.servers", *args],
+            [PY, "-m", "bench.servers", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -144,7 +144,7 @@ def client(spec: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
     """Run one client workload to completion in its own process."""
     spec = {"host": "127.0.0.1", **spec}
     out = subprocess.run(
-        [PY, "-m", "gateway.bench.client", json.dumps(spec)],
+        [PY, "-m", "bench.client", json.dumps(spec)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -163,7 +163,7 @@ def holding_client(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """A client that holds its connections (and tasks) until the block ends."""
     spec = {"host": "127.0.0.1", **spec, "workload": "hold"}
     proc = subprocess.Popen(
-        [PY, "-m", "gateway.bench.client", json.dumps(spec)],
+        [PY, "-m", "bench.client", json.dumps(spec)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -575,7 +575,7 @@ llm: {{provider: openai, model_name: bench, base_url: "http://127.0.0.1:{llm.por
 tools:
   - name: bench
     command: {PY}
-    args: [-m, gateway.bench.mcp_slow]
+    args: [-m, bench.mcp_slow]
     env: {{BENCH_PROBE: "{probe}", PYTHONPATH: "{ROOT}"}}
     timeout_s: 120
 main_agent: {{tool_config: [bench], max_turns: 4}}

@@ -1,0 +1,53 @@
+"""Test your own integration the way the gateway tests itself: no network, no key, real parts.
+
+- :mod:`.llm` — a fake OpenAI and Anthropic server on 127.0.0.1 speaking their real streaming
+  formats, so the real SDKs (and the gateway's providers) run end to end against scripted
+  replies: :func:`fake_llm_server`, :class:`Stream`, :class:`ErrorReply`,
+  :func:`openai_stream`, :func:`anthropic_stream`.
+- :mod:`.config` — the offline demo configuration at a chosen pace, as an
+  :class:`~gateway.agent.AgentConfig` (:func:`demo_config`) or a YAML file
+  (:func:`write_demo_config`).
+- :mod:`.client` — :class:`FrameClient`, a frame-level WebSocket client for testing the
+  gateway's protocol itself (applications use :class:`gateway.client.GatewayClient`).
+
+The project's own tests and benchmarks use exactly these.
+"""
+
+from __future__ import annotations
+
+from .client import FrameClient
+from .config import demo_config, write_demo_config
+from .llm import (
+    ANTHROPIC_CONTEXT_ERROR,
+    OPENAI_CONTEXT_ERROR,
+    OPENAI_DONE,
+    ErrorReply,
+    FakeLLMServer,
+    Reply,
+    Responder,
+    Stream,
+    anthropic_stream,
+    fake_llm_server,
+    openai_chunk,
+    openai_stream,
+    sse,
+)
+
+__all__ = [
+    "ANTHROPIC_CONTEXT_ERROR",
+    "OPENAI_CONTEXT_ERROR",
+    "OPENAI_DONE",
+    "ErrorReply",
+    "FakeLLMServer",
+    "FrameClient",
+    "Reply",
+    "Responder",
+    "Stream",
+    "anthropic_stream",
+    "demo_config",
+    "fake_llm_server",
+    "openai_chunk",
+    "openai_stream",
+    "sse",
+    "write_demo_config",
+]
