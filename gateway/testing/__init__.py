@@ -10,28 +10,58 @@
 - :mod:`.client` — :class:`FrameClient`, a frame-level WebSocket client for testing the
   gateway's protocol itself (applications use :class:`gateway.client.GatewayClient`).
 
-The project's own tests and benchmarks use exactly these.
+The project's own tests and benchmarks use exactly these. Each part is imported when first
+used (the fake server needs Starlette and uvicorn, the demo config the agent core), so a load
+generator that only wants :class:`FrameClient` stays light.
 """
 
 from __future__ import annotations
 
-from .client import FrameClient
-from .config import demo_config, write_demo_config
-from .llm import (
-    ANTHROPIC_CONTEXT_ERROR,
-    OPENAI_CONTEXT_ERROR,
-    OPENAI_DONE,
-    ErrorReply,
-    FakeLLMServer,
-    Reply,
-    Responder,
-    Stream,
-    anthropic_stream,
-    fake_llm_server,
-    openai_chunk,
-    openai_stream,
-    sse,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import FrameClient
+    from .config import demo_config, write_demo_config
+    from .llm import (
+        ANTHROPIC_CONTEXT_ERROR,
+        OPENAI_CONTEXT_ERROR,
+        OPENAI_DONE,
+        ErrorReply,
+        FakeLLMServer,
+        Reply,
+        Responder,
+        Stream,
+        anthropic_stream,
+        fake_llm_server,
+        openai_chunk,
+        openai_stream,
+        sse,
+    )
+
+_MODULES = {
+    "FrameClient": "client",
+    "demo_config": "config",
+    "write_demo_config": "config",
+    **dict.fromkeys(
+        [
+            "ANTHROPIC_CONTEXT_ERROR",
+            "OPENAI_CONTEXT_ERROR",
+            "OPENAI_DONE",
+            "ErrorReply",
+            "FakeLLMServer",
+            "Reply",
+            "Responder",
+            "Stream",
+            "anthropic_stream",
+            "fake_llm_server",
+            "openai_chunk",
+            "openai_stream",
+            "sse",
+        ],
+        "llm",
+    ),
+}
 
 __all__ = [
     "ANTHROPIC_CONTEXT_ERROR",
@@ -51,3 +81,16 @@ __all__ = [
     "sse",
     "write_demo_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULES])

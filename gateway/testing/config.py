@@ -16,17 +16,20 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gateway.agent import AgentConfig, load_config
+if TYPE_CHECKING:
+    from gateway.agent import AgentConfig
 
 __all__ = ["demo_config", "write_demo_config"]
 
 
 def demo_config(pace_ms: float = 0.0, **overrides: Any) -> AgentConfig:
     """The built-in demo configuration with the demo model at ``pace_ms`` per word."""
+    from gateway.agent import load_config  # the agent core loads only when a config is made
+
     return load_config(None, {"llm.pace_ms": pace_ms, **overrides})
 
 

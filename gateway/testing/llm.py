@@ -28,7 +28,15 @@ import contextlib
 import json
 import socket
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,11 +167,14 @@ class FakeLLMServer:
         self.streams_started += 1
         self.streams_open += 1
         try:
-            await self._stream(reply, receive, send)
+            client_left = await self._stream(reply, receive, send)
         finally:
             self.streams_open -= 1
+        if client_left:  # set last, so that a test woken by it sees the counts settled
+            self.disconnected.set()
 
-    async def _stream(self, reply: Stream, receive: Receive, send: Send) -> None:
+    async def _stream(self, reply: Stream, receive: Receive, send: Send) -> bool:
+        """Send the stream; whether the client left before its end (or during a hang)."""
         # The body is sent while another task listens for the client leaving: a stream that
         # never ends on its own (hang, or an endless async iterable) stops when it does.
         gone = asyncio.Event()
@@ -177,17 +188,17 @@ class FakeLLMServer:
         async def body() -> None:
             nonlocal complete
             sent = 0
-            async for event in _aiter(reply.events):
-                if reply.disconnect_after is not None and sent == reply.disconnect_after:
-                    raise _Abort("scripted mid-stream disconnect")
-                await send(
-                    {"type": "http.response.body", "body": event.encode(), "more_body": True}
-                )
-                sent += 1
+            async with contextlib.aclosing(_aiter(reply.events)) as events:
+                async for event in events:
+                    if reply.disconnect_after is not None and sent == reply.disconnect_after:
+                        raise _Abort("scripted mid-stream disconnect")
+                    await send(
+                        {"type": "http.response.body", "body": event.encode(), "more_body": True}
+                    )
+                    sent += 1
             if reply.hang:
                 self.streaming.set()
                 await gone.wait()
-                self.disconnected.set()
                 return
             complete = True  # from here on, the end of the request is not the client leaving
             await send({"type": "http.response.body", "body": b""})
@@ -198,21 +209,28 @@ class FakeLLMServer:
             await asyncio.wait({watcher, sender}, return_when=asyncio.FIRST_COMPLETED)
             if sender.done() or complete:
                 await sender  # re-raises _Abort, which makes uvicorn drop the connection
-            else:  # the client left before the end of the stream
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
-                self.disconnected.set()
+                return reply.hang
+            sender.cancel()  # the client left before the end of the stream
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            return True
         finally:
             for task in (watcher, sender):
                 task.cancel()
             await asyncio.gather(watcher, sender, return_exceptions=True)
 
 
-async def _aiter(events: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
+async def _aiter(events: Iterable[str] | AsyncIterable[str]) -> AsyncGenerator[str, None]:
+    """The events one by one; an async generator given as events is closed with the stream."""
     if isinstance(events, AsyncIterable):
-        async for event in events:
-            yield event
+        iterator = aiter(events)
+        try:
+            async for event in iterator:
+                yield event
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
     else:
         for event in events:
             yield event
