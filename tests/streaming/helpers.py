@@ -1,17 +1,15 @@
-"""Helpers for the streaming tests: demo configs, draining, normalising merged deltas."""
+"""Helpers for the streaming tests: draining, normalising merged deltas (and the demo config of
+gateway.testing)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.agent import AgentConfig, load_config
+from gateway.testing import demo_config
 from protocol.events import TERMINAL_KINDS, Event, LlmResponse
 
-
-def demo_config(pace_ms: float = 0.0, **overrides: Any) -> AgentConfig:
-    """The built-in demo config; ``pace_ms=0`` never sleeps."""
-    return load_config(None, {"llm.pace_ms": pace_ms, **overrides})
+__all__ = ["demo_config", "drain", "kind", "shape", "terminals", "text_of"]
 
 
 def kind(event: Event) -> str:
