@@ -1,8 +1,9 @@
 """``python -m bench [--smoke | --quick]``: run the benchmarks, write the results.
 
 Writes ``docs/bench/results.json`` and ``docs/bench/bench.png`` and replaces the
-``## Benchmarks`` section of README.md (``--smoke`` writes into ``--out`` only, and leaves the
-README alone unless ``--readme`` is given).
+``## Benchmarks`` section of README.md. ``--smoke`` writes into ``--out`` (default
+``artifacts/bench-smoke``, which git ignores) and leaves the README alone unless ``--readme`` is
+given, so a smoke run never replaces the published figures.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=None, help="README to update")
     args = parser.parse_args(argv)
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
-    out: Path = args.out or (ROOT / "docs" / "bench")
+    default_out = ROOT / "artifacts" / "bench-smoke" if args.smoke else ROOT / "docs" / "bench"
+    out: Path = args.out or default_out
     readme = args.readme or (None if args.smoke else ROOT / "README.md")
     started = time.monotonic()
 
