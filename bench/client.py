@@ -23,7 +23,7 @@ import msgspec
 import uvloop
 
 from gateway.testing import FrameClient
-from protocol import JSON, MSGPACK, EventFrame
+from protocol import JSON, MSGPACK, EventFrame, ProtocolError
 from protocol.events import TaskCancelled, TaskCompleted, TaskFailed
 
 __all__ = ["main"]
@@ -74,6 +74,8 @@ class WsLink(Link):
         with contextlib.suppress(Exception):
             async for message in self.client.ws:
                 frames = receive(message)
+                if isinstance(frames, ProtocolError):
+                    continue
                 self.frames += 1
                 now = time.time()
                 events = [f for f in frames if type(f) is EventFrame]

@@ -9,6 +9,10 @@
   (:func:`write_demo_config`).
 - :mod:`.client` — :class:`FrameClient`, a frame-level WebSocket client for testing the
   gateway's protocol itself (applications use :class:`gateway.client.GatewayClient`).
+- :mod:`.runner` — :class:`ScriptedRunner`, the runner contract with scripted events, for
+  testing what sits on top of the task manager.
+- :mod:`.held` — the demo model held at named points until the test releases it (import it
+  from there: it loads the agent stack).
 
 The project's own tests and benchmarks use exactly these. Each part is imported when first
 used (the fake server needs Starlette and uvicorn, the demo config the agent core), so a load
@@ -38,11 +42,13 @@ if TYPE_CHECKING:
         openai_stream,
         sse,
     )
+    from .runner import HOLD, Hold, ScriptedRun, ScriptedRunner, Step
 
 _MODULES = {
     "FrameClient": "client",
     "demo_config": "config",
     "write_demo_config": "config",
+    **dict.fromkeys(["HOLD", "Hold", "ScriptedRun", "ScriptedRunner", "Step"], "runner"),
     **dict.fromkeys(
         [
             "ANTHROPIC_CONTEXT_ERROR",
@@ -65,13 +71,18 @@ _MODULES = {
 
 __all__ = [
     "ANTHROPIC_CONTEXT_ERROR",
+    "HOLD",
     "OPENAI_CONTEXT_ERROR",
     "OPENAI_DONE",
     "ErrorReply",
     "FakeLLMServer",
     "FrameClient",
+    "Hold",
     "Reply",
     "Responder",
+    "ScriptedRun",
+    "ScriptedRunner",
+    "Step",
     "Stream",
     "anthropic_stream",
     "demo_config",

@@ -33,6 +33,7 @@ from protocol import (
     Codec,
     EventFrame,
     Hello,
+    ProtocolError,
     Start,
 )
 from protocol.session import IncomingFrame
@@ -113,6 +114,8 @@ class FrameClient:
     async def recv(self) -> list[IncomingFrame]:
         """Read one WebSocket message (one frame, or the events of a ``batch``) and file it."""
         frames = self.session.receive(await self.ws.recv())
+        if isinstance(frames, ProtocolError):
+            raise frames  # the server sent something that is not a valid frame
         for frame in frames:
             if isinstance(frame, EventFrame):
                 self.events[frame.task_id].append(frame)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -57,6 +60,30 @@ async def raw_close_code(port: int, headers: dict[str, str]) -> int | None:
     return code
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """What the gateway and uvicorn log (uvicorn's loggers do not reach pytest's root
+    handler)."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("gateway", "uvicorn", "uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
 def assert_seq_continuous(frames: list[EventFrame]) -> None:
     assert [f.seq for f in frames] == list(range(1, len(frames) + 1))
 
@@ -76,4 +103,5 @@ __all__ = [
     "event_key",
     "gaps",
     "raw_close_code",
+    "server_log",
 ]
