@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         fake_llm_server,
         openai_chunk,
         openai_stream,
+        openai_text_pieces,
         sse,
     )
     from .runner import HOLD, Hold, ScriptedRun, ScriptedRunner, Step
@@ -63,6 +64,7 @@ _MODULES = {
             "fake_llm_server",
             "openai_chunk",
             "openai_stream",
+            "openai_text_pieces",
             "sse",
         ],
         "llm",
@@ -89,6 +91,7 @@ __all__ = [
     "fake_llm_server",
     "openai_chunk",
     "openai_stream",
+    "openai_text_pieces",
     "sse",
     "write_demo_config",
 ]

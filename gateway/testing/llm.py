@@ -58,6 +58,7 @@ __all__ = [
     "fake_llm_server",
     "openai_chunk",
     "openai_stream",
+    "openai_text_pieces",
     "sse",
 ]
 
@@ -346,6 +347,17 @@ def openai_stream(
                 openai_chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
             )
     events.append(openai_chunk({}, "tool_calls" if tool_calls else "stop"))
+    events.append(openai_chunk(usage=usage))
+    events.append(OPENAI_DONE)
+    return events
+
+
+def openai_text_pieces(pieces: Sequence[str], usage: tuple[int, int] = (100, 20)) -> list[str]:
+    """A streamed text completion sent in exactly these pieces (to cut a tag or a word where a
+    test wants it cut)."""
+    events = [openai_chunk({"role": "assistant", "content": "", "refusal": None})]
+    events.extend(openai_chunk({"content": piece}) for piece in pieces)
+    events.append(openai_chunk({}, "stop"))
     events.append(openai_chunk(usage=usage))
     events.append(OPENAI_DONE)
     return events

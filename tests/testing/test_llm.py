@@ -20,6 +20,7 @@ from gateway.testing import (
     fake_llm_server,
     openai_chunk,
     openai_stream,
+    openai_text_pieces,
 )
 
 CALL = ("call_1", "calculator__calculate", json.dumps({"expression": "17*23+4"}))
@@ -87,6 +88,15 @@ async def test_error_replies_and_an_empty_queue_are_http_errors() -> None:
         with pytest.raises(openai.InternalServerError):
             await oai.chat.completions.create(model="m", messages=[], stream=True)
     assert len(llm.requests) == 3
+
+
+async def test_text_pieces_arrive_as_cut() -> None:
+    async with fake_llm_server() as llm, openai_sdk(llm.openai_url) as sdk:
+        llm.add(Stream(openai_text_pieces(["<thi", "nk>a", "</think>b"])))
+        stream = await sdk.chat.completions.create(model="m", messages=[], stream=True)
+        async with stream:
+            pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+    assert pieces == ["", "<thi", "nk>a", "</think>b", None]
 
 
 async def test_respond_answers_each_request_from_its_body() -> None:
