@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# System packages the tests need (Debian): headless Chromium for the web demo tests.
+# System packages the tests need (Debian): headless Chromium for the web demo tests, and
+# bubblewrap (`bwrap`) for the code tool's sandbox.
 sysdeps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "installing Debian bubblewrap for the code tool's sandbox"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 
 serve: $(STAMP)
 	$(BIN)/ospark serve --host $(HOST) --port $(PORT)
