@@ -132,11 +132,16 @@ async def public_only(url: str) -> None:
     if env_str("OSPARK_READING_ALLOW_PRIVATE") == "1":
         return
     try:
-        infos = await anyio.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ToolError(f"cannot resolve {parts.hostname!r}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        addresses = [ipaddress.ip_address(parts.hostname)]
+    except ValueError:  # a name, not an address literal
+        try:
+            infos = await anyio.getaddrinfo(
+                parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise ToolError(f"cannot resolve {parts.hostname!r}: {exc}") from None
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    for address in addresses:
         if not address.is_global:
             raise ToolError(
                 f"{url} points to a non-public address ({address}); refused "
@@ -290,6 +295,12 @@ async def read_document(uri: str, settings: Settings | None = None) -> str:
         raise ToolError("uri is empty")
     url: str | None = None
     mimetype = ""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme and scheme not in ("http", "https", "file"):
+        raise ToolError(
+            f"cannot read {scheme}:// addresses: give a path, a file: or data: URI, "
+            "or an http(s):// URL (not a web address it can fetch)"
+        )
     if uri.startswith(("http://", "https://")):
         response = await fetch(
             "GET",

@@ -5,8 +5,8 @@ The local sandbox (``bwrap``, Debian package ``bubblewrap``) is a separate proce
 - **no network**: a new network namespace holding only its own loopback;
 - **its own file system view**: ``/usr`` (and the ``/bin``, ``/lib`` links) read-only, a fresh
   ``/proc`` and ``/dev``, a small private ``/tmp`` (tmpfs), and one read/write scratch directory
-  per server process (one per task) at ``/scratch``, its working directory and ``HOME``; nothing
-  else of the host is visible, so writing anywhere else fails;
+  per server process (one per task) at ``/scratch``, its working directory and ``HOME``; the
+  root is read-only and nothing else of the host is visible, so writing anywhere else fails;
 - **new user, PID, IPC, UTS and cgroup namespaces**, no capabilities, no nested user
   namespaces, a new session (no terminal injection), and ``--die-with-parent``;
 - **resource limits** set inside the sandbox before the program starts: processes
@@ -161,6 +161,8 @@ class BwrapSandbox:
     def _prepare(self) -> Path:
         if self._workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix="ospark-code-", dir=self._scratch_root))
+            if self._identity is not None:
+                self._check_reachable(workdir.parent)
             (workdir / "scratch").mkdir()
             (workdir / "run").mkdir()
             if self._identity is not None:
@@ -169,6 +171,17 @@ class BwrapSandbox:
                     os.chown(path, uid, gid)
             self._workdir = workdir
         return self._workdir
+
+    def _check_reachable(self, directory: Path) -> None:
+        """As root the sandbox runs as ``nobody``, who must be able to walk to the scratch
+        directory: every ancestor needs the others' execute bit."""
+        for path in (directory, *directory.parents):
+            if not path.stat().st_mode & 0o001:
+                raise ToolError(
+                    f"the sandbox user (uid {self._identity[0] if self._identity else '?'}) "
+                    f"cannot reach {directory}: {path} is closed to others; set "
+                    "OSPARK_CODE_SCRATCH_ROOT to a directory others can traverse"
+                )
 
     def _argv(self, program: list[str], code_file: Path | None) -> list[str]:
         workdir = self._prepare()
@@ -201,6 +214,7 @@ class BwrapSandbox:
             argv += ["--ro-bind", self.input_dir, INPUT]
         if code_file is not None:
             argv += ["--ro-bind", str(code_file), _CODE_FILE]
+        argv += ["--remount-ro", "/"]  # the sandbox's own root: no writes outside the mounts
         argv += ["--clearenv"]
         for key, value in (
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -240,7 +254,8 @@ class BwrapSandbox:
             reason = probe.stderr.decode(errors="replace").strip() or f"exit {probe.returncode}"
             raise ToolError(
                 f"the code sandbox cannot start here ({reason}); bubblewrap needs user "
-                "namespaces. Nothing was run: code never runs unsandboxed."
+                "namespaces, and the sandbox user must be able to reach the scratch directory. "
+                "Nothing was run: code never runs unsandboxed."
             )
         self._checked = True
 
