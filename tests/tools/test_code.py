@@ -141,11 +141,15 @@ async def test_cancel_kills_the_sandboxed_processes(scratch_root: Path) -> None:
         fifo = scratch_dir(tmp_path) / "started"
         os.mkfifo(fifo)
         fifo.chmod(0o666)  # the sandbox may run as another user
-        command = "sleep 4242.5 & sleep 4242.5 & echo started > started; wait"
-        running = asyncio.create_task(call(client, "run_command", command=command))
+        code = (
+            "import subprocess\n"
+            "sleepers = [subprocess.Popen(['sleep', '4242.5']) for _ in range(2)]\n"
+            "open('started', 'w').write('started\\n')  # Popen returned: both are exec'd\n"
+            "for s in sleepers: s.wait()"
+        )
+        running = asyncio.create_task(call(client, "run_python_code", code_block=code))
         assert await read_fifo_line(fifo) == "started"
-        sleepers = [c for c in commands_with("4242.5").values() if c.startswith("sleep")]
-        assert sleepers == ["sleep 4242.5", "sleep 4242.5"]
+        assert list(commands_with("4242.5").values()) == ["sleep 4242.5", "sleep 4242.5"]
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
