@@ -24,8 +24,11 @@ sysdeps:
 	  echo "installing Debian bubblewrap for the code tool's sandbox"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 
+# The demo config with the reading and code tools; its tool servers run as `python -m …`, so the
+# virtualenv's python comes first on PATH (as in an activated virtualenv).
 serve: $(STAMP)
-	$(BIN)/ospark serve --host $(HOST) --port $(PORT)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ospark serve --host $(HOST) --port $(PORT) \
+	  --config gateway/configs/demo-tools.yaml
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
