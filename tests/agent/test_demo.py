@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.agent import LLMDelta, Orchestrator, StepEvent, ToolEnd, ToolStart, load_config
 from gateway.agent.__main__ import main as cli_main
@@ -304,6 +306,21 @@ def test_find_arithmetic_is_linear_and_still_finds_expressions() -> None:
     # 200,000 characters: a backtracking search would take minutes; each run is scanned once.
     assert demo.find_arithmetic("(" * 200_000) is None
     assert demo.find_arithmetic("(" * 100_000 + "1+1") == "(" * 100_000 + "1+1"
+
+
+_BACKTRACKING = re.compile(r"[\d.(][\d.\s()+\-*/^%×÷]*[\d)]")  # the old, quadratic finder
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="0123456789.()+-*/^%×÷ ab\n", max_size=40))
+def test_find_arithmetic_agrees_with_the_backtracking_search(text: str) -> None:
+    """On short inputs the linear finder gives what the old backtracking regex gave."""
+    found = [
+        m.group().strip()
+        for m in _BACKTRACKING.finditer(text)
+        if demo._OPERATOR_BETWEEN_NUMBERS.search(m.group())
+    ]
+    assert demo.find_arithmetic(text) == (max(found, key=len) if found else None)
 
 
 @pytest.mark.parametrize(

@@ -55,31 +55,28 @@ TIME_TRIGGER = re.compile(r"\b(time|date|today|clock|day)\b", re.IGNORECASE)
 READ_TRIGGER = re.compile(r"\bread\s+(\S+)", re.IGNORECASE)
 PYTHON_TRIGGER = re.compile(r"\brun\s+python\s*:(.+)", re.IGNORECASE | re.DOTALL)
 SHELL_TRIGGER = re.compile(r"\brun\s+(?:shell|command)\s*:(.+)", re.IGNORECASE | re.DOTALL)
-# A maximal run of characters that may appear in arithmetic: each character is looked at once.
-_ARITHMETIC_RUN = re.compile(r"[\d.\s()+\-*/^%×÷]+")
+# From a possible start to the end of its run of arithmetic characters. Nothing after the
+# greedy part must match, so the engine never backtracks: each character is looked at once.
+_ARITHMETIC_RUN = re.compile(r"[\d.(][\d.\s()+\-*/^%×÷]*")
 _OPERATOR_BETWEEN_NUMBERS = re.compile(r"[\d)]\s*(\*\*|[+\-*/^%×÷])\s*[\d.(]")
 _WORDS = re.compile(r"\S+\s*|\s+")
-_STARTS = frozenset("0123456789.(")
-_ENDS = frozenset("0123456789)")
+_NOT_AN_END = ".(+-*/^%×÷ \t\n\r\f\v"  # an expression ends with a digit or ")"
 
 
 def find_arithmetic(text: str) -> str | None:
     """The longest arithmetic expression in ``text`` that has an operator, if any.
 
-    An expression starts with a digit, ``.`` or ``(`` and ends with a digit or ``)``; within
-    each maximal run of arithmetic characters the candidate is the span from the first possible
-    start to the last possible end. Linear in ``len(text)``.
+    An expression starts with a digit, ``.`` or ``(`` and ends with a digit or ``)``: in each
+    run of arithmetic characters the candidate spans from the first possible start to the last
+    possible end. Linear in ``len(text)``.
     """
     best: str | None = None
     for match in _ARITHMETIC_RUN.finditer(text):
-        run = match.group()
-        start = next((i for i, c in enumerate(run) if c in _STARTS), None)
-        end = next((i for i in range(len(run) - 1, -1, -1) if run[i] in _ENDS), None)
-        if start is None or end is None or end < start:
-            continue
-        candidate = run[start : end + 1].strip()
-        if (best is None or len(candidate) > len(best)) and _OPERATOR_BETWEEN_NUMBERS.search(
+        candidate = match.group().rstrip(_NOT_AN_END)
+        if (
             candidate
+            and (best is None or len(candidate) > len(best))
+            and _OPERATOR_BETWEEN_NUMBERS.search(candidate)
         ):
             best = candidate
     return best
