@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test lint typecheck pytest bench bench-smoke schema sysdeps clean
+.PHONY: serve test lint typecheck pytest bench bench-smoke soak schema sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,16 @@ sysdeps:
 	  echo "installing Debian bubblewrap for the code tool's sandbox"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 
-# The demo config with the reading and code tools; its tool servers run as `python -m …`, so the
-# virtualenv's python comes first on PATH (as in an activated virtualenv).
-serve: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ospark serve --host $(HOST) --port $(PORT) \
+# `make serve [HOST=127.0.0.1] [PORT=8000]`. The set-up's build chatter goes to a log that is
+# shown only if it fails; the gateway prints the page to open. It runs the demo config with the
+# reading and code tools, whose servers start as `python -m …`: the virtualenv's python comes
+# first on PATH (as in an activated virtualenv).
+serve:
+	@$(MAKE) -s -q $(STAMP) 2>/dev/null || echo "installing into $(VENV) (about a minute the first time)..."
+	@log=$$(mktemp); \
+	  if ! $(MAKE) -s --no-print-directory $(STAMP) >"$$log" 2>&1; then cat "$$log"; rm -f "$$log"; exit 1; fi; \
+	  rm -f "$$log"
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ospark serve --host $(HOST) --port $(PORT) \
 	  --config gateway/configs/demo-tools.yaml
 
 typecheck: $(STAMP)
@@ -50,6 +56,12 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m gateway.bench --smoke
+
+# Soak and chaos against real `ospark serve` processes (not part of `make test`):
+# `make soak SOAK_SECONDS=600`. Prints a table; exits 1 on any loss or unbounded growth.
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	$(BIN)/python -m soak --duration $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -104,6 +104,24 @@
     return `${scheme}//${location.host}/ws${q}`;
   }
 
+  // A refused handshake (bad token 401, origin 403) reaches a browser as a bare 1006: ask the
+  // gateway why with a plain GET of the same URL, and stop retrying if it was refused.
+  async function refusedAtHandshake() {
+    let r;
+    try {
+      r = await fetch(socketUrl().replace(/^ws/, "http"), { cache: "no-store" });
+    } catch (err) {
+      return false; // the gateway is not there: retry
+    }
+    if (r.status !== 401 && r.status !== 403) return false;
+    const reason = (await r.text()).slice(0, 200);
+    state.stopped = true;
+    setConn("closed", "unauthorized");
+    showBanner(`The gateway refused the connection (${r.status}: ${reason}).` +
+      (r.status === 401 ? " Open the page with ?token=YOUR_TOKEN." : ""));
+    return true;
+  }
+
   function send(frame) {
     if (state.ws && state.ws.readyState === WebSocket.OPEN && state.hello) {
       state.ws.send(JSON.stringify(frame));
@@ -142,11 +160,14 @@
       }
       handleFrame(frame);
     };
-    ws.onclose = (ev) => {
+    let opened = false;
+    ws.onopen = () => { opened = true; };
+    ws.onclose = async (ev) => {
       if (ws !== state.ws) return;
       state.ws = null;
       state.hello = null;
       clearInterval(state.pingTimer);
+      if (!opened && await refusedAtHandshake()) return;
       if (NO_RETRY.has(ev.code)) {
         state.stopped = true;
         setConn("closed", ev.code === 4001 ? "unauthorized" : "disconnected");

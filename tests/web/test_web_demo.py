@@ -192,7 +192,7 @@ async def test_token_from_the_page_url(
         page = await context.new_page()
         await page.goto(gw.http_url + "/")
         await expect(page.locator("#conn")).to_have_attribute("data-state", "closed")
-        await expect(page.locator("#banner-text")).to_contain_text("4001")
+        await expect(page.locator("#banner-text")).to_contain_text("401: a token is required")
         await page.goto(gw.http_url + "/?token=" + token)
         await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
         await expect(page.locator("#session")).to_contain_text("principal alice")

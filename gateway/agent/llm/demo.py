@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from ..config import LLMConfig
@@ -61,6 +62,11 @@ _ARITHMETIC_RUN = re.compile(r"[\d.(][\d.\s()+\-*/^%×÷]*")
 _OPERATOR_BETWEEN_NUMBERS = re.compile(r"[\d)]\s*(\*\*|[+\-*/^%×÷])\s*[\d.(]")
 _WORDS = re.compile(r"\S+\s*|\s+")
 _NOT_AN_END = ".(+-*/^%×÷ \t\n\r\f\v"  # an expression ends with a digit or ")"
+
+DeltaHook = Callable[[LLMRequest, AsyncIterator[Delta]], AsyncIterator[Delta]]
+DELTA_HOOK: ContextVar[DeltaHook | None] = ContextVar("ospark_demo_delta_hook", default=None)
+"""Wraps every model call's deltas in the current context (tests: :mod:`gateway.testing.held`
+holds a call at a named point until released, or breaks its stream)."""
 
 
 def find_arithmetic(text: str) -> str | None:
@@ -104,7 +110,8 @@ class DemoProvider:
 
     @asynccontextmanager
     async def stream(self, request: LLMRequest) -> AsyncIterator[AsyncIterator[Delta]]:
-        yield self._deltas(request)
+        hook = DELTA_HOOK.get()
+        yield self._deltas(request) if hook is None else hook(request, self._deltas(request))
 
     async def _words(self, text: str, reasoning: bool) -> AsyncIterator[Delta]:
         for word in _WORDS.findall(text):

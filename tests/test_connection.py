@@ -1,17 +1,20 @@
 """The multiplexer on its own: a fake socket, a real TaskManager, scripted task runs.
 
-The scripted runs stand in for the agent (this file is about flow control, not agents): each
-yields the events it is given, waiting on a gate where the test wants to hold it."""
+The scripted runner stands in for the agent (this file is about requests, follows and the
+outbox in use, not agents): each run emits the events it is given, waiting on a shared gate at
+each ``None`` of its script. The writer here is the endpoint's loop in miniature (the real one
+runs over real sockets in tests/server)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from gateway.connection import Connection, ConnectionSettings
 from gateway.tasks import TaskManager, TaskSpec
+from gateway.testing import HOLD, ScriptedRunner, Step
 from protocol import (
     JSON,
     Batch,
@@ -21,9 +24,9 @@ from protocol import (
     EventFrame,
     Hello,
     LlmResponse,
+    ProtocolError,
     ServerSession,
     Start,
-    TaskCancelled,
     TaskCompleted,
     TaskStarted,
     ToolCallStart,
@@ -31,39 +34,23 @@ from protocol import (
 )
 
 
-class ScriptedRun:
-    """Yields ``script`` events; each ``None`` in the script waits for one release of ``gate``."""
-
-    def __init__(self, script: list[Event | None], gate: asyncio.Semaphore) -> None:
-        self._script = script
-        self._gate = gate
-        self._cancel: str | None = None
-        self._gen = self._run()
-        self.usage = Usage()
-
-    async def _run(self) -> AsyncIterator[Event]:
-        for item in self._script:
-            if self._cancel is not None:
-                yield TaskCancelled(reason=self._cancel)
-                return
-            if item is None:
-                await self._gate.acquire()
-                continue
-            yield item
-        yield TaskCompleted(final_answer="ok")
-
-    def __aiter__(self) -> ScriptedRun:
-        return self
-
-    def __anext__(self) -> asyncio.Future[Event]:  # type: ignore[override]
-        return self._gen.__anext__()  # type: ignore[return-value]
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        self._cancel = reason
-        self._gate.release()
-
-    async def aclose(self) -> None:
-        await self._gen.aclose()
+async def run_writer(conn: Connection, send: Callable[[str | bytes], Awaitable[None]]) -> None:
+    """Take payloads from the connection's outbox and send them, as the endpoint does."""
+    outbox = conn.outbox
+    while True:
+        await conn.wakeup.wait()
+        conn.wakeup.clear()
+        if conn.close_code is not None:
+            return
+        outbox.begin_write()
+        try:
+            while (item := outbox.take()) is not None:
+                await send(item[0])
+                if conn.close_code is not None:
+                    return
+        finally:
+            outbox.end_write()
+        conn.sent_all()
 
 
 class FakeSocket:
@@ -85,7 +72,9 @@ class FakeSocket:
         client = ClientSession(JSON)
         out: list[object] = []
         for payload in self.sent:
-            out.extend(client.receive(payload))
+            frames = client.receive(payload)
+            assert not isinstance(frames, ProtocolError), frames
+            out.extend(frames)
         return out
 
 
@@ -106,15 +95,16 @@ def open_gate(gate: asyncio.Semaphore) -> None:
 async def setup(
     scripts: dict[str, list[Event | None]], gate: asyncio.Semaphore, **settings: int
 ) -> tuple[TaskManager, Connection, FakeSocket, asyncio.Task[None]]:
-    def factory(spec: TaskSpec) -> ScriptedRun:
-        return ScriptedRun(scripts[spec.input], gate)
+    def script(spec: TaskSpec) -> list[Step]:
+        return [HOLD if e is None else e for e in scripts[spec.input]]
 
-    manager = TaskManager(factory)  # type: ignore[arg-type]
+    runner = ScriptedRunner(script, gate=gate, usage=Usage())
+    manager = TaskManager(runner)
     session = ServerSession(JSON)
     conn = Connection(manager, session, principal="p", settings=ConnectionSettings(**settings))
     sock = FakeSocket()
     sock.sent.append(conn.hello())
-    writer = asyncio.create_task(conn.run_writer(sock.send))
+    writer = asyncio.create_task(run_writer(conn, sock.send))
     return manager, conn, sock, writer
 
 
@@ -174,7 +164,7 @@ async def test_backlog_is_batched_and_deltas_merged(gate: asyncio.Semaphore) -> 
     await conn.flushed()
     frames = sock.frames()
     got = events_of(frames, "t")
-    assert conn.stats.events_merged > 0
+    assert conn.outbox.events_merged > 0
     assert any(isinstance(ClientSession(JSON).receive(p)[0], Hello) for p in sock.sent[:1])
     assert any('"batch"' in str(p) for p in sock.sent)
     # Nothing lost: the text is whole, seq increases, lifecycle events all there, in order.
@@ -200,7 +190,7 @@ async def test_slow_consumer_is_closed_and_memory_bounded(gate: asyncio.Semaphor
     open_gate(gate)
     await conn.close_requested.wait()
     assert conn.close_code == CloseCode.SLOW_CONSUMER
-    assert conn.outbox_depth == 0  # the backlog was dropped, not kept
+    assert len(conn.outbox) == 0  # the backlog was dropped, not kept
     writer.cancel()  # as the endpoint does: its writer is stuck on the full socket
     conn.close()
     # The task is unaffected and the client can resume from its last seq.
@@ -279,7 +269,7 @@ async def test_replay_flooding_is_bounded(gate: asyncio.Semaphore) -> None:
     sock.paused.clear()  # a client that never reads asks for the whole log again and again
     for i in range(100):
         await conn.handle(f'{{"type":"subscribe","id":{i},"task_id":"t"}}')
-        assert conn.outbox_depth <= 1000 + 102  # one replay at a time: older ones are dropped
+        assert len(conn.outbox) <= 1000 + 102  # one replay at a time: older ones are dropped
     # Replays of many different tasks past the bound close the connection instead.
     for n in range(12):
         await conn.handle(
@@ -290,7 +280,7 @@ async def test_replay_flooding_is_bounded(gate: asyncio.Semaphore) -> None:
     for n in range(12):
         await conn.handle(f'{{"type":"subscribe","id":"u{n}","task_id":"t{n}"}}')
     assert conn.close_code == CloseCode.SLOW_CONSUMER
-    assert conn.outbox_depth == 0
+    assert len(conn.outbox) == 0
     writer.cancel()
     conn.close()
     await manager.shutdown(0)
