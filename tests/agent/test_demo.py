@@ -234,9 +234,11 @@ async def test_cancelling_the_task_kills_the_running_code(
     os.mkfifo(fifo)
     fifo.chmod(0o666)
     monkeypatch.setenv("OSPARK_CODE_INPUT_DIR", str(shared_dir))
-    code = (
+    code = (  # signals once the sleeper's command line is in place (exec is done)
         "import subprocess\n"
-        "sleeper = subprocess.Popen(['sleep', '4242.25'])  # returns once sleep is exec'd\n"
+        "sleeper = subprocess.Popen(['sleep', '4242.25'])\n"
+        "while open(f'/proc/{sleeper.pid}/cmdline', 'rb').read() != b'sleep\\x004242.25\\x00':\n"
+        "    pass\n"
         "open('/input/started', 'w').write('started\\n')\n"
         "sleeper.wait()"
     )

@@ -141,10 +141,15 @@ async def test_cancel_kills_the_sandboxed_processes(scratch_root: Path) -> None:
         fifo = scratch_dir(tmp_path) / "started"
         os.mkfifo(fifo)
         fifo.chmod(0o666)  # the sandbox may run as another user
+        # Popen returns once exec is under way, before the new command line is in place:
+        # the program signals only when both command lines read back.
         code = (
             "import subprocess\n"
             "sleepers = [subprocess.Popen(['sleep', '4242.5']) for _ in range(2)]\n"
-            "open('started', 'w').write('started\\n')  # Popen returned: both are exec'd\n"
+            "for s in sleepers:\n"
+            "    while open(f'/proc/{s.pid}/cmdline', 'rb').read() != b'sleep\\x004242.5\\x00':\n"
+            "        pass\n"
+            "open('started', 'w').write('started\\n')\n"
             "for s in sleepers: s.wait()"
         )
         running = asyncio.create_task(call(client, "run_python_code", code_block=code))
