@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# System packages the tests need (Debian): headless Chromium for the web demo tests.
+# System packages the tests need (Debian): headless Chromium for the web demo tests, and
+# redis-server, which the Redis backend's tests start on a free port (no persistence).
 sysdeps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian redis-server for the Redis backend tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 serve: $(STAMP)
 	$(BIN)/ospark serve --host $(HOST) --port $(PORT)
