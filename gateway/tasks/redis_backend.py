@@ -1,38 +1,47 @@
 """The Redis backend: many gateway processes, one task space.
 
 Tasks, their event logs and their state live in Redis (key layout and scripts in
-:mod:`gateway.tasks.redis_scripts`). Each gateway process is a *node* with a random id; the
-node running a task is the only writer of its log.
+:mod:`gateway.tasks.redis_scripts`). Each task manager attached to a backend is a *node*; the
+node running a task is the only writer of its log, and writes under the task's epoch.
 
-Writes (``append``, ``update``, ``expire``) return at once; a per-node *flusher* sends them in
+Writes (``update``, ``append``, ``expire``) return at once; a *flusher* sends them in
 pipelined batches, one script call per event (epoch check, ``XADD`` with the seq as entry id,
-trim, record update, ``SPUBLISH``). **Durable before visible**: this node's listeners get an
-event only once Redis has it, and other nodes get it from the publish that the same script
-does, so a client never sees an event that a later reader cannot replay.
+trim, record update, ``SPUBLISH``). **Durable before visible**: this process's listeners get an
+event only once Redis has it, and other processes get it from the publish that the same
+script does, so a client never sees an event that a later reader cannot replay.
 
-Listening to a task another node runs subscribes to its channel; ``read`` waits for that
-subscription to be in place before it reads the log, so the replay/live join of
-:class:`~gateway.tasks.subscription.Subscription` stays race-free across nodes. A seq jump on
-the channel, or a reconnection of the subscriber connection, reads the hole from the log.
+Listening to a task that another process writes subscribes to its channel (``listen``
+returns once the subscription is in place, so the replay/live join of
+:class:`~gateway.tasks.subscription.Subscription` stays race-free across processes). A seq jump
+on the channel, or a reconnection of the subscriber connection, reads the hole from the log;
+if retention dropped part of it, the listeners get a :class:`~protocol.frames.Gap` first.
 
 Nodes and failure:
 
-- every node renews a lease (``P:node:N`` with a TTL of ``lease`` seconds) each
-  ``lease / 3`` seconds, and then sweeps: a node whose lease expired is *lost*. Each of its
-  unfinished tasks gets exactly one terminal ``task_failed`` with code ``node_lost`` (written by
-  a compare-and-set script that bumps the task's epoch, so the lost node, if it comes back,
-  cannot append anything after it), except tasks still queued (no work done), which a survivor
-  adopts and runs. Running tasks are not re-run: their tools may have had side effects.
-  A node is noticed lost within ``lease * 4 / 3`` seconds (13.3 s with the default 10 s).
-- cancel through another node marks the task (``cancel`` field), publishes to the running
-  node's control channel, and adds the request to that node's ``cancels`` set, which the node
-  reads on every lease tick: a lost publish delays a cancel by one tick, never forever.
-- Redis unavailable: calls that need an answer raise :class:`TaskError` with code
-  ``unavailable`` (retryable); writes stay buffered and the flusher retries with backoff (50 ms
-  doubling to 2 s). Past ``max_buffered`` events or ``buffer_seconds`` of outage, this node's
-  running tasks are stopped and end with ``task_failed`` code ``store_unavailable``; everything
-  buffered, those terminal events included, is written once Redis answers again.
-  :meth:`RedisBackend.health` says why the node is unhealthy (``/healthz`` answers 503).
+- every attached node renews a lease (``P:node:N`` with a TTL of ``lease`` seconds) every
+  ``lease / 3`` seconds, and the process then sweeps: a node whose lease expired is *lost*.
+  Each of its active tasks gets exactly one terminal ``task_failed`` with code ``node_lost``,
+  written by a compare-and-set script that bumps the task's epoch, so the lost node, if it
+  comes back, cannot append anything after it (it is told with
+  :meth:`~gateway.tasks.backend.NodeHandler.task_lost`). A task still queued (no work done) is
+  adopted instead when the surviving node's handler can run it (``task_adopted``). Running
+  tasks are not re-run: their tools may have had side effects. A node is noticed lost within
+  ``lease * 4 / 3`` seconds (13.3 s with the default 10 s).
+- ``request_cancel`` marks the task (``cancel`` field), publishes to the running node's
+  control channel, and adds the request to that node's ``cancels`` set, which the node reads
+  on every lease tick: a lost publish delays a cancel by one tick, never forever.
+- Redis unavailable: coroutines raise :exc:`~gateway.tasks.backend.BackendUnavailable`;
+  writes stay queued and the flusher retries with backoff (50 ms doubling to 2 s). Past
+  ``max_buffered`` writes or ``buffer_seconds`` of outage, the running tasks of this process
+  are stopped (``task_lost``) and each gets a terminal ``task_failed`` with code
+  ``store_unavailable``, queued after its buffered events; everything is written once Redis
+  answers again. :meth:`RedisBackend.health` says why the process is unhealthy.
+
+Retention: per task log as in memory (count and bytes, entry ids = seqs); finished tasks per
+owner by count and bytes (the oldest removed past the bound) and by TTL (``expire``). The
+bounds on all owners together (``Retention.max_finished``, ``max_finished_bytes``) are not
+applied: across an owner's keys they would need one Cluster slot for every owner; Redis's
+``maxmemory`` (with ``noeviction``) is the global bound.
 """
 
 from __future__ import annotations
@@ -41,14 +50,11 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import redis.asyncio as aredis
@@ -58,26 +64,34 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol.errors import ErrorCode
-from protocol.events import TERMINAL_STATES, TaskFailed, Usage
-from protocol.frames import EventFrame, StartOptions, TaskState
+from protocol.events import TaskFailed, Usage
+from protocol.frames import EventFrame, Gap, StartOptions, TaskState
 
 from . import redis_scripts as lua
-from .backend import Listener, LogSlice, TaskRecord
-from .errors import TaskError
+from .backend import (
+    ActiveLimitReached,
+    BackendUnavailable,
+    CancelResult,
+    Listener,
+    LogSlice,
+    NodeHandler,
+    Retention,
+    TaskRecord,
+)
 
-__all__ = ["RedisBackend", "RedisConfig", "TaskHooks"]
+__all__ = ["RedisBackend", "RedisConfig"]
 
 log = logging.getLogger(__name__)
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-_FINAL = frozenset({"completed", "failed", "cancelled"})
 
-_frame_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder()
 _frame_decoder = msgspec.json.Decoder(EventFrame)
 _options_decoder = msgspec.json.Decoder(StartOptions)
 _usage_decoder = msgspec.json.Decoder(Usage)
 _ctl_decoder = msgspec.json.Decoder(dict[str, str])
+
+Key = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,66 +101,45 @@ class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     """``redis://[user:password@]host:port/db`` or ``rediss://`` (TLS)."""
     prefix: str = "osp"
-    """First part of every key (several gateways' task spaces can share one Redis)."""
+    """First part of every key (several task spaces can share one Redis)."""
     lease: float = 10.0
-    """Seconds a node's lease lasts; it is renewed every third of it. A node silent for
-    longer is lost: its unfinished tasks end with ``node_lost``."""
-    max_events: int = 10_000
-    """Events retained per task log (the oldest go first; the newest is always kept)."""
-    max_bytes: int = 2 * 1024 * 1024
-    """Bytes retained per task log (encoded event frames)."""
+    """Seconds a node's lease lasts; renewed every third of it. A node silent for longer is
+    lost: its active tasks end with ``node_lost``."""
     max_buffered: int = 100_000
-    """Events a node keeps while Redis is unreachable before it stops its running tasks."""
+    """Writes a process keeps while Redis is unreachable before it stops its running tasks."""
     buffer_seconds: float = 30.0
-    """Seconds of outage after which a node stops its running tasks."""
+    """Seconds of outage after which a process stops its running tasks."""
     batch: int = 512
     """Most writes sent in one pipeline."""
 
 
-class TaskHooks(Protocol):
-    """What the backend asks of the task manager of its node."""
-
-    def cancel_local(self, owner: str, task_id: str, reason: str) -> None:
-        """A cancel for a task of this node arrived through another node."""
-
-    def abort_local(self, owner: str, task_id: str, code: str, reason: str) -> None:
-        """Stop the run and end the task with ``task_failed`` of that code (storage lost)."""
-
-    def drop_local(self, owner: str, task_id: str) -> None:
-        """Another node ended this task (fenced out): stop the run, write nothing more."""
-
-    def adopt(self, record: TaskRecord) -> None:
-        """Run a queued task of a lost node here (its record has this node's epoch)."""
-
-
-Key = tuple[str, str]
-
-
 class _Local:
-    """A task this node writes to."""
+    """A task this process writes: the last record queued and the seq after it."""
 
-    __slots__ = ("epoch", "fenced")
+    __slots__ = ("fenced", "record", "sent", "seq")
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, record: TaskRecord) -> None:
+        self.record = record
+        self.sent: TaskRecord | None = None  # the record whose fields were queued last
+        self.seq = record.last_seq
         self.fenced = False
 
 
 class _Watch:
-    """The listeners of one task on this node, and its live feed from Redis (when remote)."""
+    """This process's listeners of one task, and its live feed from Redis."""
 
-    __slots__ = ("channel", "filling", "held", "last_seq", "listeners", "ready")
+    __slots__ = ("channel", "filling", "held", "last_seq", "listeners", "remote", "subscribed")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self.listeners: tuple[Listener, ...] = ()
-        self.last_seq = 0  # highest seq given to the listeners
-        self.ready: asyncio.Future[None] | None = None  # subscription confirmed (remote)
+        self.last_seq = 0  # highest seq handed to the listeners
+        self.remote = False  # fed by the channel (another process writes the task)
+        self.subscribed: asyncio.Future[None] | None = None
         self.filling = False  # a read of a hole is under way; live frames wait in held
         self.held: list[EventFrame] = []
 
 
-# Write operations queued for the flusher.
 _APPEND, _UPDATE, _EXPIRE, _PERSIST = 0, 1, 2, 3
 
 
@@ -154,36 +147,29 @@ _APPEND, _UPDATE, _EXPIRE, _PERSIST = 0, 1, 2, 3
 class _Op:
     kind: int
     key: Key
-    args: list[Any] = field(default_factory=list)
+    args: list[Any]
     frame: EventFrame | None = None
-    terminal: bool = False
+    final: bool = False
+    node: str = ""
 
 
 class RedisBackend:
     """A :class:`~gateway.tasks.backend.TaskBackend` over Redis (see the module docstring).
 
-    ``await start()`` before use (connects, registers the node, starts the flusher, the lease
-    and the subscriber); ``await close()`` at the end."""
+    ``await start()`` before use (connects, loads the scripts, starts the flusher, the
+    subscriber and the lease loop); ``await close()`` at the end."""
 
-    def __init__(
-        self,
-        config: RedisConfig | None = None,
-        *,
-        max_active_per_owner: int = 0,
-        node_id: str | None = None,
-    ) -> None:
+    def __init__(self, config: RedisConfig | None = None, retention: Retention | None = None):
         cfg = config or RedisConfig()
-        if cfg.max_events < 1 or cfg.max_bytes < 1 or cfg.lease <= 0:
-            raise ValueError("max_events, max_bytes and lease must be positive")
+        if cfg.lease <= 0 or cfg.buffer_seconds <= 0 or cfg.max_buffered < 1:
+            raise ValueError("lease, buffer_seconds and max_buffered must be positive")
         self.config = cfg
-        self.max_active_per_owner = max_active_per_owner
-        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.hooks: TaskHooks | None = None
+        self.retention = retention or Retention()
         self._timeout = max(2.0, cfg.lease / 3)
-        # One immediate retry (a pooled connection may be stale after a Redis restart), no
-        # more: callers get a clear `unavailable` at once and the flusher has its own backoff.
         # Typed as Any: redis-py declares its replies as unions of str and bytes; with
-        # decode_responses off (the default, used here) they are bytes.
+        # decode_responses off (the default, used here) they are bytes. One immediate retry
+        # (a pooled connection may be stale after a Redis restart), no more: callers get a
+        # clear answer at once, and the flusher has its own backoff.
         self._redis: Any = aredis.Redis.from_url(
             cfg.url,
             socket_connect_timeout=2.0,
@@ -195,70 +181,66 @@ class RedisBackend:
         self._pubsub_client: Any = aredis.Redis.from_url(
             cfg.url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
         )
-        p = cfg.prefix
-        self._p = p
-        self._node_key = f"{p}:node:{self.node_id}"
-        self._node_tasks = f"{p}:node:{self.node_id}:tasks"
-        self._node_cancels = f"{p}:node:{self.node_id}:cancels"
-        self._node_ctl = f"{p}:node:{self.node_id}:ctl"
-        self._nodes = f"{p}:nodes"
+        self._p = cfg.prefix
+        self._nodes_key = f"{cfg.prefix}:nodes"
         self._scripts = {
             name: self._redis.register_script(getattr(lua, name))
             for name in ("CREATE", "APPEND", "UPDATE", "END_LOST", "ADOPT", "CANCEL")
         }
+        self._handlers: dict[str, NodeHandler] = {}
         self._local: dict[Key, _Local] = {}
         self._watches: dict[Key, _Watch] = {}
         self._by_channel: dict[str, Key] = {}
-        self._background: set[asyncio.Task[None]] = set()
         self._ops: deque[_Op] = deque()
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
-        self._flushed.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self._pubsub: Any = None
-        self._subscribed: set[str] = set()
-        self._pubsub_ready = asyncio.Event()
+        self._pubsub_up = asyncio.Event()
+        self._started = False
         self._closing = False
         self._outage_since: float | None = None
         self._aborted = False
-        self._lease_ok = True
+        self._subscriber_gate = asyncio.Event()
+        self._subscriber_gate.set()
+        self.health_changed = asyncio.Event()
+        """Set whenever :meth:`health` changes (clear it to wait for the next change)."""
         self.last_error: str | None = None
-        # Metrics (read by the server's /metrics).
+        # Read by the server's metrics.
         self.rtt = 0.0
+        """Seconds of the last flush round trip."""
         self.last_batch = 0
-        self.nodes_alive = 1
+        """Writes in the last flushed batch."""
+        self.nodes_alive = 0
+        """Nodes with a live lease, as of the last sweep."""
 
     # ------------------------------------------------------------------ keys
 
-    def _k(self, owner: str, kind: str, task_id: str) -> str:
-        return f"{self._p}:{{{lua.escape_owner(owner)}}}:{kind}:{task_id}"
-
-    def _owner_key(self, owner: str, kind: str) -> str:
-        return f"{self._p}:{{{lua.escape_owner(owner)}}}:{kind}"
+    def _base(self, owner: str) -> str:
+        return f"{self._p}:{{{lua.escape_owner(owner)}}}:"
 
     def _task_keys(self, owner: str, task_id: str) -> list[str]:
-        return [
-            self._k(owner, "t", task_id),
-            self._k(owner, "e", task_id),
-            self._k(owner, "c", task_id),
-            self._owner_key(owner, "active"),
-        ]
+        base = self._base(owner)
+        return [f"{base}t:{task_id}", f"{base}e:{task_id}", f"{base}c:{task_id}", f"{base}active"]
+
+    def _node_key(self, node: str, kind: str = "") -> str:
+        return f"{self._p}:node:{node}{':' + kind if kind else ''}"
 
     # ------------------------------------------------------------------ lifetime
 
-    async def start(self, hooks: TaskHooks | None = None) -> None:
-        """Connect, register this node and start the background work. Raises
-        :class:`TaskError` (``unavailable``) when Redis cannot be reached."""
-        if hooks is not None:
-            self.hooks = hooks
+    async def start(self) -> None:
+        """Connect, load the scripts, start the background work. Raises
+        :exc:`BackendUnavailable` when Redis cannot be reached."""
         try:
             await self._redis.ping()
             for script in self._scripts.values():
                 await self._redis.script_load(script.script)
-            await self._renew_lease()
+            for node in self._handlers:
+                await self._renew_lease(node)
         except _UNREACHABLE as exc:
-            raise TaskError(
-                ErrorCode.UNAVAILABLE, f"Redis at {_safe_url(self.config.url)}: {exc}"
+            raise BackendUnavailable(
+                f"cannot reach Redis at {_safe_url(self.config.url)}: {exc}"
             ) from exc
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -266,49 +248,69 @@ class RedisBackend:
             loop.create_task(self._subscriber(), name="redis-subscriber"),
             loop.create_task(self._lease_loop(), name="redis-lease"),
         ]
-        await self._pubsub_ready.wait()
+        self._started = True
+        await self._pubsub_up.wait()
+
+    def attach(self, node: str, handler: NodeHandler) -> None:
+        self._handlers[node] = handler
+        if self._started:
+            self._spawn(self._join(node))
+
+    async def _join(self, node: str) -> None:
+        with contextlib.suppress(RedisError, *_UNREACHABLE):
+            await self._renew_lease(node)
+        if self._pubsub is not None:
+            await self._send("SSUBSCRIBE", self._node_key(node, "ctl"))
+
+    async def flush(self) -> None:
+        while self._ops:
+            if self._outage_since is not None:
+                raise BackendUnavailable(self.health() or "Redis is unreachable")
+            self._flushed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await self._flushed.wait()
 
     async def close(self) -> None:
-        """Write what is buffered (for up to ``lease`` seconds), leave, disconnect."""
+        """Write what is queued (for up to ``lease`` seconds), leave, disconnect."""
         if self._closing:
             return
+        if self._ops and self._started:
+            with contextlib.suppress(TimeoutError, BackendUnavailable):
+                async with asyncio.timeout(self.config.lease):
+                    while self._ops:
+                        self._flushed.clear()
+                        await self._flushed.wait()
         self._closing = True
         if self._ops:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.lease):
-                    await self.flushed()
-        if self._ops:
-            log.error("redis: %d buffered writes lost at shutdown", len(self._ops))
+            log.error(
+                "redis: %d queued writes lost at shutdown (Redis unreachable)", len(self._ops)
+            )
+        # redis-py may turn a cancellation inside a command into a connection error, which
+        # the loops survive by design: they also stop on _closing.
+        self._wake.set()
+        self._subscriber_gate.set()
         for task in (*self._tasks, *self._background):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
-        with contextlib.suppress(RedisError, *_UNREACHABLE):
-            async with asyncio.timeout(2):
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.delete(self._node_key)
-                pipe.zrem(self._nodes, self.node_id)
-                await pipe.execute()
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+        if self._started:
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                async with asyncio.timeout(2):
+                    pipe = self._redis.pipeline(transaction=False)
+                    for node in self._handlers:
+                        # A clean exit: its tasks are all finished (the manager drained).
+                        pipe.delete(self._node_key(node))
+                    await pipe.execute()
         await self._redis.aclose()
         await self._pubsub_client.aclose()
-
-    async def flushed(self) -> None:
-        """Wait until every write queued so far is in Redis."""
-        while self._ops:
-            self._flushed.clear()
-            await self._flushed.wait()
 
     def health(self) -> str | None:
         """``None`` when healthy, else why not (for ``/healthz``)."""
         if self._outage_since is not None:
             return (
                 f"Redis unreachable for {time.monotonic() - self._outage_since:.1f} s "
-                f"({self.last_error}); {len(self._ops)} writes buffered"
+                f"({self.last_error}); {len(self._ops)} writes queued"
             )
-        if not self._lease_ok:
-            return f"Redis lease renewal failing ({self.last_error})"
         return None
 
     @property
@@ -316,52 +318,90 @@ class RedisBackend:
         """Writes not yet in Redis."""
         return len(self._ops)
 
+    # -- fault injection (tests)
+
+    def stop_lease(self) -> None:
+        """Stop renewing the leases, as a frozen process would (its connections stay): other
+        processes take it for lost. For tests."""
+        self._tasks[2].cancel()
+
+    def pause_subscriber(self) -> None:
+        """Drop the subscriber connection and keep it down until :meth:`resume_subscriber`:
+        live events published meanwhile are lost to this process. For tests."""
+        self._subscriber_gate.clear()
+        pubsub = self._pubsub
+        if pubsub is not None and pubsub.connection is not None:
+            pubsub.connection._writer.transport.abort()
+
+    def resume_subscriber(self) -> None:
+        """Let the subscriber reconnect (see :meth:`pause_subscriber`)."""
+        self._subscriber_gate.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # ------------------------------------------------------------------ registry
 
-    async def create(self, record: TaskRecord) -> TaskRecord | None:
+    async def create(
+        self, record: TaskRecord, *, max_active: int | None = None
+    ) -> TaskRecord | None:
         owner, task_id = record.owner, record.task_id
         keys = self._task_keys(owner, task_id)
-        fields = _record_fields(record)
-        fields += ["node", self.node_id, "epoch", "1", "first_seq", "1", "bytes", "0"]
+        base = self._base(owner)
+        fields = [
+            *_fields(record, full=True),
+            "first_seq",
+            record.last_seq + 1,
+            "bytes",
+            0,
+        ]
         member = _member(owner, task_id)
+        tasks_key = self._node_key(record.node, "tasks") if record.node else None
         try:
-            # Registered with the node first: if this process dies right after the create,
-            # the sweeper still finds the task.
-            await self._redis.sadd(self._node_tasks, member)
+            if tasks_key is not None and not record.final:
+                # Named in the node's set first: if this process dies right after the create,
+                # the sweeper still finds the task.
+                await self._redis.sadd(tasks_key, member)
             result = await self._scripts["CREATE"](
-                keys=[keys[0], self._owner_key(owner, "idx"), keys[3]],
-                args=[task_id, record.created, self.max_active_per_owner, *fields],
+                keys=[keys[0], base + "idx", keys[3]],
+                args=[
+                    task_id,
+                    record.created,
+                    max_active or 0,
+                    1 if record.final else 0,
+                    *fields,
+                ],
             )
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         if result[0] == 1:
-            self._local[(owner, task_id)] = _Local(1)
+            if not record.final:
+                self._local[(owner, task_id)] = _Local(record)
             return None
-        with contextlib.suppress(RedisError, *_UNREACHABLE):
-            await self._redis.srem(self._node_tasks, member)
+        if tasks_key is not None:
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                await self._redis.srem(tasks_key, member)
         if result[0] == -1:
-            raise TaskError(
-                ErrorCode.TOO_MANY_TASKS,
-                f"you already have {self.max_active_per_owner} active tasks (the limit, across "
-                "all gateways); retry after one of them ends",
-                task_id=task_id,
-            )
+            assert max_active is not None
+            raise ActiveLimitReached(max_active)
         return _record_from(_pairs(result[1]))
 
     async def get(self, owner: str, task_id: str) -> TaskRecord | None:
         try:
-            raw = await self._redis.hgetall(self._k(owner, "t", task_id))
+            raw = await self._redis.hgetall(self._task_keys(owner, task_id)[0])
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         return _record_from(raw) if raw else None
 
     async def list_tasks(self, owner: str) -> list[TaskRecord]:
-        idx = self._owner_key(owner, "idx")
+        base = self._base(owner)
         try:
-            ids = await self._redis.zrange(idx, 0, -1)
+            ids = await self._redis.zrange(base + "idx", 0, -1)
             pipe = self._redis.pipeline(transaction=False)
             for tid in ids:
-                pipe.hgetall(self._k(owner, "t", tid.decode()))
+                pipe.hgetall(base + "t:" + tid.decode())
             raws = await pipe.execute()
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
@@ -373,15 +413,32 @@ class RedisBackend:
                 gone.append(tid)
         if gone:  # expired: drop them from the index too
             with contextlib.suppress(RedisError, *_UNREACHABLE):
-                await self._redis.zrem(idx, *gone)
+                await self._redis.zrem(base + "idx", *gone)
         return records
+
+    async def active_count(self, owner: str) -> int:
+        try:
+            return int(await self._redis.scard(self._base(owner) + "active"))
+        except _UNREACHABLE as exc:
+            raise _unavailable(exc) from exc
 
     def update(self, record: TaskRecord) -> None:
         key = (record.owner, record.task_id)
         local = self._local.get(key)
         if local is None or local.fenced:
             return
-        self._queue(_Op(_UPDATE, key, [local.epoch, *_record_fields(record, full=False)]))
+        local.record = record
+        local.sent = record
+        args = [
+            record.epoch,
+            1 if record.final else 0,
+            record.task_id,
+            self._base(record.owner),
+            *_fields(record),
+            self.retention.max_finished_per_owner,
+            self.retention.max_finished_bytes_per_owner,
+        ]
+        self._queue(_Op(_UPDATE, key, args, final=record.final, node=record.node))
 
     # ------------------------------------------------------------------ event log
 
@@ -390,47 +447,51 @@ class RedisBackend:
         local = self._local.get(key)
         if local is None or local.fenced:
             return
-        terminal = type(frame.event) in TERMINAL_STATES
-        fields = _record_fields(record, full=False)
-        if terminal and record.usage is not None:
-            fields += ["usage", _frame_encoder.encode(record.usage)]
+        local.seq = frame.seq
+        if record is local.sent:
+            fields: list[Any] = ["updated", repr(frame.ts)]
+        else:
+            local.record = local.sent = record
+            fields = [*_fields(record), "updated", repr(frame.ts)]
+        self._queue_append(key, record, frame, fields)
+
+    def _queue_append(
+        self, key: Key, record: TaskRecord, frame: EventFrame, fields: list[Any]
+    ) -> None:
+        r = self.retention
         args = [
-            local.epoch,
+            record.epoch,
             frame.seq,
-            _frame_encoder.encode(frame),
-            self.config.max_events,
-            self.config.max_bytes,
-            1 if terminal else 0,
+            _encoder.encode(frame),
+            r.max_events,
+            r.max_bytes,
+            1 if record.final else 0,
             record.task_id,
+            self._base(record.owner),
             *fields,
+            r.max_finished_per_owner,
+            r.max_finished_bytes_per_owner,
         ]
-        self._queue(_Op(_APPEND, key, args, frame, terminal))
+        self._queue(_Op(_APPEND, key, args, frame, record.final, record.node))
 
     async def read(self, owner: str, task_id: str, after_seq: int) -> LogSlice | None:
-        watch = self._watches.get((owner, task_id))
-        if watch is not None and watch.ready is not None and not watch.ready.done():
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await asyncio.shield(watch.ready)
-            except TimeoutError as exc:
-                raise _unavailable(exc) from exc
+        keys = self._task_keys(owner, task_id)
         try:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.hmget(self._k(owner, "t", task_id), "first_seq", "last_seq")
-            pipe.xrange(self._k(owner, "e", task_id), min=f"{after_seq + 1}-0")
+            pipe.hmget(keys[0], "first_seq", "last_seq")
+            pipe.xrange(keys[1], min=f"{after_seq + 1}-0")
             (first, last), entries = await pipe.execute()
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
         if last is None:
             return None
-        frames = [_frame_decoder.decode(fields[b"f"]) for _, fields in entries]
-        return LogSlice(int(first or 1), frames)
+        return LogSlice(int(first or 1), [_frame_decoder.decode(f[b"f"]) for _, f in entries])
 
-    def listen(self, owner: str, task_id: str, listener: Listener) -> Callable[[], None]:
+    async def listen(self, owner: str, task_id: str, listener: Listener) -> Callable[[], None]:
         key = (owner, task_id)
         watch = self._watches.get(key)
         if watch is None:
-            watch = self._watches[key] = _Watch(self._k(owner, "c", task_id))
+            watch = self._watches[key] = _Watch(self._task_keys(owner, task_id)[2])
             if key not in self._local:
                 self._subscribe(key, watch)
         watch.listeners = (*watch.listeners, listener)
@@ -441,6 +502,17 @@ class RedisBackend:
                 del self._watches[key]
                 self._unsubscribe(watch)
 
+        if watch.subscribed is not None and not watch.subscribed.done():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.shield(watch.subscribed)
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                undo()
+                if isinstance(exc, asyncio.CancelledError) and not watch.subscribed.cancelled():
+                    raise
+                raise BackendUnavailable(
+                    "cannot subscribe to the task's events: Redis is unreachable"
+                ) from None
         return undo
 
     def _dispatch(self, key: Key, frame: EventFrame) -> None:
@@ -449,49 +521,54 @@ class RedisBackend:
             return
         if watch.filling:
             watch.held.append(frame)
-        elif frame.seq > watch.last_seq + 1 and watch.last_seq and watch.ready is not None:
+        elif frame.seq > watch.last_seq + 1 and watch.last_seq and watch.remote:
             # A live frame after a hole (the subscriber reconnected): read the hole first.
             watch.held.append(frame)
             self._fill(key, watch)
         else:
             self._deliver(key, watch, frame)
 
-    def _deliver(self, key: Key, watch: _Watch, frame: EventFrame) -> None:
-        if frame.seq <= watch.last_seq:
-            return  # delivered already (a hole read overlapping live frames)
-        watch.last_seq = frame.seq
+    def _deliver(self, key: Key, watch: _Watch, item: EventFrame | Gap) -> None:
+        if isinstance(item, EventFrame):
+            if item.seq <= watch.last_seq:
+                return  # delivered already (a hole read overlapping live frames)
+            watch.last_seq = item.seq
         for listener in watch.listeners:
             try:
-                listener(frame)
+                listener(item)
             except Exception:  # one broken subscriber must not stop the others
                 log.exception("event listener of task %s failed", key[1])
 
     def _fill(self, key: Key, watch: _Watch) -> None:
         """Read the log after the last delivered seq, then deliver what was held."""
-        if watch.filling:
-            return
-        watch.filling = True
-        task = asyncio.get_running_loop().create_task(self._read_hole(key, watch))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if not watch.filling:
+            watch.filling = True
+            self._spawn(self._read_hole(key, watch))
 
     async def _read_hole(self, key: Key, watch: _Watch) -> None:
         backoff = 0.05
-        stream = self._k(key[0], "e", key[1])
-        entries: list[Any] = []
+        after = watch.last_seq
+        found = None
         while not self._closing and self._watches.get(key) is watch:
             try:
-                entries = await self._redis.xrange(stream, min=f"{watch.last_seq + 1}-0")
+                found = await self.read(key[0], key[1], after)
                 break
-            except _UNREACHABLE:
+            except BackendUnavailable:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-        frames = [_frame_decoder.decode(fields[b"f"]) for _, fields in entries]
         held, watch.held = watch.held, []
         watch.filling = False
-        # Frames the log no longer holds (retention) cannot be delivered: the listeners get a
-        # jump, which a Subscription passes on; clients resubscribe and are told with a gap.
-        for frame in sorted([*frames, *held], key=_seq):
+        if found is None:
+            return
+        if after and found.first_available_seq > after + 1:
+            # Retention dropped part of the hole: say so, as a subscribe would.
+            self._deliver(
+                key,
+                watch,
+                Gap(task_id=key[1], first_available_seq=found.first_available_seq, after_seq=after),
+            )
+            watch.last_seq = max(watch.last_seq, found.first_available_seq - 1)
+        for frame in sorted([*found.frames, *held], key=_seq):
             self._deliver(key, watch, frame)
 
     # ------------------------------------------------------------------ lifetime of a task
@@ -499,44 +576,47 @@ class RedisBackend:
     def expire(self, owner: str, task_id: str, after: float) -> None:
         key = (owner, task_id)
         local = self._local.pop(key, None)
-        if local is not None and not local.fenced:  # only the node running it decides
-            self._queue(_Op(_PERSIST if math.isinf(after) else _EXPIRE, key, [after]))
+        if local is not None and local.fenced:
+            return  # another node ended it and decides
+        self._queue(_Op(_PERSIST if math.isinf(after) else _EXPIRE, key, [after]))
 
     # ------------------------------------------------------------------ cancel across nodes
 
-    async def request_cancel(self, owner: str, task_id: str, reason: str) -> str:
-        """Cancel a task wherever it runs: ``accepted``, ``already_terminal`` or ``unknown``.
-        The node running it is told at once (pub/sub) and on its next lease tick (a set)."""
+    async def request_cancel(self, owner: str, task_id: str, reason: str) -> CancelResult:
         try:
             result = await self._scripts["CANCEL"](
-                keys=[self._k(owner, "t", task_id)], args=[reason]
+                keys=[self._task_keys(owner, task_id)[0]], args=[reason]
             )
         except _UNREACHABLE as exc:
             raise _unavailable(exc) from exc
-        verdict = result[0].decode()
-        if verdict == "unknown":
+        verdict = result[0]
+        if verdict == b"unknown":
             return "unknown"
-        if verdict == "terminal":
+        if verdict == b"terminal":
             return "already_terminal"
         node = result[1].decode()
-        if node:
-            message = _frame_encoder.encode({"owner": owner, "task_id": task_id, "reason": reason})
+        if node in self._handlers:  # this process runs it: no round trip
+            self._handlers[node].cancel_requested(owner, task_id, reason)
+        elif node:
+            message = _encoder.encode({"owner": owner, "task_id": task_id, "reason": reason})
             with contextlib.suppress(RedisError, *_UNREACHABLE):
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.sadd(f"{self._p}:node:{node}:cancels", message)
-                pipe.execute_command("SPUBLISH", f"{self._p}:node:{node}:ctl", message)
+                pipe.execute_command("SPUBLISH", self._node_key(node, "ctl"), message)
+                pipe.sadd(self._node_key(node, "cancels"), message)
                 await pipe.execute()
         return "accepted"
 
-    def _on_control(self, payload: bytes) -> None:
+    def _on_control(self, node: str, payload: bytes) -> None:
+        handler = self._handlers.get(node)
         try:
             msg = _ctl_decoder.decode(payload)
             owner, task_id, reason = msg["owner"], msg["task_id"], msg["reason"]
         except (msgspec.DecodeError, KeyError):
             log.warning("redis: bad control message %r", payload[:200])
             return
-        if (owner, task_id) in self._local and self.hooks is not None:
-            self.hooks.cancel_local(owner, task_id, reason)
+        local = self._local.get((owner, task_id))
+        if handler is not None and local is not None and not local.fenced:
+            handler.cancel_requested(owner, task_id, reason)
 
     # ------------------------------------------------------------------ the flusher
 
@@ -546,9 +626,9 @@ class RedisBackend:
             self._wake.set()
 
     async def _flusher(self) -> None:
-        ops = self._ops
         backoff = 0.05
-        while True:
+        while not self._closing:
+            ops = self._ops
             if not ops:
                 self._flushed.set()
                 self._wake.clear()
@@ -563,55 +643,59 @@ class RedisBackend:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("redis: a batch of %d writes failed; dropping it", len(batch))
-                results = [None] * len(batch)
             backoff = 0.05
             self.rtt = time.perf_counter() - started
             self.last_batch = len(batch)
             if self._outage_since is not None:
                 log.warning(
-                    "redis: reachable again after %.1f s; flushing %d buffered writes",
+                    "redis: reachable again after %.1f s; writing %d queued writes",
                     time.monotonic() - self._outage_since,
-                    len(ops),
+                    len(self._ops),
                 )
                 self._outage_since = None
                 self._aborted = False
-            for _ in batch:
-                ops.popleft()
+                self.health_changed.set()
+            ops = self._ops  # _fenced may have replaced it
+            for op in batch:
+                if ops and ops[0] is op:
+                    ops.popleft()
             for op, result in zip(batch, results, strict=True):
                 self._applied(op, result)
 
     async def _execute(self, batch: list[_Op]) -> list[Any]:
-        # EVALSHA straight into the pipeline (redis-py's pipelined Script objects would add a
+        # EVALSHA straight into the pipeline (redis-py's pipelined Script objects add a
         # SCRIPT EXISTS round trip to every batch); NOSCRIPT after a Redis restart reloads.
         pipe = self._redis.pipeline(transaction=False)
         append = self._scripts["APPEND"].sha
         update = self._scripts["UPDATE"].sha
+        extra = 0
         for op in batch:
             owner, task_id = op.key
+            keys = self._task_keys(owner, task_id)
             if op.kind == _APPEND:
-                pipe.evalsha(append, 4, *self._task_keys(owner, task_id), *op.args)
-                if op.terminal:
-                    pipe.srem(self._node_tasks, _member(owner, task_id))
+                pipe.evalsha(append, 4, *keys, *op.args)
             elif op.kind == _UPDATE:
-                pipe.evalsha(update, 1, self._k(owner, "t", task_id), *op.args)
+                pipe.evalsha(update, 2, keys[0], keys[3], *op.args)
+            elif op.kind == _EXPIRE:
+                ms = max(1, int(op.args[0] * 1000))
+                pipe.pexpire(keys[0], ms)
+                pipe.pexpire(keys[1], ms)
+                extra += 1
             else:
-                keys = (self._k(owner, "t", task_id), self._k(owner, "e", task_id))
-                for k in keys:
-                    if op.kind == _EXPIRE:
-                        pipe.pexpire(k, max(1, int(op.args[0] * 1000)))
-                    else:
-                        pipe.persist(k)
+                pipe.persist(keys[0])
+                pipe.persist(keys[1])
+                extra += 1
+            if op.final and op.node and op.kind in (_APPEND, _UPDATE):
+                pipe.srem(self._node_key(op.node, "tasks"), _member(owner, task_id))
+                extra += 1
         raw = await pipe.execute(raise_on_error=False)
-        # One result per op: an append's SREM and an expiry's second key are extra.
         results: list[Any] = []
         it = iter(raw)
         for op in batch:
             results.append(next(it))
-            if (op.kind == _APPEND and op.terminal) or op.kind in (_EXPIRE, _PERSIST):
+            if op.kind in (_EXPIRE, _PERSIST):
+                next(it)
+            if op.final and op.node and op.kind in (_APPEND, _UPDATE):
                 next(it)
         for result in results:
             if isinstance(result, _UNREACHABLE):
@@ -619,235 +703,243 @@ class RedisBackend:
             if isinstance(result, NoScriptError):
                 for script in self._scripts.values():
                     await self._redis.script_load(script.script)
-                raise RedisConnectionError("scripts reloaded (Redis restarted?); retrying")
+                raise RedisConnectionError("the scripts were reloaded (Redis restarted?)")
         return results
 
     def _applied(self, op: _Op, result: Any) -> None:
         if isinstance(result, Exception):
-            log.error("redis: write of task %s failed: %s", op.key[1], result)
+            log.error("redis: a write of task %s failed: %s", op.key[1], result)
             return
         if op.kind == _APPEND:
             if result == -1:
-                self._fenced(op.key)
+                self._fenced(op.key, op.node)
                 return
             assert op.frame is not None
             self._dispatch(op.key, op.frame)
         elif op.kind == _UPDATE and result == -1:
-            self._fenced(op.key)
+            self._fenced(op.key, op.node)
 
-    def _fenced(self, key: Key) -> None:
+    def _fenced(self, key: Key, node: str) -> None:
         local = self._local.get(key)
         if local is None or local.fenced:
             return
         local.fenced = True
-        log.warning("redis: task %s was ended by another node; this node stops it", key[1])
-        # Drop what is still queued for it, and let listeners here follow the log instead.
-        self._ops = deque(op for op in self._ops if op.key != key)
+        log.warning("redis: task %s was ended by another node; stopping it here", key[1])
+        self._ops = deque(op for op in self._ops if op.key != key or op.kind >= _EXPIRE)
         watch = self._watches.get(key)
         if watch is not None:  # the other node's terminal event is in the log already
+            watch.remote = True
             self._fill(key, watch)
-        if self.hooks is not None:
-            self.hooks.drop_local(*key)
+        handler = self._handlers.get(node)
+        if handler is not None:
+            handler.task_lost(*key, "another gateway process took this task over")
 
     def _note_outage(self, exc: BaseException) -> None:
         now = time.monotonic()
         self.last_error = f"{type(exc).__name__}: {exc}"
         if self._outage_since is None:
             self._outage_since = now
-            log.warning("redis: unreachable (%s); buffering writes", self.last_error)
+            log.warning("redis: unreachable (%s); queueing writes", self.last_error)
+            self.health_changed.set()
         over = len(self._ops) > self.config.max_buffered or (
             now - self._outage_since > self.config.buffer_seconds
         )
-        if over and not self._aborted and self.hooks is not None:
+        if over and not self._aborted:
             self._aborted = True
-            reason = (
-                f"the task store (Redis) has been unreachable for "
-                f"{now - self._outage_since:.0f} s ({len(self._ops)} events buffered)"
+            self._abort_running(
+                f"the task store (Redis) has been unreachable for {now - self._outage_since:.0f} s"
+                f" ({len(self._ops)} writes queued)"
             )
-            log.error("redis: %s; stopping this node's running tasks", reason)
-            for (owner, task_id), local in list(self._local.items()):
-                if not local.fenced:
-                    self.hooks.abort_local(owner, task_id, "store_unavailable", reason)
+
+    def _abort_running(self, reason: str) -> None:
+        """Past the outage bound: stop every task this process runs; each ends with
+        ``task_failed`` (``store_unavailable``), queued after its events."""
+        log.error("redis: %s; stopping this process's running tasks", reason)
+        for key, local in list(self._local.items()):
+            if local.fenced or local.record.final:
+                continue
+            local.fenced = True  # nothing more from the run
+            record = local.record
+            handler = self._handlers.get(record.node)
+            if handler is not None:
+                handler.task_lost(*key, reason)
+            now = time.time()
+            final = msgspec.structs.replace(
+                record, state="failed", last_seq=local.seq + 1, updated=now
+            )
+            frame = EventFrame(
+                task_id=record.task_id,
+                seq=local.seq + 1,
+                ts=now,
+                event=TaskFailed(reason=reason, code="store_unavailable"),
+            )
+            self._queue_append(key, final, frame, [*_fields(final), "updated", repr(now)])
 
     # ------------------------------------------------------------------ subscriber
 
     def _subscribe(self, key: Key, watch: _Watch) -> None:
-        if watch.ready is None:
-            watch.ready = asyncio.get_running_loop().create_future()
+        watch.remote = True
+        watch.subscribed = asyncio.get_running_loop().create_future()
         self._by_channel[watch.channel] = key
-        if self._pubsub is not None and watch.channel not in self._subscribed:
-            self._subscribed.add(watch.channel)
-            asyncio.get_running_loop().create_task(self._send_subscribe([watch.channel]))
-
-    async def _send_subscribe(self, channels: list[str]) -> None:
-        with contextlib.suppress(RedisError, *_UNREACHABLE):
-            await self._pubsub.execute_command("SSUBSCRIBE", *channels)
+        if self._pubsub is not None:
+            self._spawn(self._send("SSUBSCRIBE", watch.channel))
 
     def _unsubscribe(self, watch: _Watch) -> None:
-        self._by_channel.pop(watch.channel, None)
-        if watch.ready is not None and not watch.ready.done():
-            watch.ready.cancel()
-        if watch.channel in self._subscribed:
-            self._subscribed.discard(watch.channel)
-            if self._pubsub is not None:
-                asyncio.get_running_loop().create_task(self._send_unsubscribe(watch.channel))
+        if watch.subscribed is not None and not watch.subscribed.done():
+            watch.subscribed.cancel()
+        if self._by_channel.pop(watch.channel, None) is not None and self._pubsub is not None:
+            self._spawn(self._send("SUNSUBSCRIBE", watch.channel))
 
-    async def _send_unsubscribe(self, channel: str) -> None:
-        with contextlib.suppress(RedisError, *_UNREACHABLE):
-            await self._pubsub.execute_command("SUNSUBSCRIBE", channel)
+    async def _send(self, *command: str) -> None:
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                await pubsub.execute_command(*command)
 
     async def _subscriber(self) -> None:
         backoff = 0.05
         reconnected = False
-        while True:
+        while not self._closing:
             pubsub = self._pubsub_client.pubsub()
             try:
-                channels = [self._node_ctl, *self._by_channel]
-                self._subscribed = set(channels)
-                await pubsub.execute_command("SSUBSCRIBE", *channels)
+                channels = [
+                    *(self._node_key(n, "ctl") for n in self._handlers),
+                    *self._by_channel,
+                ]
+                # One channel per command: on a Cluster each may live on another shard.
+                for channel in (self._p + ":hello", *channels):
+                    await pubsub.execute_command("SSUBSCRIBE", channel)
                 self._pubsub = pubsub
-                self._pubsub_ready.set()
+                self._pubsub_up.set()
                 backoff = 0.05
                 while True:
                     msg = await pubsub.parse_response(block=True)
                     self._on_pubsub(msg, reconnected)
             except _UNREACHABLE as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("redis: subscriber connection lost (%s); reconnecting", exc)
+                if not self._closing:
+                    log.warning("redis: subscriber connection lost (%s); reconnecting", exc)
             finally:
                 self._pubsub = None
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-            self._pubsub_ready.set()  # start() must not wait forever on a dead Redis
+            self._pubsub_up.set()  # start() must not wait forever on a dead Redis
             reconnected = True
             await asyncio.sleep(backoff)
+            await self._subscriber_gate.wait()
             backoff = min(backoff * 2, 2.0)
 
     def _on_pubsub(self, msg: Any, reconnected: bool) -> None:
         if not isinstance(msg, list) or len(msg) < 3:
             return
         kind = msg[0]
-        channel = msg[1].decode() if isinstance(msg[1], bytes) else str(msg[1])
+        channel = msg[1].decode()
         if kind == b"smessage":
-            if channel == self._node_ctl:
-                self._on_control(msg[2])
-                return
             key = self._by_channel.get(channel)
             if key is not None:
                 self._dispatch(key, _frame_decoder.decode(msg[2]))
+            elif channel.endswith(":ctl"):
+                node = channel[len(self._p) + len(":node:") : -len(":ctl")]
+                self._on_control(node, msg[2])
         elif kind == b"ssubscribe":
             key = self._by_channel.get(channel)
             watch = self._watches.get(key) if key is not None else None
-            if watch is None:
+            if watch is None or key is None:
                 return
-            if watch.ready is not None and not watch.ready.done():
-                watch.ready.set_result(None)
+            if watch.subscribed is not None and not watch.subscribed.done():
+                watch.subscribed.set_result(None)
             elif reconnected:
                 # Subscribed again after a lost connection: read what was published meanwhile.
-                assert key is not None
                 self._fill(key, watch)
 
     # ------------------------------------------------------------------ lease and sweep
 
-    async def _renew_lease(self) -> None:
+    async def _renew_lease(self, node: str) -> None:
         ms = max(1, int(self.config.lease * 1000))
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(self._node_key, self.node_id, px=ms, xx=True)
-        pipe.zadd(self._nodes, {self.node_id: time.time()})
-        renewed, _ = await pipe.execute()
+        pipe.set(self._node_key(node), "1", px=ms, xx=True)
+        pipe.zadd(self._nodes_key, {node: time.time()})
+        renewed, added = await pipe.execute()
         if not renewed:
-            known = bool(await self._redis.zscore(self._nodes, self.node_id))
-            if known and self._tasks:
-                log.error("redis: this node's lease had expired; other nodes took its tasks")
-            await self._redis.set(self._node_key, self.node_id, px=ms)
+            if not added:  # known before, but its lease had run out
+                log.error("redis: node %s had lost its lease; its tasks were taken over", node)
+            await self._redis.set(self._node_key(node), "1", px=ms)
 
     async def _lease_loop(self) -> None:
-        interval = self.config.lease / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not self._closing:
+            await asyncio.sleep(self.config.lease / 3)
             try:
-                await self._renew_lease()
-                await self._take_cancels()
+                for node in list(self._handlers):
+                    await self._renew_lease(node)
+                    await self._take_cancels(node)
                 await self._sweep()
-                self._lease_ok = True
                 if self._outage_since is not None and not self._ops:
                     log.warning("redis: reachable again")
                     self._outage_since = None
                     self._aborted = False
+                    self.health_changed.set()
             except _UNREACHABLE as exc:
-                self._lease_ok = False
-                self.last_error = f"{type(exc).__name__}: {exc}"
                 self._note_outage(exc)
             except RedisError:
                 log.exception("redis: lease tick failed")
 
-    async def _take_cancels(self) -> None:
+    async def _take_cancels(self, node: str) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        pipe.smembers(self._node_cancels)
-        pipe.delete(self._node_cancels)
+        pipe.smembers(self._node_key(node, "cancels"))
+        pipe.delete(self._node_key(node, "cancels"))
         messages, _ = await pipe.execute()
         for message in messages:
-            self._on_control(message)
+            self._on_control(node, message)
 
     async def _sweep(self) -> None:
-        nodes = [n.decode() for n in await self._redis.zrange(self._nodes, 0, -1)]
+        nodes = [n.decode() for n in await self._redis.zrange(self._nodes_key, 0, -1)]
         pipe = self._redis.pipeline(transaction=False)
         for node in nodes:
-            pipe.exists(f"{self._p}:node:{node}")
+            pipe.exists(self._node_key(node))
         alive = await pipe.execute()
         self.nodes_alive = sum(1 for a in alive if a)
         for node, is_alive in zip(nodes, alive, strict=True):
-            if not is_alive and node != self.node_id:
+            if not is_alive and node not in self._handlers:
                 await self.sweep_node(node)
 
     async def sweep_node(self, node: str) -> int:
-        """End (or adopt, when queued) every unfinished task of a lost ``node``; returns how
-        many this call handled. Safe to run on several nodes at once."""
-        tasks_key = f"{self._p}:node:{node}:tasks"
-        members = await self._redis.smembers(tasks_key)
+        """End (or adopt, when queued) every active task of a lost ``node``; returns how many
+        this call handled. Safe to run in several processes at once."""
+        tasks_key = self._node_key(node, "tasks")
         handled = 0
-        for member in members:
+        for member in await self._redis.smembers(tasks_key):
             owner, _, task_id = member.decode().partition("\0")
             if await self._end_lost(node, owner, task_id):
                 handled += 1
             await self._redis.srem(tasks_key, member)
-        if not await self._redis.exists(f"{self._p}:node:{node}"):
+        if not await self._redis.exists(self._node_key(node)):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.zrem(self._nodes, node)
-            pipe.delete(tasks_key, f"{self._p}:node:{node}:cancels")
+            pipe.zrem(self._nodes_key, node)
+            pipe.delete(tasks_key, self._node_key(node, "cancels"))
             await pipe.execute()
         if handled:
-            log.warning("redis: node %s was lost; %d of its tasks ended or adopted", node, handled)
+            log.warning("redis: node %s was lost; %d of its tasks ended or moved", node, handled)
         return handled
 
     async def _end_lost(self, node: str, owner: str, task_id: str) -> bool:
         keys = self._task_keys(owner, task_id)
-        for _ in range(100):  # compare-and-set: retried while the lost node still writes
+        r = self.retention
+        for _ in range(100):  # compare-and-set, retried while the lost node still writes
             raw = await self._redis.hgetall(keys[0])
             if not raw or raw.get(b"node", b"").decode() != node:
                 return False
-            state = raw.get(b"state", b"").decode()
-            epoch = raw[b"epoch"].decode()
-            if state in _FINAL:
+            record = _record_from(raw)
+            if record.final:
                 return False
-            if state == "pending" and self.hooks is not None and not raw.get(b"cancel"):
-                new_epoch = await self._scripts["ADOPT"](
-                    keys=[keys[0]], args=[node, epoch, self.node_id]
-                )
-                if new_epoch:
-                    await self._redis.sadd(self._node_tasks, _member(owner, task_id))
-                    record = _record_from(await self._redis.hgetall(keys[0]))
-                    self._local[(owner, task_id)] = _Local(int(new_epoch))
-                    watch = self._watches.get((owner, task_id))
-                    if watch is not None:
-                        self._unsubscribe_local(watch)
-                    self.hooks.adopt(record)
+            if record.state == "pending" and not raw.get(b"cancel"):
+                adopted = await self._adopt(node, record)
+                if adopted is None:
+                    continue
+                if adopted:
                     return True
-                continue
-            last = raw.get(b"last_seq", b"0").decode()
             frame = EventFrame(
                 task_id=task_id,
-                seq=int(last) + 1,
+                seq=record.last_seq + 1,
                 ts=time.time(),
                 event=TaskFailed(
                     reason=f"the gateway process running this task ({node}) was lost",
@@ -858,22 +950,47 @@ class RedisBackend:
                 keys=keys,
                 args=[
                     node,
-                    epoch,
-                    last,
-                    _frame_encoder.encode(frame),
+                    record.epoch,
+                    record.last_seq,
+                    _encoder.encode(frame),
                     task_id,
-                    time.time(),
-                    self.config.max_events,
+                    repr(frame.ts),
+                    r.max_events,
+                    r.max_bytes,
+                    self._base(owner),
+                    r.max_finished_per_owner,
+                    r.max_finished_bytes_per_owner,
                 ],
             )
             if done:
                 return True
         return False
 
-    def _unsubscribe_local(self, watch: _Watch) -> None:
-        # This node now writes the task: its listeners are fed by the flusher.
-        if watch.ready is not None and not watch.ready.done():
-            watch.ready.set_result(None)
+    async def _adopt(self, lost: str, record: TaskRecord) -> bool | None:
+        """Move a queued task to a node of this process that can run it. True: moved; False:
+        no node here adopts tasks; None: the record changed meanwhile (read it again)."""
+        for node, handler in self._handlers.items():
+            adopt = getattr(handler, "task_adopted", None)
+            if adopt is None:
+                continue
+            epoch = await self._scripts["ADOPT"](
+                keys=[self._task_keys(record.owner, record.task_id)[0]],
+                args=[lost, record.epoch, node],
+            )
+            if not epoch:
+                return None
+            await self._redis.sadd(
+                self._node_key(node, "tasks"), _member(record.owner, record.task_id)
+            )
+            moved = msgspec.structs.replace(record, node=node, epoch=int(epoch))
+            key = (record.owner, record.task_id)
+            self._local[key] = _Local(moved)
+            watch = self._watches.get(key)
+            if watch is not None:
+                watch.remote = False  # this process writes it now; the channel echo is deduped
+            adopt(moved)
+            return True
+        return False
 
 
 # ---------------------------------------------------------------------- records
@@ -887,17 +1004,20 @@ def _member(owner: str, task_id: str) -> str:
     return f"{owner}\0{task_id}"
 
 
-def _record_fields(record: TaskRecord, *, full: bool = True) -> list[Any]:
+def _fields(record: TaskRecord, *, full: bool = False) -> list[Any]:
+    """The record's mutable fields as hash field/value pairs (all of them with ``full``)."""
     fields: list[Any] = [
         "state",
         record.state,
-        "updated",
-        repr(record.updated),
         "progress",
         record.progress or "",
         "turn",
         record.turn,
+        "updated",
+        repr(record.updated),
     ]
+    if record.usage is not None:
+        fields += ["usage", _encoder.encode(record.usage)]
     if full:
         fields += [
             "owner",
@@ -907,11 +1027,15 @@ def _record_fields(record: TaskRecord, *, full: bool = True) -> list[Any]:
             "input",
             record.input,
             "options",
-            _frame_encoder.encode(record.options),
+            _encoder.encode(record.options),
             "created",
             repr(record.created),
             "last_seq",
             record.last_seq,
+            "node",
+            record.node,
+            "epoch",
+            record.epoch,
         ]
     return fields
 
@@ -934,6 +1058,8 @@ def _record_from(raw: dict[bytes, bytes]) -> TaskRecord:
         input=text("input"),
         options=_options_decoder.decode(raw.get(b"options") or b"{}"),
         created=float(text("created", "0")),
+        node=text("node"),
+        epoch=int(text("epoch", "0")),
         state=state,
         updated=float(text("updated", "0")),
         last_seq=int(text("last_seq", "0")),
@@ -943,10 +1069,9 @@ def _record_from(raw: dict[bytes, bytes]) -> TaskRecord:
     )
 
 
-def _unavailable(exc: BaseException) -> TaskError:
-    return TaskError(
-        ErrorCode.UNAVAILABLE,
-        f"the task store (Redis) is unreachable: {exc}; retry with backoff",
+def _unavailable(exc: BaseException) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"the task store (Redis) is unreachable: {exc}; retry with backoff", retry_after=1.0
     )
 
 
