@@ -140,7 +140,10 @@ class _Watch:
         self.held: list[EventFrame] = []
 
 
-_APPEND, _UPDATE, _EXPIRE, _PERSIST = 0, 1, 2, 3
+_APPEND, _UPDATE, _EXPIRE, _PERSIST, _REMOVE = 0, 1, 2, 3, 4
+
+Finished = tuple[str, str, int, float]
+"""A task that ended: owner, task id, the size it counts, when it ended."""
 
 
 @dataclass(slots=True)
@@ -185,7 +188,17 @@ class RedisBackend:
         self._nodes_key = f"{cfg.prefix}:nodes"
         self._scripts = {
             name: self._redis.register_script(getattr(lua, name))
-            for name in ("CREATE", "APPEND", "UPDATE", "END_LOST", "ADOPT", "CANCEL")
+            for name in (
+                "CREATE",
+                "APPEND",
+                "UPDATE",
+                "END_LOST",
+                "ADOPT",
+                "CANCEL",
+                "REMOVE",
+                "TRIM_OWNER",
+                "TRIM_ALL",
+            )
         }
         self._handlers: dict[str, NodeHandler] = {}
         self._local: dict[Key, _Local] = {}
@@ -199,7 +212,9 @@ class RedisBackend:
         self._pubsub: Any = None
         self._pubsub_up = asyncio.Event()
         self._started = False
+        self._starting: asyncio.Task[None] | None = None
         self._closing = False
+        self._untrimmed: list[Finished] = []
         self._outage_since: float | None = None
         self._aborted = False
         self._subscriber_gate = asyncio.Event()
@@ -231,7 +246,17 @@ class RedisBackend:
 
     async def start(self) -> None:
         """Connect, load the scripts, start the background work. Raises
-        :exc:`BackendUnavailable` when Redis cannot be reached."""
+        :exc:`BackendUnavailable` when Redis cannot be reached. Called by the first call that
+        needs Redis if not before (a server calls it at startup to fail early)."""
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _ensure(self) -> None:
+        if not self._started:
+            await self.start()
+
+    async def _start(self) -> None:
         try:
             await self._redis.ping()
             for script in self._scripts.values():
@@ -239,6 +264,7 @@ class RedisBackend:
             for node in self._handlers:
                 await self._renew_lease(node)
         except _UNREACHABLE as exc:
+            self._starting = None
             raise BackendUnavailable(
                 f"cannot reach Redis at {_safe_url(self.config.url)}: {exc}"
             ) from exc
@@ -263,6 +289,7 @@ class RedisBackend:
             await self._send("SSUBSCRIBE", self._node_key(node, "ctl"))
 
     async def flush(self) -> None:
+        await self._ensure()
         while self._ops:
             if self._outage_since is not None:
                 raise BackendUnavailable(self.health() or "Redis is unreachable")
@@ -359,6 +386,7 @@ class RedisBackend:
         ]
         member = _member(owner, task_id)
         tasks_key = self._node_key(record.node, "tasks") if record.node else None
+        await self._ensure()
         try:
             if tasks_key is not None and not record.final:
                 # Named in the node's set first: if this process dies right after the create,
@@ -389,6 +417,7 @@ class RedisBackend:
         return _record_from(_pairs(result[1]))
 
     async def get(self, owner: str, task_id: str) -> TaskRecord | None:
+        await self._ensure()
         try:
             raw = await self._redis.hgetall(self._task_keys(owner, task_id)[0])
         except _UNREACHABLE as exc:
@@ -397,6 +426,7 @@ class RedisBackend:
 
     async def list_tasks(self, owner: str) -> list[TaskRecord]:
         base = self._base(owner)
+        await self._ensure()
         try:
             ids = await self._redis.zrange(base + "idx", 0, -1)
             pipe = self._redis.pipeline(transaction=False)
@@ -417,6 +447,7 @@ class RedisBackend:
         return records
 
     async def active_count(self, owner: str) -> int:
+        await self._ensure()
         try:
             return int(await self._redis.scard(self._base(owner) + "active"))
         except _UNREACHABLE as exc:
@@ -435,8 +466,6 @@ class RedisBackend:
             record.task_id,
             self._base(record.owner),
             *_fields(record),
-            self.retention.max_finished_per_owner,
-            self.retention.max_finished_bytes_per_owner,
         ]
         self._queue(_Op(_UPDATE, key, args, final=record.final, node=record.node))
 
@@ -469,13 +498,12 @@ class RedisBackend:
             record.task_id,
             self._base(record.owner),
             *fields,
-            r.max_finished_per_owner,
-            r.max_finished_bytes_per_owner,
         ]
         self._queue(_Op(_APPEND, key, args, frame, record.final, record.node))
 
     async def read(self, owner: str, task_id: str, after_seq: int) -> LogSlice | None:
         keys = self._task_keys(owner, task_id)
+        await self._ensure()
         try:
             pipe = self._redis.pipeline(transaction=True)
             pipe.hmget(keys[0], "first_seq", "last_seq")
@@ -489,6 +517,7 @@ class RedisBackend:
 
     async def listen(self, owner: str, task_id: str, listener: Listener) -> Callable[[], None]:
         key = (owner, task_id)
+        await self._ensure()
         watch = self._watches.get(key)
         if watch is None:
             watch = self._watches[key] = _Watch(self._task_keys(owner, task_id)[2])
@@ -578,11 +607,18 @@ class RedisBackend:
         local = self._local.pop(key, None)
         if local is not None and local.fenced:
             return  # another node ended it and decides
-        self._queue(_Op(_PERSIST if math.isinf(after) else _EXPIRE, key, [after]))
+        if after <= 0:
+            kind = _REMOVE
+        elif math.isinf(after):
+            kind = _PERSIST
+        else:
+            kind = _EXPIRE
+        self._queue(_Op(kind, key, [after]))
 
     # ------------------------------------------------------------------ cancel across nodes
 
     async def request_cancel(self, owner: str, task_id: str, reason: str) -> CancelResult:
+        await self._ensure()
         try:
             result = await self._scripts["CANCEL"](
                 keys=[self._task_keys(owner, task_id)[0]], args=[reason]
@@ -661,6 +697,11 @@ class RedisBackend:
                     ops.popleft()
             for op, result in zip(batch, results, strict=True):
                 self._applied(op, result)
+            if self._untrimmed:
+                try:
+                    await self._trim()
+                except _UNREACHABLE as exc:
+                    self._note_outage(exc)
 
     async def _execute(self, batch: list[_Op]) -> list[Any]:
         # EVALSHA straight into the pipeline (redis-py's pipelined Script objects add a
@@ -668,6 +709,7 @@ class RedisBackend:
         pipe = self._redis.pipeline(transaction=False)
         append = self._scripts["APPEND"].sha
         update = self._scripts["UPDATE"].sha
+        remove = self._scripts["REMOVE"].sha
         extra = 0
         for op in batch:
             owner, task_id = op.key
@@ -676,6 +718,20 @@ class RedisBackend:
                 pipe.evalsha(append, 4, *keys, *op.args)
             elif op.kind == _UPDATE:
                 pipe.evalsha(update, 2, keys[0], keys[3], *op.args)
+            elif op.kind == _REMOVE:
+                base = self._base(owner)
+                pipe.evalsha(
+                    remove,
+                    7,
+                    keys[0],
+                    keys[1],
+                    base + "idx",
+                    keys[3],
+                    base + "done",
+                    base + "done_bytes",
+                    base + "meta",
+                    task_id,
+                )
             elif op.kind == _EXPIRE:
                 ms = max(1, int(op.args[0] * 1000))
                 pipe.pexpire(keys[0], ms)
@@ -710,14 +766,62 @@ class RedisBackend:
         if isinstance(result, Exception):
             log.error("redis: a write of task %s failed: %s", op.key[1], result)
             return
+        if result == -1 and op.kind in (_APPEND, _UPDATE):
+            self._fenced(op.key, op.node)
+            return
+        if isinstance(result, list) and result[1]:  # the task ended: count it as finished
+            ended = op.frame.ts if op.frame is not None else time.time()
+            self._untrimmed.append((*op.key, int(result[1]), ended))
+        elif op.kind == _REMOVE and result:
+            self._untrimmed.append((*op.key, -1, 0.0))
         if op.kind == _APPEND:
-            if result == -1:
-                self._fenced(op.key, op.node)
-                return
             assert op.frame is not None
             self._dispatch(op.key, op.frame)
-        elif op.kind == _UPDATE and result == -1:
-            self._fenced(op.key, op.node)
+
+    async def _trim(self) -> None:
+        """Apply the bounds on finished tasks: the owners' in their slots, then all owners'
+        (see :data:`~gateway.tasks.redis_scripts.TRIM_ALL`)."""
+        finished, self._untrimmed = self._untrimmed, []
+        try:
+            await self._trim_finished(finished)
+        except BaseException:
+            self._untrimmed[:0] = finished  # counted again on the next try
+            raise
+
+    async def _trim_finished(self, finished: list[Finished]) -> None:
+        r = self.retention
+        forgotten = [_member(o, t) for o, t, size, _ in finished if size < 0]
+        added = [f for f in finished if f[2] >= 0]
+        for owner in {f[0] for f in added}:
+            base = self._base(owner)
+            removed = await self._scripts["TRIM_OWNER"](
+                keys=[base + "done", base + "done_bytes", base + "meta", base + "idx"],
+                args=[base, r.max_finished_per_owner, r.max_finished_bytes_per_owner],
+            )
+            forgotten += [_member(owner, tid.decode()) for tid in removed[::2]]
+        args: list[Any] = [r.max_finished, r.max_finished_bytes, len(added)]
+        for owner, task_id, size, ended in added:
+            args += [_member(owner, task_id), repr(ended), size]
+        p = self._p
+        popped = await self._scripts["TRIM_ALL"](
+            keys=[f"{p}:done", f"{p}:done_bytes", f"{p}:meta"], args=[*args, *forgotten]
+        )
+        for member in popped:
+            owner, _, task_id = member.decode().partition("\0")
+            keys = self._task_keys(owner, task_id)
+            base = self._base(owner)
+            await self._scripts["REMOVE"](
+                keys=[
+                    keys[0],
+                    keys[1],
+                    base + "idx",
+                    keys[3],
+                    base + "done",
+                    base + "done_bytes",
+                    base + "meta",
+                ],
+                args=[task_id],
+            )
 
     def _fenced(self, key: Key, node: str) -> None:
         local = self._local.get(key)
@@ -958,11 +1062,11 @@ class RedisBackend:
                     r.max_events,
                     r.max_bytes,
                     self._base(owner),
-                    r.max_finished_per_owner,
-                    r.max_finished_bytes_per_owner,
                 ],
             )
             if done:
+                self._untrimmed.append((owner, task_id, int(done), frame.ts))
+                await self._trim()
                 return True
         return False
 

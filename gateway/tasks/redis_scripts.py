@@ -13,6 +13,8 @@ holds no ``{``, ``}`` or ``:``; ``T`` the task id):
 ``P:{O}:done``                  sorted set: the owner's finished tasks, by end time
 ``P:{O}:done_bytes``            hash: the size counted for each finished task
 ``P:{O}:meta``                  hash: ``finished_bytes`` of the owner
+``P:done``, ``P:done_bytes``,   the same for all owners (member ``O`` NUL ``T``), for the
+``P:meta``                      bounds on all finished tasks
 ``P:node:N``                    string with a TTL: node ``N`` is alive (its lease)
 ``P:nodes``                     sorted set: the nodes ever seen, for the sweeper
 ``P:node:N:tasks``              set: unfinished tasks of node ``N`` (``O`` NUL ``T``)
@@ -22,7 +24,8 @@ holds no ``{``, ``}`` or ``:``; ``T`` the task id):
 
 Every script touches the keys of one owner only, whose hash tag ``{O}`` puts them in one
 Redis Cluster slot (the removal of an owner's oldest finished tasks names keys of that slot
-that the script builds itself); the per-node keys are written by separate commands.
+that the script builds itself), or only the keys of all owners (:data:`TRIM_ALL`); the
+per-node keys are written by separate commands.
 
 Fencing: the process running a task writes with the task's ``epoch``; :data:`APPEND` refuses a
 write whose epoch is not the stored one. A survivor that ends a lost node's task, or adopts a
@@ -31,7 +34,18 @@ queued one, bumps the epoch first, so a zombie's late writes change nothing.
 
 from __future__ import annotations
 
-__all__ = ["ADOPT", "APPEND", "CANCEL", "CREATE", "END_LOST", "UPDATE", "escape_owner"]
+__all__ = [
+    "ADOPT",
+    "APPEND",
+    "CANCEL",
+    "CREATE",
+    "END_LOST",
+    "REMOVE",
+    "TRIM_ALL",
+    "TRIM_OWNER",
+    "UPDATE",
+    "escape_owner",
+]
 
 
 def escape_owner(owner: str) -> str:
@@ -63,27 +77,16 @@ atomic with the per-owner count of active tasks."""
 
 _FINISH = """
 local function finish(base, hash, active, task_id, updated)
-  -- The task ended: it no longer counts as active; it counts against the owner's bounds of
-  -- finished tasks, the oldest of which are removed past them.
+  -- The task ended: it no longer counts as active, and now counts as finished (its size:
+  -- its log, its input and a little more). Returns that size.
   redis.call('SREM', active, task_id)
   redis.call('HDEL', hash, 'node')
   local size = tonumber(redis.call('HGET', hash, 'bytes') or '0')
     + redis.call('HSTRLEN', hash, 'input') + 300
-  local done, sizes = base .. 'done', base .. 'done_bytes'
-  redis.call('ZADD', done, updated, task_id)
-  redis.call('HSET', sizes, task_id, size)
-  local total = redis.call('HINCRBY', base .. 'meta', 'finished_bytes', size)
-  local n = redis.call('ZCARD', done)
-  while n > 1 and (n > tonumber(ARGV[#ARGV - 1]) or total > tonumber(ARGV[#ARGV])) do
-    local oldest = redis.call('ZRANGE', done, 0, 0)[1]
-    total = redis.call('HINCRBY', base .. 'meta', 'finished_bytes',
-      -tonumber(redis.call('HGET', sizes, oldest) or '0'))
-    redis.call('HDEL', sizes, oldest)
-    redis.call('ZREM', done, oldest)
-    redis.call('ZREM', base .. 'idx', oldest)
-    redis.call('DEL', base .. 't:' .. oldest, base .. 'e:' .. oldest)
-    n = n - 1
-  end
+  redis.call('ZADD', base .. 'done', updated, task_id)
+  redis.call('HSET', base .. 'done_bytes', task_id, size)
+  redis.call('HINCRBY', base .. 'meta', 'finished_bytes', size)
+  return size
 end
 """
 
@@ -111,7 +114,7 @@ APPEND = (
     + """
 -- KEYS: hash, stream, channel, active
 -- ARGV: epoch, seq, payload, max_events, max_bytes, final (0/1), task_id, key base,
---       field, value, ..., max finished per owner, max finished bytes per owner
+--       field, value, ...
 local cur = redis.call('HMGET', KEYS[1], 'epoch', 'last_seq', 'state')
 if cur[1] ~= ARGV[1] then
   return -1
@@ -121,33 +124,36 @@ if seq <= tonumber(cur[2] or '0') then
   return 0
 end
 store(KEYS[1], KEYS[2], seq, ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
-redis.call('HSET', KEYS[1], 'last_seq', seq, unpack(ARGV, 9, #ARGV - 2))
+redis.call('HSET', KEYS[1], 'last_seq', seq, unpack(ARGV, 9))
+local size = 0
 if ARGV[6] == '1' and cur[3] ~= 'completed' and cur[3] ~= 'failed' and cur[3] ~= 'cancelled' then
-  finish(ARGV[8], KEYS[1], KEYS[4], ARGV[7], redis.call('HGET', KEYS[1], 'updated'))
+  size = finish(ARGV[8], KEYS[1], KEYS[4], ARGV[7], redis.call('HGET', KEYS[1], 'updated'))
 end
 redis.call('SPUBLISH', KEYS[3], ARGV[3])
-return 1
+return {1, size}
 """
 )
 """Store one event (entry id = its seq), trim the log to its bounds, update the record and
-publish the event; a final record ends the task. Returns 1; 0 when that seq is stored
-already (a retried batch); -1 when the epoch does not match (fenced out, or removed)."""
+publish the event; a final record ends the task. Returns ``{1, size}`` (the size counted for
+the task if it ended here, else 0); 0 when that seq is stored already (a retried batch); -1
+when the epoch does not match (fenced out, or removed)."""
 
 
 UPDATE = (
     _FINISH
     + """
 -- KEYS: hash, active
--- ARGV: epoch, final (0/1), task_id, key base, field, value, ..., max finished, max bytes
+-- ARGV: epoch, final (0/1), task_id, key base, field, value, ...
 local cur = redis.call('HMGET', KEYS[1], 'epoch', 'state')
 if cur[1] ~= ARGV[1] then
   return -1
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5, #ARGV - 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local size = 0
 if ARGV[2] == '1' and cur[2] ~= 'completed' and cur[2] ~= 'failed' and cur[2] ~= 'cancelled' then
-  finish(ARGV[4], KEYS[1], KEYS[2], ARGV[3], redis.call('HGET', KEYS[1], 'updated'))
+  size = finish(ARGV[4], KEYS[1], KEYS[2], ARGV[3], redis.call('HGET', KEYS[1], 'updated'))
 end
-return 1
+return {1, size}
 """
 )
 """Set record fields under the epoch check (a final record ends the task)."""
@@ -159,7 +165,7 @@ END_LOST = (
     + """
 -- KEYS: hash, stream, channel, active
 -- ARGV: lost node, expected epoch, expected last_seq, payload, task_id, updated, max_events,
---       max_bytes, key base, max finished per owner, max finished bytes per owner
+--       max_bytes, key base
 local cur = redis.call('HMGET', KEYS[1], 'node', 'epoch', 'last_seq')
 if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] or (cur[3] or '0') ~= ARGV[3] then
   return 0
@@ -168,13 +174,14 @@ local seq = tonumber(ARGV[3]) + 1
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 store(KEYS[1], KEYS[2], seq, ARGV[4], tonumber(ARGV[7]), tonumber(ARGV[8]))
 redis.call('HSET', KEYS[1], 'last_seq', seq, 'state', 'failed', 'updated', ARGV[6])
-finish(ARGV[9], KEYS[1], KEYS[4], ARGV[5], ARGV[6])
+local size = finish(ARGV[9], KEYS[1], KEYS[4], ARGV[5], ARGV[6])
 redis.call('SPUBLISH', KEYS[3], ARGV[4])
-return 1
+return size
 """
 )
 """End a lost node's task with its terminal event, under a bumped epoch. A compare-and-set:
-returns 0 (nothing written) unless the node, epoch and last seq are still the ones read."""
+returns 0 (nothing written) unless the node, epoch and last seq are still the ones read, else
+the size counted for the finished task."""
 
 
 ADOPT = """
@@ -205,3 +212,82 @@ redis.call('HSETNX', KEYS[1], 'cancel', ARGV[1])
 return {'accepted', cur[2] or ''}
 """
 """Mark an active task as cancelled and name the node running it."""
+
+
+REMOVE = """
+-- KEYS: hash, stream, idx, active, done, done_bytes, meta
+-- ARGV: task_id
+local size = tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or '0')
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+if redis.call('ZREM', KEYS[5], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[6], ARGV[1])
+  redis.call('HINCRBY', KEYS[7], 'finished_bytes', -size)
+  return size
+end
+return 0
+"""
+"""Remove one task of an owner now. Returns the size it counted as finished (0: it was not
+counted, e.g. removed already), so the count of all owners can be corrected once."""
+
+
+TRIM_OWNER = """
+-- KEYS: done, done_bytes, meta, idx
+-- ARGV: key base, max finished, max finished bytes
+-- Remove the owner's oldest finished tasks past the bounds; returns {task_id, size, ...}.
+local removed = {}
+local n = redis.call('ZCARD', KEYS[1])
+local total = tonumber(redis.call('HGET', KEYS[3], 'finished_bytes') or '0')
+while n > 1 and (n > tonumber(ARGV[2]) or total > tonumber(ARGV[3])) do
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+  local size = tonumber(redis.call('HGET', KEYS[2], oldest) or '0')
+  total = redis.call('HINCRBY', KEYS[3], 'finished_bytes', -size)
+  redis.call('HDEL', KEYS[2], oldest)
+  redis.call('ZREM', KEYS[1], oldest)
+  redis.call('ZREM', KEYS[4], oldest)
+  redis.call('DEL', ARGV[1] .. 't:' .. oldest, ARGV[1] .. 'e:' .. oldest)
+  removed[#removed + 1] = oldest
+  removed[#removed + 1] = size
+  n = n - 1
+end
+return removed
+"""
+"""Apply the per-owner bounds of finished tasks (count and bytes), oldest first."""
+
+
+TRIM_ALL = """
+-- KEYS: done, done_bytes, meta (of all owners)
+-- ARGV: max finished, max finished bytes, n_add, (member, score, size) * n_add,
+--       member * (forgotten: removed by their owner's bounds)
+local n_add = tonumber(ARGV[3])
+for i = 0, n_add - 1 do
+  local member, score, size = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  if redis.call('ZADD', KEYS[1], 'NX', score, member) == 1 then
+    redis.call('HSET', KEYS[2], member, size)
+    redis.call('HINCRBY', KEYS[3], 'finished_bytes', size)
+  end
+end
+for i = 4 + 3 * n_add, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    local size = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('HINCRBY', KEYS[3], 'finished_bytes', -size)
+  end
+end
+local popped = {}
+local n = redis.call('ZCARD', KEYS[1])
+local total = tonumber(redis.call('HGET', KEYS[3], 'finished_bytes') or '0')
+while n > 1 and (n > tonumber(ARGV[1]) or total > tonumber(ARGV[2])) do
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+  total = redis.call('HINCRBY', KEYS[3], 'finished_bytes',
+    -tonumber(redis.call('HGET', KEYS[2], oldest) or '0'))
+  redis.call('HDEL', KEYS[2], oldest)
+  redis.call('ZREM', KEYS[1], oldest)
+  popped[#popped + 1] = oldest
+  n = n - 1
+end
+return popped
+"""
+"""The bounds on the finished tasks of all owners: count them in (and out), and pop the
+oldest past the bounds (whoever pops a task removes it, so each is removed once)."""
