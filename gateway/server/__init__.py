@@ -187,27 +187,50 @@ def configure_logging(level: str = "info") -> None:
         logging.getLogger(name).propagate = True
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings of ``ospark serve``: the environment, then its arguments."""
+    settings = Settings.from_env(
+        host=args.host,
+        port=args.port,
+        agent_config=args.config,
+        shutdown_deadline=args.shutdown_deadline,
+        redis_url=getattr(args, "redis", None),
+    )
+    settings.check()
+    return settings
+
+
 def main(args: argparse.Namespace) -> int:
     """``ospark serve``: run the gateway until SIGTERM/SIGINT."""
     try:
-        settings = Settings.from_env(
-            host=args.host,
-            port=args.port,
-            agent_config=args.config,
-            shutdown_deadline=args.shutdown_deadline,
-        )
-        settings.check()
+        settings = settings_from_args(args)
     except ConfigError as exc:
         print(f"ospark serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level)
-    if args.workers != 1:
+    if args.workers < 1 or (args.workers > 1 and not settings.redis_url):
         print(
-            "ospark serve: --workers > 1 needs a shared task backend (Redis), which is not built "
-            "yet; tasks would not be visible across workers. Run one worker per port instead.",
+            "ospark serve: --workers > 1 needs --redis URL (or OSPARK_REDIS_URL): without a "
+            "shared task store, tasks would not be visible across workers.",
             file=sys.stderr,
         )
         return 2
+    if settings.redis_url:
+        from gateway.server.redis import redis_reachable
+
+        problem = redis_reachable(settings.redis_url)
+        if problem is not None:
+            print(f"ospark serve: cannot reach Redis ({problem})", file=sys.stderr)
+            return 2
+    configure_logging(args.log_level)
+    if args.workers > 1:
+        from gateway.server.workers import run_workers
+
+        return run_workers(args, settings)
+    return serve_one(settings)
+
+
+def serve_one(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+    """Run one gateway process until SIGTERM/SIGINT (on ``sockets`` if given)."""
     app = create_app(settings)
     config = uvicorn_config(app, settings, log_config=None, lifespan="on", access_log=False)
     server = GatewayServer(config, app.state.gateway)
@@ -215,6 +238,6 @@ def main(args: argparse.Namespace) -> int:
     # uvicorn re-raises the signal that stopped it once it is done; after a graceful drain
     # the process should simply exit 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
+    server.run(sockets)
     log.info("stopped", extra={"uptime_s": round(time.monotonic() - started, 1)})
     return 0

@@ -28,6 +28,7 @@ from gateway.server.auth import authenticate
 from gateway.server.metrics import Metrics
 from gateway.server.settings import Settings
 from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
+from gateway.tasks.redis_backend import RedisBackend
 from protocol import (
     CloseCode,
     Closing,
@@ -49,6 +50,8 @@ class Gateway:
         self.metrics = Metrics(self._task_counts)
         self._runner_factory = runner_factory
         self.manager: TaskManager | None = None
+        self.backend: RedisBackend | None = None
+        """The Redis backend in Redis mode (None: the manager's in-memory one)."""
         self.connections: set[Connection] = set()
         self.draining = False
         self._no_connections = asyncio.Event()
@@ -89,7 +92,21 @@ class Gateway:
             if ttft is not None:
                 metrics.ttft.observe(ttft)
 
-        self.manager = TaskManager(factory, config=self.settings.tasks, on_terminal=finished)
+        backend = None
+        if self.settings.redis_url:  # Redis mode: one task space for every gateway process
+            from gateway.server.redis import RedisCollector, make_backend, node_name
+
+            backend = self.backend = make_backend(self.settings)
+            self.metrics.registry.register(RedisCollector(backend))
+        self.manager = TaskManager(
+            factory,
+            config=self.settings.tasks,
+            on_terminal=finished,
+            backend=backend,
+            node=node_name() if backend is not None else None,
+        )
+        if backend is not None:
+            await backend.start()
 
     async def drain(self, deadline: float | None = None) -> None:
         """Graceful shutdown: tell every client, let tasks finish up to ``deadline``, cancel the
@@ -119,6 +136,8 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.drain(0)
+        if self.backend is not None:
+            await self.backend.close()
 
 
 async def _websocket(websocket: WebSocket) -> None:
@@ -198,9 +217,15 @@ async def _healthz(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     status = 503 if gw.draining or gw.manager is None else 200
     m = gw.manager
+    problem = gw.backend.health() if gw.backend is not None else None
+    if problem is not None and status == 200:
+        status = 503
     return JSONResponse(
         {
-            "status": "draining" if gw.draining else ("ok" if status == 200 else "starting"),
+            "status": "draining"
+            if gw.draining
+            else ("ok" if status == 200 else "unavailable" if problem else "starting"),
+            **({"reason": problem} if problem else {}),
             "version": gateway.__version__,
             "connections": len(gw.connections),
             "tasks_active": m.active_count if m else 0,

@@ -8,6 +8,9 @@ the reason while the process keeps serving what it can.
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Iterable
 
 from prometheus_client.core import GaugeMetricFamily
@@ -16,7 +19,27 @@ from prometheus_client.registry import Collector
 from gateway.server.settings import Settings
 from gateway.tasks.redis_backend import RedisBackend, RedisConfig
 
-__all__ = ["RedisCollector", "make_backend"]
+__all__ = ["RedisCollector", "make_backend", "node_name", "redis_reachable"]
+
+
+def node_name() -> str:
+    """This process's node id: readable in logs, unique across restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def redis_reachable(url: str) -> str | None:
+    """``None`` if Redis at ``url`` answers a PING, else why not (checked before serving)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def make_backend(settings: Settings) -> RedisBackend:
@@ -27,8 +50,7 @@ def make_backend(settings: Settings) -> RedisBackend:
             url=settings.redis_url,
             lease=settings.redis_lease,
             buffer_seconds=settings.redis_buffer_seconds,
-        ),
-        max_active_per_owner=settings.tasks.max_tasks_per_owner,
+        )
     )
 
 

@@ -147,12 +147,12 @@ class Settings:
         ):
             if env.get(var):
                 try:
-                    value = float(env[var])
+                    seconds = float(env[var])
                 except ValueError:
                     raise ConfigError(f"{var}: expected seconds, got {env[var]!r}") from None
-                if not value > 0:
+                if not seconds > 0:
                     raise ConfigError(f"{var}: must be positive, got {env[var]!r}")
-                setattr(settings, name, value)
+                setattr(settings, name, seconds)
         for name, value in overrides.items():
             if value is not None:
                 setattr(settings, name, value)
