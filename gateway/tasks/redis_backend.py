@@ -906,14 +906,17 @@ class RedisBackend:
         while not self._closing:
             pubsub = self._pubsub_client.pubsub()
             try:
+                await pubsub.execute_command("SSUBSCRIBE", self._p + ":hello")  # connects
+                # From here on, a new watch subscribes itself; the ones made before are in
+                # the snapshot below (one twice at most, which is harmless).
+                self._pubsub = pubsub
                 channels = [
                     *(self._node_key(n, "ctl") for n in self._handlers),
                     *self._by_channel,
                 ]
                 # One channel per command: on a Cluster each may live on another shard.
-                for channel in (self._p + ":hello", *channels):
+                for channel in channels:
                     await pubsub.execute_command("SSUBSCRIBE", channel)
-                self._pubsub = pubsub
                 self._pubsub_up.set()
                 backoff = 0.05
                 while True:
