@@ -61,7 +61,7 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.events import TaskFailed, Usage
@@ -402,7 +402,7 @@ class RedisBackend:
                     *fields,
                 ],
             )
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
         if result[0] == 1:
             if not record.final:
@@ -420,7 +420,7 @@ class RedisBackend:
         await self._ensure()
         try:
             raw = await self._redis.hgetall(self._task_keys(owner, task_id)[0])
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
         return _record_from(raw) if raw else None
 
@@ -433,7 +433,7 @@ class RedisBackend:
             for tid in ids:
                 pipe.hgetall(base + "t:" + tid.decode())
             raws = await pipe.execute()
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
         records, gone = [], []
         for tid, raw in zip(ids, raws, strict=True):
@@ -450,7 +450,7 @@ class RedisBackend:
         await self._ensure()
         try:
             return int(await self._redis.scard(self._base(owner) + "active"))
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
 
     def update(self, record: TaskRecord) -> None:
@@ -509,7 +509,7 @@ class RedisBackend:
             pipe.hmget(keys[0], "first_seq", "last_seq")
             pipe.xrange(keys[1], min=f"{after_seq + 1}-0")
             (first, last), entries = await pipe.execute()
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
         if last is None:
             return None
@@ -623,7 +623,7 @@ class RedisBackend:
             result = await self._scripts["CANCEL"](
                 keys=[self._task_keys(owner, task_id)[0]], args=[reason]
             )
-        except _UNREACHABLE as exc:
+        except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
         verdict = result[0]
         if verdict == b"unknown":
@@ -756,6 +756,9 @@ class RedisBackend:
         for result in results:
             if isinstance(result, _UNREACHABLE):
                 raise result
+            if isinstance(result, ResponseError) and str(result).startswith("OOM"):
+                # maxmemory reached (noeviction): keep the writes and retry, as in an outage.
+                raise RedisConnectionError(f"Redis refuses writes: {result}")
             if isinstance(result, NoScriptError):
                 for script in self._scripts.values():
                     await self._redis.script_load(script.script)

@@ -315,3 +315,39 @@ def _get(url: str) -> tuple[int, dict[str, object]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+async def _serve_fails(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_workers_without_redis_are_refused_with_a_clear_message() -> None:
+    code, err = await _serve_fails("--workers", "2")
+    assert code == 2 and "--workers > 1 needs --redis" in err
+
+
+async def test_an_unreachable_redis_is_refused_at_startup() -> None:
+    from tests.redis_server import free_port
+
+    code, err = await _serve_fails("--redis", f"redis://127.0.0.1:{free_port()}/0")
+    assert code == 2 and "cannot reach Redis" in err and "Traceback" not in err
+
+
+async def test_bad_redis_settings_are_refused() -> None:
+    code, err = await _serve_fails(env={"OSPARK_REDIS_LEASE": "soon"})
+    assert code == 2 and "OSPARK_REDIS_LEASE: expected seconds" in err
