@@ -34,7 +34,16 @@ from typing import Any
 
 import websockets
 
-from protocol import JSON, Accepted, Cancel, ClientSession, EventFrame, Start, Subscribe
+from protocol import (
+    JSON,
+    Accepted,
+    Cancel,
+    ClientSession,
+    ErrorFrame,
+    EventFrame,
+    Start,
+    Subscribe,
+)
 from protocol.events import TERMINAL_STATES, TaskCancelled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,14 +107,13 @@ async def gateway(
     args = ["--port", str(free_port()), "--config", demo_config(directory, pace_ms)]
     if redis_url:
         args += ["--redis", redis_url]
-    if workers > 1:
-        args += ["--workers", str(workers)]
+    if workers > 1:  # `ospark serve --workers N` as users run it (default limits)
+        command = ["-m", "gateway.cli", "serve", *args, "--workers", str(workers)]
+    else:  # one process with the limits raised, as the main benchmark's gateway
+        command = [__file__, "--serve", *args]
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        *args,
+        *command,
         cwd=ROOT,
         env={**os.environ, "OSPARK_REDIS_LEASE": "3"},
         stderr=asyncio.subprocess.PIPE,
@@ -162,7 +170,11 @@ class Conn:
         return f"r{self.n}"
 
     async def frames(self) -> list[Any]:
-        return self.session.receive(await self.ws.recv())
+        frames = self.session.receive(await self.ws.recv())
+        for frame in frames:
+            if isinstance(frame, ErrorFrame):  # a refusal would leave a run waiting forever
+                raise RuntimeError(f"the gateway refused a request: {frame}")
+        return frames
 
     async def close(self) -> None:
         await self.ws.close()
@@ -366,11 +378,50 @@ def table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def serve(port: int, config: str, redis_url: str | None) -> None:
+    """One gateway process with the limits out of the way (as ``python -m bench`` does)."""
+    from gateway.connection import ConnectionSettings
+    from gateway.server import configure_logging, serve_one
+    from gateway.server.settings import Settings
+    from gateway.tasks import TaskManagerConfig
+    from protocol import Limits
+
+    many = 1_000_000
+    configure_logging("info")
+    serve_one(
+        Settings(
+            port=port,
+            agent_config=config,
+            web_root=None,
+            shutdown_deadline=0.0,
+            redis_url=redis_url,
+            redis_lease=3.0,
+            tasks=TaskManagerConfig(
+                max_tasks_per_owner=many,
+                max_tasks_total=many,
+                max_running=many,
+                retain_finished=60.0,
+            ),
+            connection=ConnectionSettings(
+                limits=Limits(max_tasks_per_connection=many, max_starts_per_second=1e9)
+            ),
+        )
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "redis.json"))
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.serve:
+        sys.path.insert(0, str(ROOT))
+        serve(opts.port, opts.config, opts.redis)
+        sys.exit(0)
     results = asyncio.run(main(opts.quick))
     Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.out).write_text(json.dumps(results, indent=2) + "\n")

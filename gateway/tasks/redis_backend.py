@@ -406,7 +406,14 @@ class RedisBackend:
             raise _unavailable(exc) from exc
         if result[0] == 1:
             if not record.final:
-                self._local[(owner, task_id)] = _Local(record)
+                key = (owner, task_id)
+                self._local[key] = _Local(record)
+                watch = self._watches.get(key)
+                if watch is not None and watch.remote:
+                    # Listened to before it existed (a start that subscribes): this process
+                    # writes it, so its listeners are fed by the flusher, not the channel.
+                    watch.remote = False
+                    self._unsubscribe(watch)
             return None
         if tasks_key is not None:
             with contextlib.suppress(RedisError, *_UNREACHABLE):
@@ -531,17 +538,21 @@ class RedisBackend:
                 del self._watches[key]
                 self._unsubscribe(watch)
 
-        if watch.subscribed is not None and not watch.subscribed.done():
+        subscribed = watch.subscribed
+        if subscribed is not None and not subscribed.done():
+            # Only events published after the subscription is in place reach this process:
+            # wait for it, so the caller's read of the log that follows misses nothing.
             try:
                 async with asyncio.timeout(self._timeout):
-                    await asyncio.shield(watch.subscribed)
-            except (TimeoutError, asyncio.CancelledError) as exc:
+                    await asyncio.wait([subscribed])  # also ends if it is dropped (cancelled)
+            except TimeoutError:
                 undo()
-                if isinstance(exc, asyncio.CancelledError) and not watch.subscribed.cancelled():
-                    raise
                 raise BackendUnavailable(
                     "cannot subscribe to the task's events: Redis is unreachable"
                 ) from None
+            except BaseException:
+                undo()
+                raise
         return undo
 
     def _dispatch(self, key: Key, frame: EventFrame) -> None:
