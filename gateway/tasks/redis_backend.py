@@ -61,13 +61,14 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.events import TaskFailed, Usage
 from protocol.frames import EventFrame, Gap, StartOptions, TaskState
 
 from . import redis_scripts as lua
+from . import redis_wire as wire
 from .backend import (
     ActiveLimitReached,
     BackendUnavailable,
@@ -114,15 +115,18 @@ class RedisConfig:
 
 
 class _Local:
-    """A task this process writes: the last record queued and the seq after it."""
+    """A task this process writes: the last record queued, the seq after it, and the constant
+    parts of its append command."""
 
-    __slots__ = ("fenced", "record", "sent", "seq")
+    __slots__ = ("fenced", "prefix", "record", "sent", "seq", "tail")
 
-    def __init__(self, record: TaskRecord) -> None:
+    def __init__(self, record: TaskRecord, prefix: bytes, tail: bytes) -> None:
         self.record = record
         self.sent: TaskRecord | None = None  # the record whose fields were queued last
         self.seq = record.last_seq
         self.fenced = False
+        self.prefix = prefix  # EVALSHA <sha> 4 <keys>
+        self.tail = tail  # <task_id> <key base>
 
 
 class _Watch:
@@ -150,7 +154,9 @@ Finished = tuple[str, str, int, float]
 class _Op:
     kind: int
     key: Key
-    args: list[Any]
+    packed: bytes
+    """The command(s), RESP-encoded; the first reply is the op's result."""
+    replies: int = 1
     frame: EventFrame | None = None
     final: bool = False
     node: str = ""
@@ -168,6 +174,9 @@ class RedisBackend:
             raise ValueError("lease, buffer_seconds and max_buffered must be positive")
         self.config = cfg
         self.retention = retention or Retention()
+        self._log_bounds = wire.bulk(self.retention.max_events) + wire.bulk(
+            self.retention.max_bytes
+        )
         self._timeout = max(2.0, cfg.lease / 3)
         # Typed as Any: redis-py declares its replies as unions of str and bytes; with
         # decode_responses off (the default, used here) they are bytes. One immediate retry
@@ -184,6 +193,7 @@ class RedisBackend:
         self._pubsub_client: Any = aredis.Redis.from_url(
             cfg.url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
         )
+        self._wire = wire.RespConnection(cfg.url, self._timeout)
         self._p = cfg.prefix
         self._nodes_key = f"{cfg.prefix}:nodes"
         self._scripts = {
@@ -330,6 +340,7 @@ class RedisBackend:
                     await pipe.execute()
         await self._redis.aclose()
         await self._pubsub_client.aclose()
+        await self._wire.close()
 
     def health(self) -> str | None:
         """``None`` when healthy, else why not (for ``/healthz``)."""
@@ -407,7 +418,7 @@ class RedisBackend:
         if result[0] == 1:
             if not record.final:
                 key = (owner, task_id)
-                self._local[key] = _Local(record)
+                self._local[key] = self._new_local(record)
                 watch = self._watches.get(key)
                 if watch is not None and watch.remote:
                     # Listened to before it existed (a start that subscribes): this process
@@ -460,6 +471,12 @@ class RedisBackend:
         except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
 
+    def _new_local(self, record: TaskRecord) -> _Local:
+        keys = self._task_keys(record.owner, record.task_id)
+        prefix = b"".join(map(wire.bulk, ("EVALSHA", self._scripts["APPEND"].sha, 4, *keys)))
+        tail = wire.bulk(record.task_id) + wire.bulk(self._base(record.owner))
+        return _Local(record, prefix, tail)
+
     def update(self, record: TaskRecord) -> None:
         key = (record.owner, record.task_id)
         local = self._local.get(key)
@@ -467,14 +484,31 @@ class RedisBackend:
             return
         local.record = record
         local.sent = record
-        args = [
+        keys = self._task_keys(*key)
+        packed = wire.command(
+            "EVALSHA",
+            self._scripts["UPDATE"].sha,
+            2,
+            keys[0],
+            keys[3],
             record.epoch,
             1 if record.final else 0,
             record.task_id,
             self._base(record.owner),
             *_fields(record),
-        ]
-        self._queue(_Op(_UPDATE, key, args, final=record.final, node=record.node))
+        )
+        self._queue(self._with_node_set(_Op(_UPDATE, key, packed), record))
+
+    def _with_node_set(self, op: _Op, record: TaskRecord) -> _Op:
+        """A final record also takes the task out of its node's set (swept no more)."""
+        op.node = record.node
+        if record.final and record.node:
+            op.final = True
+            op.packed += wire.command(
+                "SREM", self._node_key(record.node, "tasks"), _member(*op.key)
+            )
+            op.replies += 1
+        return op
 
     # ------------------------------------------------------------------ event log
 
@@ -484,29 +518,35 @@ class RedisBackend:
         if local is None or local.fenced:
             return
         local.seq = frame.seq
-        if record is local.sent:
-            fields: list[Any] = ["updated", repr(frame.ts)]
+        if record is local.sent:  # the usual case: only the time moves
+            self._queue_append(local, key, record, frame, [])
         else:
             local.record = local.sent = record
-            fields = [*_fields(record), "updated", repr(frame.ts)]
-        self._queue_append(key, record, frame, fields)
+            self._queue_append(local, key, record, frame, _fields(record))
 
     def _queue_append(
-        self, key: Key, record: TaskRecord, frame: EventFrame, fields: list[Any]
+        self, local: _Local, key: Key, record: TaskRecord, frame: EventFrame, fields: list[Any]
     ) -> None:
-        r = self.retention
-        args = [
-            record.epoch,
-            frame.seq,
-            _encoder.encode(frame),
-            r.max_events,
-            r.max_bytes,
-            1 if record.final else 0,
-            record.task_id,
-            self._base(record.owner),
-            *fields,
-        ]
-        self._queue(_Op(_APPEND, key, args, frame, record.final, record.node))
+        # The hot path: packed by hand (see redis_wire); the task's keys, id and key base
+        # were packed once, in local.prefix and local.tail.
+        payload = _encoder.encode(frame)
+        seq = b"%d" % frame.seq
+        ts = repr(frame.ts).encode()
+        packed = b"".join(
+            (
+                b"*%d\r\n" % (17 + len(fields)),
+                local.prefix,
+                wire.bulk(record.epoch),
+                b"$%d\r\n%s\r\n" % (len(seq), seq),
+                b"$%d\r\n%s\r\n" % (len(payload), payload),
+                self._log_bounds,
+                b"$1\r\n1\r\n" if record.final else b"$1\r\n0\r\n",
+                local.tail,
+                *map(wire.bulk, fields),
+                b"$7\r\nupdated\r\n$%d\r\n%s\r\n" % (len(ts), ts),
+            )
+        )
+        self._queue(self._with_node_set(_Op(_APPEND, key, packed, frame=frame), record))
 
     async def read(self, owner: str, task_id: str, after_seq: int) -> LogSlice | None:
         keys = self._task_keys(owner, task_id)
@@ -618,13 +658,30 @@ class RedisBackend:
         local = self._local.pop(key, None)
         if local is not None and local.fenced:
             return  # another node ended it and decides
+        keys = self._task_keys(owner, task_id)
         if after <= 0:
-            kind = _REMOVE
+            base = self._base(owner)
+            packed = wire.command(
+                "EVALSHA",
+                self._scripts["REMOVE"].sha,
+                7,
+                keys[0],
+                keys[1],
+                base + "idx",
+                keys[3],
+                base + "done",
+                base + "done_bytes",
+                base + "meta",
+                task_id,
+            )
+            self._queue(_Op(_REMOVE, key, packed))
         elif math.isinf(after):
-            kind = _PERSIST
+            packed = wire.command("PERSIST", keys[0]) + wire.command("PERSIST", keys[1])
+            self._queue(_Op(_PERSIST, key, packed, 2))
         else:
-            kind = _EXPIRE
-        self._queue(_Op(kind, key, [after]))
+            ms = max(1, int(after * 1000))
+            packed = wire.command("PEXPIRE", keys[0], ms) + wire.command("PEXPIRE", keys[1], ms)
+            self._queue(_Op(_EXPIRE, key, packed, 2))
 
     # ------------------------------------------------------------------ cancel across nodes
 
@@ -715,62 +772,22 @@ class RedisBackend:
                     self._note_outage(exc)
 
     async def _execute(self, batch: list[_Op]) -> list[Any]:
-        # EVALSHA straight into the pipeline (redis-py's pipelined Script objects add a
-        # SCRIPT EXISTS round trip to every batch); NOSCRIPT after a Redis restart reloads.
-        pipe = self._redis.pipeline(transaction=False)
-        append = self._scripts["APPEND"].sha
-        update = self._scripts["UPDATE"].sha
-        remove = self._scripts["REMOVE"].sha
-        extra = 0
-        for op in batch:
-            owner, task_id = op.key
-            keys = self._task_keys(owner, task_id)
-            if op.kind == _APPEND:
-                pipe.evalsha(append, 4, *keys, *op.args)
-            elif op.kind == _UPDATE:
-                pipe.evalsha(update, 2, keys[0], keys[3], *op.args)
-            elif op.kind == _REMOVE:
-                base = self._base(owner)
-                pipe.evalsha(
-                    remove,
-                    7,
-                    keys[0],
-                    keys[1],
-                    base + "idx",
-                    keys[3],
-                    base + "done",
-                    base + "done_bytes",
-                    base + "meta",
-                    task_id,
-                )
-            elif op.kind == _EXPIRE:
-                ms = max(1, int(op.args[0] * 1000))
-                pipe.pexpire(keys[0], ms)
-                pipe.pexpire(keys[1], ms)
-                extra += 1
-            else:
-                pipe.persist(keys[0])
-                pipe.persist(keys[1])
-                extra += 1
-            if op.final and op.node and op.kind in (_APPEND, _UPDATE):
-                pipe.srem(self._node_key(op.node, "tasks"), _member(owner, task_id))
-                extra += 1
-        raw = await pipe.execute(raise_on_error=False)
+        raw = await self._wire.call(
+            b"".join(op.packed for op in batch), sum(op.replies for op in batch)
+        )
         results: list[Any] = []
-        it = iter(raw)
+        i = 0
         for op in batch:
-            results.append(next(it))
-            if op.kind in (_EXPIRE, _PERSIST):
-                next(it)
-            if op.final and op.node and op.kind in (_APPEND, _UPDATE):
-                next(it)
-        for result in results:
-            if isinstance(result, _UNREACHABLE):
-                raise result
-            if isinstance(result, ResponseError) and str(result).startswith("OOM"):
+            results.append(raw[i])
+            i += op.replies
+        for result in raw:
+            if not isinstance(result, ResponseError):
+                continue
+            message = str(result)
+            if message.startswith("OOM"):
                 # maxmemory reached (noeviction): keep the writes and retry, as in an outage.
-                raise RedisConnectionError(f"Redis refuses writes: {result}")
-            if isinstance(result, NoScriptError):
+                raise RedisConnectionError(f"Redis refuses writes: {message}")
+            if message.startswith("NOSCRIPT"):  # Redis restarted without its script cache
                 for script in self._scripts.values():
                     await self._redis.script_load(script.script)
                 raise RedisConnectionError("the scripts were reloaded (Redis restarted?)")
@@ -891,7 +908,7 @@ class RedisBackend:
                 ts=now,
                 event=TaskFailed(reason=reason, code="store_unavailable"),
             )
-            self._queue_append(key, final, frame, [*_fields(final), "updated", repr(now)])
+            self._queue_append(local, key, final, frame, _fields(final))
 
     # ------------------------------------------------------------------ subscriber
 
@@ -1105,7 +1122,7 @@ class RedisBackend:
             )
             moved = msgspec.structs.replace(record, node=node, epoch=int(epoch))
             key = (record.owner, record.task_id)
-            self._local[key] = _Local(moved)
+            self._local[key] = self._new_local(moved)
             watch = self._watches.get(key)
             if watch is not None:
                 watch.remote = False  # this process writes it now; the channel echo is deduped
