@@ -225,6 +225,9 @@ class RedisBackend:
         self._starting: asyncio.Task[None] | None = None
         self._closing = False
         self._untrimmed: list[Finished] = []
+        # No sweeping for one lease after this process could not reach Redis: the other
+        # nodes could not renew their leases either, and are not lost for that.
+        self._sweep_after = 0.0
         self._outage_since: float | None = None
         self._aborted = False
         self._subscriber_gate = asyncio.Event()
@@ -1010,6 +1013,8 @@ class RedisBackend:
                 for node in list(self._handlers):
                     await self._renew_lease(node)
                     await self._take_cancels(node)
+                if self._sweep_after == math.inf:
+                    self._sweep_after = time.monotonic() + self.config.lease
                 await self._sweep()
                 if self._outage_since is not None and not self._ops:
                     log.warning("redis: reachable again")
@@ -1017,6 +1022,7 @@ class RedisBackend:
                     self._aborted = False
                     self.health_changed.set()
             except _UNREACHABLE as exc:
+                self._sweep_after = math.inf
                 self._note_outage(exc)
             except RedisError:
                 log.exception("redis: lease tick failed")
@@ -1036,6 +1042,8 @@ class RedisBackend:
             pipe.exists(self._node_key(node))
         alive = await pipe.execute()
         self.nodes_alive = sum(1 for a in alive if a)
+        if time.monotonic() < self._sweep_after:
+            return
         for node, is_alive in zip(nodes, alive, strict=True):
             if not is_alive and node not in self._handlers:
                 await self.sweep_node(node)
