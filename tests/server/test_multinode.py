@@ -8,6 +8,7 @@ a killed process noticed within about a second; every wait is on an event the cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -47,15 +48,22 @@ class Node:
     def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
         self.proc = proc
         self.url = url
+        self.clients: list[Client] = []
 
     @property
     def http(self) -> str:
         return self.url.replace("ws://", "http://").removesuffix("/ws")
 
     async def client(self, principal: str = "alice") -> Client:
-        return await Client.connect(
-            self.url, headers={"Authorization": f"Bearer {TOKENS[principal]}"}
-        )
+        headers = {"Authorization": f"Bearer {TOKENS[principal]}"}
+        client = await Client.connect(self.url, headers=headers)
+        self.clients.append(client)
+        return client
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                await client.close()
 
     async def stop(self) -> int:
         if self.proc.returncode is None:
@@ -128,6 +136,7 @@ async def nodes(tmp_path: Path, redis_url: str) -> AsyncIterator[StartNode]:
 
     yield start
     for node in started:
+        await node.close_clients()
         node.kill()
         await node.proc.wait()
 
@@ -303,8 +312,10 @@ async def test_workers_share_one_port_and_one_task_space(tmp_path: Path, redis_u
             await r.aclose()
         # Both workers registered as nodes (each did before it listened).
         assert len(nodes_seen) == 2
+        await node.close_clients()
         assert await node.stop() == 0
     finally:
+        await node.close_clients()
         node.kill()
         await node.proc.wait()
 
