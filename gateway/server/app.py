@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import gateway
+from gateway.adapters import adapter_routes
 from gateway.connection import Connection, ConnectionStats
 from gateway.server.auth import HostGuard, authenticate
 from gateway.server.metrics import Metrics, sample_loop_lag
@@ -337,6 +338,7 @@ def create_app(
         WebSocketRoute("/ws", _websocket),
         Route("/healthz", _healthz),
         Route("/metrics", _metrics),
+        *adapter_routes(settings),  # A2A and AG-UI over the same tasks
     ]
     if settings.web_root is not None and settings.web_root.is_dir():
         routes.append(Mount("/", StaticFiles(directory=settings.web_root, html=True)))
