@@ -9,7 +9,6 @@ import httpx
 import pytest
 from a2a.client import ClientConfig, create_client
 from a2a.client.client import ClientCallContext
-from a2a.client.errors import A2AClientError
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
     GetTaskRequest,
@@ -21,7 +20,7 @@ from a2a.types.a2a_pb2 import (
     SubscribeToTaskRequest,
     TaskState,
 )
-from a2a.utils.errors import TaskNotFoundError
+from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
 
 from gateway.server import Settings, serve_in_background
 from gateway.testing.held import Held
@@ -83,3 +82,96 @@ async def test_stream_a_task_to_its_answer() -> None:
     seqs = [s for s in (_seq(e) for e in events[1:]) if s is not None]
     assert seqs == sorted(seqs) and seqs[0] == 1
     assert all(e.status_update.task_id == task_id for e in events if e.HasField("status_update"))
+
+
+async def test_cancel_mid_stream_stops_the_task() -> None:
+    held = Held("summary")
+    async with serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw:
+        async with _client(f"http://127.0.0.1:{gw.port}") as client:
+            stream = client.send_message(_message(QUESTION))
+            first = await anext(stream)
+            task_id = first.task.id
+            await held.reached("summary")
+            task = await client.cancel_task(CancelTaskRequest(id=task_id))
+            assert task.status.state == TaskState.TASK_STATE_CANCELED
+            rest = [e async for e in stream]
+            assert rest[-1].status_update.status.state == TaskState.TASK_STATE_CANCELED
+            # the work stopped: our own status says so, and the summary never ran
+            status = await gw.gateway.manager.status("local", task_id)
+            assert status.state == "cancelled"
+            got = await client.get_task(GetTaskRequest(id=task_id))
+            assert got.status.state == TaskState.TASK_STATE_CANCELED
+            assert "cancelled by an A2A client" in got.status.message.parts[0].text
+
+
+async def test_get_a_finished_task_and_an_unknown_one() -> None:
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=Held().runner()
+    ) as gw:
+        async with _client(f"http://127.0.0.1:{gw.port}") as client:
+            events = [e async for e in client.send_message(_message(QUESTION))]
+            task = await client.get_task(GetTaskRequest(id=events[0].task.id))
+            assert task.status.state == TaskState.TASK_STATE_COMPLETED
+            assert task.history[0].parts[0].text == QUESTION
+            assert {a.name: a.parts[0].text for a in task.artifacts}["answer"] == "395"
+            with pytest.raises(TaskNotFoundError):
+                await client.get_task(GetTaskRequest(id="no-such-task"))
+
+
+async def test_resubscribe_after_a_drop_sees_every_event_once() -> None:
+    held = Held("turn 2")
+    async with serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw:
+        async with _client(f"http://127.0.0.1:{gw.port}") as client:
+            seen: list[int] = []
+            stream = client.send_message(_message(QUESTION))
+            task_id = ""
+            async for event in stream:
+                if event.HasField("task"):
+                    task_id = event.task.id
+                    continue
+                seq = _seq(event)
+                assert seq is not None
+                seen.append(seq)
+                if event.status_update.status.message.parts[0].HasField("data"):
+                    if seen and event.status_update.metadata["event"]["kind"] == "tool_call_complete":
+                        break  # the connection drops here
+            await stream.aclose()
+            await held.reached("turn 2")
+            held.release()  # the task goes on with nobody connected
+            last = seen[-1]
+            context = ClientCallContext(service_parameters={"Last-Event-ID": str(last)})
+            resumed = [
+                e async for e in client.subscribe(SubscribeToTaskRequest(id=task_id), context=context)
+            ]
+    assert resumed[0].HasField("task")
+    more = [s for s in (_seq(e) for e in resumed[1:]) if s is not None]
+    everything = seen + sorted(set(more))
+    assert everything == list(range(1, everything[-1] + 1))
+    # each event once: a seq appears again only for the several A2A events of one of ours
+    assert more[0] == last + 1
+    assert resumed[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+async def test_refusals_and_bad_requests_have_the_standard_shape() -> None:
+    settings = Settings(port=0, web_root=None, tokens={"secret": "alice"})
+    async with serve_in_background(settings, runner_factory=Held().runner()) as gw:
+        url = f"http://127.0.0.1:{gw.port}/a2a"
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "GetTask"})
+            assert refused.status_code == 401
+            assert refused.json()["error"]["message"].startswith("a token is required")
+            auth = {"Authorization": "Bearer secret", "A2A-Version": "1.0"}
+            reply = await http.post(
+                url, headers=auth, json={"jsonrpc": "2.0", "id": 2, "method": "tasks/nope"}
+            )
+            assert reply.json()["error"]["code"] == -32601
+            reply = await http.post(
+                url,
+                headers=auth,
+                json={"jsonrpc": "2.0", "id": 3, "method": "GetTask", "params": {"id": "x"}},
+            )
+            assert reply.json()["error"]["code"] == -32001
+            assert reply.json()["id"] == 3
+        async with _client(f"http://127.0.0.1:{gw.port}", "secret") as client:
+            with pytest.raises(InvalidParamsError, match="no text"):
+                [e async for e in client.send_message(_message("   "))]
