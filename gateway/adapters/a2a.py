@@ -106,7 +106,8 @@ from protocol.events import (
     ToolCallComplete,
     ToolCallStart,
 )
-from protocol.frames import EventFrame, Gap, TaskStatus as OurStatus
+from protocol.frames import EventFrame, Gap
+from protocol.frames import TaskStatus as OurStatus
 
 __all__ = ["A2ATranslator", "OSparkRequestHandler", "a2a_routes", "agent_card"]
 
@@ -167,9 +168,7 @@ class A2ATranslator:
 
     # -- the snapshot (first event of a stream, tasks/get, tasks/cancel)
 
-    def task(
-        self, status: OurStatus, input: str, terminal: Event | None = None
-    ) -> Task:
+    def task(self, status: OurStatus, input: str, terminal: Event | None = None) -> Task:
         state = _STATES.get(status.state, TaskState.TASK_STATE_WORKING)
         self.state = state
         task = Task(
@@ -202,7 +201,12 @@ class A2ATranslator:
         if type(item) is Gap:
             update = self._status(TaskState.TASK_STATE_WORKING)
             update.metadata.update(
-                {"gap": {"after_seq": item.after_seq, "first_available_seq": item.first_available_seq}}
+                {
+                    "gap": {
+                        "after_seq": item.after_seq,
+                        "first_available_seq": item.first_available_seq,
+                    }
+                }
             )
             return [update]
         frame: EventFrame = item  # type: ignore[assignment]
@@ -212,7 +216,7 @@ class A2ATranslator:
             event.metadata.update(meta)
         return out
 
-    def _translate(self, event: Event) -> list[StreamItem]:  # noqa: PLR0911
+    def _translate(self, event: Event) -> list[StreamItem]:
         tid, cid = self.task_id, self.context_id
         working = TaskState.TASK_STATE_WORKING
         match event:
@@ -223,7 +227,9 @@ class A2ATranslator:
                     TaskArtifactUpdateEvent(
                         task_id=tid,
                         context_id=cid,
-                        artifact=Artifact(artifact_id="summary", name="summary", parts=[_text(delta)]),
+                        artifact=Artifact(
+                            artifact_id="summary", name="summary", parts=[_text(delta)]
+                        ),
                         append=append,
                         last_chunk=False,
                     )
@@ -260,7 +266,9 @@ class A2ATranslator:
         if part is not None:
             status.message.CopyFrom(_agent_message(self.task_id, self.context_id, part))
         status.timestamp.GetCurrentTime()
-        return TaskStatusUpdateEvent(task_id=self.task_id, context_id=self.context_id, status=status)
+        return TaskStatusUpdateEvent(
+            task_id=self.task_id, context_id=self.context_id, status=status
+        )
 
     def _final(self, state: Any, event: Event) -> TaskStatusUpdateEvent:
         update = self._status(state)
@@ -393,7 +401,7 @@ class OSparkRequestHandler(RequestHandler):
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[StreamItem]:
-        caller, translator, feed, result = await self._start(params, context)
+        _, translator, feed, result = await self._start(params, context)
         sub = result.subscription
         try:
             status = OurStatus(task_id=result.task_id, state=result.state)
@@ -408,7 +416,7 @@ class OSparkRequestHandler(RequestHandler):
     async def on_message_send(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> Task | Message:
-        caller, translator, feed, result = await self._start(params, context)
+        caller, _, feed, result = await self._start(params, context)
         sub = result.subscription
         try:
             if not params.configuration.return_immediately:
@@ -448,7 +456,9 @@ class OSparkRequestHandler(RequestHandler):
         try:
             status = await manager.status(owner, params.id)
             feed = Feed(1_000_000)
-            sub = await manager.subscribe(owner, params.id, after_seq=status.last_seq, deliver=feed.deliver)
+            sub = await manager.subscribe(
+                owner, params.id, after_seq=status.last_seq, deliver=feed.deliver
+            )
             try:
                 result = await manager.cancel(owner, params.id, "cancelled by an A2A client")
                 if result == "unknown":
@@ -478,7 +488,10 @@ class OSparkRequestHandler(RequestHandler):
             snapshot = await self._snapshot(caller, params.id)
             last_seq = int(snapshot.metadata["last_seq"])
             sub = await manager.subscribe(
-                owner, params.id, after_seq=last_seq if after is None else after, deliver=feed.deliver
+                owner,
+                params.id,
+                after_seq=last_seq if after is None else after,
+                deliver=feed.deliver,
             )
         except TaskError as exc:
             raise _a2a_error(exc) from None
@@ -574,7 +587,9 @@ def agent_card(base_url: str, config_path: str | None) -> AgentCard:
         ),
         supported_interfaces=[
             AgentInterface(
-                url=base_url.rstrip("/") + RPC_PATH, protocol_binding="JSONRPC", protocol_version="1.0"
+                url=base_url.rstrip("/") + RPC_PATH,
+                protocol_binding="JSONRPC",
+                protocol_version="1.0",
             ),
         ],
         version=gateway.__version__,
@@ -587,13 +602,11 @@ def agent_card(base_url: str, config_path: str | None) -> AgentCard:
         SecurityScheme(
             http_auth_security_scheme=HTTPAuthSecurityScheme(
                 scheme="Bearer",
-                description="A gateway token (OSPARK_TOKENS); not needed on loopback without tokens",
+                description="A gateway token (OSPARK_TOKENS); none on loopback without tokens",
             )
         )
     )
-    card.security_requirements.append(
-        SecurityRequirement(schemes={"bearer": StringList(list=[])})
-    )
+    card.security_requirements.append(SecurityRequirement(schemes={"bearer": StringList(list=[])}))
     return card
 
 

@@ -222,7 +222,7 @@ class AGUITranslator:
 
     # -- per kind
 
-    def _translate(self, event: Event) -> list[BaseEvent]:  # noqa: PLR0911, PLR0912
+    def _translate(self, event: Event) -> list[BaseEvent]:
         out: list[BaseEvent] = []
         path = event.agent
         agent = self._agent(path, out)
@@ -240,7 +240,9 @@ class AGUITranslator:
                     else:
                         agent.last_text_id = mid
                         out.append(
-                            TextMessageStartEvent(message_id=mid, role="assistant", subagent_run_id=sub)
+                            TextMessageStartEvent(
+                                message_id=mid, role="assistant", subagent_run_id=sub
+                            )
                         )
                 if channel == "reasoning":
                     out.append(
@@ -278,7 +280,7 @@ class AGUITranslator:
                     ToolCallResultEvent(
                         message_id=f"{call_id}-result",
                         tool_call_id=call_id,
-                        content=result if error is None else f"error: {error}",
+                        content=f"error: {error}" if error is not None else (result or ""),
                         role="tool",
                         subagent_run_id=sub,
                     )
@@ -364,8 +366,8 @@ def _user_text(run: RunAgentInput) -> str:
 
 def _options(run: RunAgentInput) -> StartOptions:
     props = run.forwarded_props if isinstance(run.forwarded_props, dict) else {}
-    ours = props.get("ospark") if isinstance(props.get("ospark"), dict) else {}
-    ttl = ours.get("detach_ttl")
+    ours = props.get("ospark")
+    ttl = ours.get("detach_ttl") if isinstance(ours, dict) else None
     if ttl is None:
         return StartOptions(on_detach="cancel")
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 <= ttl <= 86_400:

@@ -85,7 +85,9 @@ class StartGate:
     def check(self, principal: str, text: str) -> None:
         """Raise :class:`TaskError` (``invalid_field``, ``input_too_long``, ``rate_limited``)."""
         if not text.strip():
-            raise TaskError(ErrorCode.INVALID_FIELD, "the message has no text; say what the task is")
+            raise TaskError(
+                ErrorCode.INVALID_FIELD, "the message has no text; say what the task is"
+            )
         if len(text) > self.max_input_chars:
             raise TaskError(
                 ErrorCode.INPUT_TOO_LONG,

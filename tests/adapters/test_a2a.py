@@ -64,9 +64,11 @@ async def test_card_describes_the_agent() -> None:
 
 async def test_stream_a_task_to_its_answer() -> None:
     held = Held()
-    async with serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw:
-        async with _client(f"http://127.0.0.1:{gw.port}") as client:
-            events = [e async for e in client.send_message(_message(QUESTION, "ctx-1"))]
+    async with (
+        serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw,
+        _client(f"http://127.0.0.1:{gw.port}") as client,
+    ):
+        events = [e async for e in client.send_message(_message(QUESTION, "ctx-1"))]
     kinds = [e.WhichOneof("payload") for e in events]
     assert kinds[0] == "task"
     task_id = events[0].task.id
@@ -76,7 +78,8 @@ async def test_stream_a_task_to_its_answer() -> None:
     answers = [
         e.artifact_update.artifact
         for e in events
-        if kinds[events.index(e)] == "artifact_update" and e.artifact_update.artifact.name == "answer"
+        if kinds[events.index(e)] == "artifact_update"
+        and e.artifact_update.artifact.name == "answer"
     ]
     assert [a.parts[0].text for a in answers] == ["395"]
     seqs = [s for s in (_seq(e) for e in events[1:]) if s is not None]
@@ -86,63 +89,66 @@ async def test_stream_a_task_to_its_answer() -> None:
 
 async def test_cancel_mid_stream_stops_the_task() -> None:
     held = Held("summary")
-    async with serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw:
-        async with _client(f"http://127.0.0.1:{gw.port}") as client:
-            stream = client.send_message(_message(QUESTION))
-            first = await anext(stream)
-            task_id = first.task.id
-            await held.reached("summary")
-            task = await client.cancel_task(CancelTaskRequest(id=task_id))
-            assert task.status.state == TaskState.TASK_STATE_CANCELED
-            rest = [e async for e in stream]
-            assert rest[-1].status_update.status.state == TaskState.TASK_STATE_CANCELED
-            # the work stopped: our own status says so, and the summary never ran
-            status = await gw.gateway.manager.status("local", task_id)
-            assert status.state == "cancelled"
-            got = await client.get_task(GetTaskRequest(id=task_id))
-            assert got.status.state == TaskState.TASK_STATE_CANCELED
-            assert "cancelled by an A2A client" in got.status.message.parts[0].text
+    async with (
+        serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw,
+        _client(f"http://127.0.0.1:{gw.port}") as client,
+    ):
+        stream = client.send_message(_message(QUESTION))
+        first = await anext(stream)
+        task_id = first.task.id
+        await held.reached("summary")
+        task = await client.cancel_task(CancelTaskRequest(id=task_id))
+        assert task.status.state == TaskState.TASK_STATE_CANCELED
+        rest = [e async for e in stream]
+        assert rest[-1].status_update.status.state == TaskState.TASK_STATE_CANCELED
+        # the work stopped: our own status says so, and the summary never ran
+        status = await gw.gateway.manager.status("local", task_id)
+        assert status.state == "cancelled"
+        got = await client.get_task(GetTaskRequest(id=task_id))
+        assert got.status.state == TaskState.TASK_STATE_CANCELED
+        assert "cancelled by an A2A client" in got.status.message.parts[0].text
 
 
 async def test_get_a_finished_task_and_an_unknown_one() -> None:
-    async with serve_in_background(
-        Settings(port=0, web_root=None), runner_factory=Held().runner()
-    ) as gw:
-        async with _client(f"http://127.0.0.1:{gw.port}") as client:
-            events = [e async for e in client.send_message(_message(QUESTION))]
-            task = await client.get_task(GetTaskRequest(id=events[0].task.id))
-            assert task.status.state == TaskState.TASK_STATE_COMPLETED
-            assert task.history[0].parts[0].text == QUESTION
-            assert {a.name: a.parts[0].text for a in task.artifacts}["answer"] == "395"
-            with pytest.raises(TaskNotFoundError):
-                await client.get_task(GetTaskRequest(id="no-such-task"))
+    async with (
+        serve_in_background(Settings(port=0, web_root=None), runner_factory=Held().runner()) as gw,
+        _client(f"http://127.0.0.1:{gw.port}") as client,
+    ):
+        events = [e async for e in client.send_message(_message(QUESTION))]
+        task = await client.get_task(GetTaskRequest(id=events[0].task.id))
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED
+        assert task.history[0].parts[0].text == QUESTION
+        assert {a.name: a.parts[0].text for a in task.artifacts}["answer"] == "395"
+        with pytest.raises(TaskNotFoundError):
+            await client.get_task(GetTaskRequest(id="no-such-task"))
 
 
 async def test_resubscribe_after_a_drop_sees_every_event_once() -> None:
     held = Held("turn 2")
-    async with serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw:
-        async with _client(f"http://127.0.0.1:{gw.port}") as client:
-            seen: list[int] = []
-            stream = client.send_message(_message(QUESTION))
-            task_id = ""
-            async for event in stream:
-                if event.HasField("task"):
-                    task_id = event.task.id
-                    continue
-                seq = _seq(event)
-                assert seq is not None
-                seen.append(seq)
-                if event.status_update.status.message.parts[0].HasField("data"):
-                    if seen and event.status_update.metadata["event"]["kind"] == "tool_call_complete":
-                        break  # the connection drops here
-            await stream.aclose()
-            await held.reached("turn 2")
-            held.release()  # the task goes on with nobody connected
-            last = seen[-1]
-            context = ClientCallContext(service_parameters={"Last-Event-ID": str(last)})
-            resumed = [
-                e async for e in client.subscribe(SubscribeToTaskRequest(id=task_id), context=context)
-            ]
+    async with (
+        serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw,
+        _client(f"http://127.0.0.1:{gw.port}") as client,
+    ):
+        seen: list[int] = []
+        stream = client.send_message(_message(QUESTION))
+        task_id = ""
+        async for event in stream:
+            if event.HasField("task"):
+                task_id = event.task.id
+                continue
+            seq = _seq(event)
+            assert seq is not None
+            seen.append(seq)
+            if event.status_update.metadata["event"]["kind"] == "tool_call_complete":
+                break  # the connection drops here
+        await stream.aclose()
+        await held.reached("turn 2")
+        held.release()  # the task goes on with nobody connected
+        last = seen[-1]
+        context = ClientCallContext(service_parameters={"Last-Event-ID": str(last)})
+        resumed = [
+            e async for e in client.subscribe(SubscribeToTaskRequest(id=task_id), context=context)
+        ]
     assert resumed[0].HasField("task")
     more = [s for s in (_seq(e) for e in resumed[1:]) if s is not None]
     everything = seen + sorted(set(more))

@@ -73,7 +73,8 @@ async def test_http_agent_runs_the_calculator_question() -> None:
     # the client built the conversation: the user's question, the answer with \\boxed{395}
     assert seen["messages"][0] == {"role": "user", "content": QUESTION}
     assert any(
-        m["role"] == "assistant" and "\\boxed{395}" in (m["content"] or "") for m in seen["messages"]
+        m["role"] == "assistant" and "\\boxed{395}" in (m["content"] or "")
+        for m in seen["messages"]
     )
 
 
