@@ -104,7 +104,8 @@ class AGUITranslator:
     ``llm_response`` channel ``reasoning``        ``REASONING_START``, ``REASONING_MESSAGE_
                                                   START/CONTENT/END``, ``REASONING_END``
     ``tool_call_start``                           ``TOOL_CALL_START``, ``TOOL_CALL_ARGS`` (the
-                                                  arguments as JSON), ``TOOL_CALL_END``
+                                                  arguments as JSON), ``TOOL_CALL_END``; a
+                                                  sub-agent's call ids get its path prefixed
     ``tool_call_complete``                        ``TOOL_CALL_RESULT`` (result or the error)
     ``task_progress`` ``turn_started``,           ``STEP_FINISHED`` of the open step, then
     ``summarising``                               ``STEP_STARTED`` (``turn N``, ``summary``)
@@ -164,6 +165,12 @@ class AGUITranslator:
             if path != "main":
                 self._start_subagent(path, "", out)
         return agent
+
+    @staticmethod
+    def _call_id(path: str, call_id: str) -> str:
+        """Tool call ids are unique per agent here, per run in AG-UI: a sub-agent's are
+        prefixed with its path."""
+        return call_id if path == "main" else f"{path}:{call_id}"
 
     @staticmethod
     def _sub(path: str) -> str | None:
@@ -257,6 +264,7 @@ class AGUITranslator:
                         )
                     )
             case ToolCallStart(call_id=call_id, server=server, tool=tool, arguments=arguments):
+                call_id = self._call_id(path, call_id)
                 self._close_message(path, agent, out)
                 if server == "agents":
                     agent.agent_calls.append(call_id)
@@ -275,6 +283,7 @@ class AGUITranslator:
                 )
                 out.append(ToolCallEndEvent(tool_call_id=call_id, subagent_run_id=sub))
             case ToolCallComplete(call_id=call_id, result=result, error=error):
+                call_id = self._call_id(path, call_id)
                 self._close_message(path, agent, out)
                 out.append(
                     ToolCallResultEvent(

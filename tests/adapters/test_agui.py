@@ -110,3 +110,78 @@ async def test_refusals_are_run_errors() -> None:
             assert bad.status_code == 400
             assert bad.json()["code"] == "invalid_input"
             assert "runId" in bad.json()["message"] or "run_id" in bad.json()["message"]
+
+
+async def test_sub_agents_are_mapped() -> None:
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=Held().runner()
+    ) as gw:
+        seen = await _node(f"http://127.0.0.1:{gw.port}/agui", "run", "delegate: what is 2+3?")
+    assert seen["error"] is None
+    events = seen["events"]
+    types = [e["type"] for e in events]
+    call = next(
+        e
+        for e in events
+        if e["type"] == "TOOL_CALL_START" and e["toolCallName"].startswith("agents")
+    )
+    started = events[types.index("SUBAGENT_STARTED")]
+    assert started["parentToolCallId"] == call["toolCallId"]
+    sub = started["subagentRunId"]
+    assert sub.startswith("main/")
+    inner = [
+        e for e in events if e.get("subagentRunId") == sub and e["type"].startswith("TOOL_CALL")
+    ]
+    assert inner, "the sub-agent's own tool calls carry its subagentRunId"
+    assert types.index("SUBAGENT_STARTED") < types.index("SUBAGENT_FINISHED") < len(types) - 1
+    assert types[-1] == "RUN_FINISHED"
+
+
+def _sse(lines: list[str]) -> list[tuple[int | None, dict[str, Any]]]:
+    """(id, event) pairs of an SSE body's lines."""
+    out: list[tuple[int | None, dict[str, Any]]] = []
+    event_id: int | None = None
+    for line in lines:
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("data: "):
+            out.append((event_id, json.loads(line[6:])))
+        elif not line:
+            event_id = None
+    return out
+
+
+async def test_last_event_id_resumes_a_dropped_stream() -> None:
+    held = Held("turn 2")
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=held.runner()
+    ) as gw:
+        url = f"http://127.0.0.1:{gw.port}/agui"
+        body = {
+            "threadId": "thread-1",
+            "runId": "run-resume",
+            "messages": [{"id": "u1", "role": "user", "content": QUESTION}],
+            "state": {},
+            "tools": [],
+            "context": [],
+            "forwardedProps": {"ospark": {"detach_ttl": 60}},
+        }
+        first: list[str] = []
+        async with httpx.AsyncClient(timeout=30) as http:
+            async with http.stream("POST", url, json=body) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                async for line in response.aiter_lines():
+                    first.append(line)
+                    if line.startswith("data: ") and '"TOOL_CALL_RESULT"' in line:
+                        break  # drop the connection here
+            await held.reached("turn 2")
+            held.release()  # the run goes on (detach_ttl 60) with nobody connected
+            before = _sse([*first, ""])
+            last = max(i for i, _ in before if i is not None)
+            resumed = await http.post(url, json=body, headers={"Last-Event-ID": str(last)})
+        after = _sse(resumed.text.splitlines())
+    assert before[0][1]["type"] == "RUN_STARTED"
+    assert after[0][1]["type"] != "RUN_STARTED" and after[-1][1]["type"] == "RUN_FINISHED"
+    assert after[-1][1]["result"]["final_answer"] == "395"
+    ids = [i for i, _ in before + after if i is not None]
+    assert ids == list(range(1, ids[-1] + 1))  # every seq once, in order
