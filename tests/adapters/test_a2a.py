@@ -181,3 +181,54 @@ async def test_refusals_and_bad_requests_have_the_standard_shape() -> None:
         async with _client(f"http://127.0.0.1:{gw.port}", "secret") as client:
             with pytest.raises(InvalidParamsError, match="no text"):
                 [e async for e in client.send_message(_message("   "))]
+
+
+async def test_a2a_0_3_method_names() -> None:
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=Held().runner()
+    ) as gw:
+        url = f"{gw.http_url}/a2a"
+        message = {
+            "kind": "message",
+            "messageId": "m1",
+            "role": "user",
+            "parts": [{"kind": "text", "text": QUESTION}],
+        }
+        async with httpx.AsyncClient(timeout=30) as http:
+            sent = await http.post(
+                url,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "message/send",
+                    "params": {"message": message},
+                },
+            )
+            task = sent.json()["result"]
+            assert task["status"]["state"] == "completed"
+            answer = next(a for a in task["artifacts"] if a["name"] == "answer")
+            assert answer["parts"][0]["text"] == "395"
+            got = await http.post(
+                url,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "tasks/get",
+                    "params": {"id": task["id"]},
+                },
+            )
+            assert got.json()["result"]["status"]["state"] == "completed"
+            lines: list[str] = []
+            async with http.stream(
+                "POST",
+                url,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 3,
+                    "method": "tasks/resubscribe",
+                    "params": {"id": task["id"]},
+                },
+                headers={"Last-Event-ID": "0"},
+            ) as stream:
+                lines = [line async for line in stream.aiter_lines() if line.startswith("data:")]
+            assert '"completed"' in lines[-1]
