@@ -61,6 +61,10 @@ TaskId = Annotated[
 """A task id: 1-128 characters of letters, digits and ``. _ : -``. (In Python's ``re`` a ``$``
 also matches before a final newline, so ``(?!\n)`` refuses ``"job-1\n"``; the pattern means
 the same in the JSON Schema's ECMAScript dialect.)"""
+FileId = Annotated[
+    str, msgspec.Meta(min_length=6, max_length=80, pattern=r"^file_[A-Za-z0-9_-]+$(?!\n)")
+]
+"""The id ``POST /files`` returned for an upload."""
 
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 """A per-task sequence number."""
@@ -95,6 +99,9 @@ class StartOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     expires, or ``cancel`` at once."""
     detach_ttl: Annotated[float, msgspec.Meta(ge=0, le=86_400)] | None = None
     """Seconds a task with no subscriber keeps running before it is cancelled."""
+    files: Annotated[list[FileId], msgspec.Meta(max_length=16)] | None = None
+    """Files uploaded with ``POST /files`` that come with the task: the agent is told their
+    paths and opens them with its reading and code tools."""
 
 
 class Start(_Frame, tag="start"):

@@ -337,3 +337,23 @@ ANTHROPIC_CONTEXT_ERROR = ErrorReply(
         "request_id": "req_fake01",
     },
 )
+
+
+def openai_text_pieces(pieces: list[str], usage: tuple[int, int] = (100, 20)) -> list[str]:
+    """A streamed text completion sent in exactly these pieces (to cut tags mid-way)."""
+    events = [_openai_chunk([_choice({"role": "assistant", "content": "", "refusal": None})])]
+    events.extend(_openai_chunk([_choice({"content": piece})]) for piece in pieces)
+    events.append(_openai_chunk([_choice({}, "stop")]))
+    prompt, completion = usage
+    events.append(
+        _openai_chunk(
+            [],
+            {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        )
+    )
+    events.append("data: [DONE]\n\n")
+    return events
