@@ -26,9 +26,10 @@ this branch's protocol).
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any
 
 import msgspec
@@ -79,7 +80,7 @@ from a2a.utils.errors import (
     UnsupportedOperationError,
 )
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import gateway
@@ -89,7 +90,9 @@ from gateway.adapters.common import (
     Refusal,
     StartGate,
     authorize,
+    open_stream,
     parse_last_event_id,
+    read_body,
     terminal_event,
 )
 from gateway.tasks import Delivery, TaskError
@@ -540,13 +543,18 @@ class OSparkRequestHandler(RequestHandler):
 # --------------------------------------------------------------------------- the card
 
 
+@functools.lru_cache(maxsize=8)
+def _main_agent(config_path: str | None) -> Any:
+    """The agent config's main agent, loaded once (the card is served on every request)."""
+    from gateway.agent.config import load_config
+
+    return load_config(config_path).main_agent
+
+
 def agent_card(base_url: str, config_path: str | None) -> AgentCard:
     """The agent card: the main agent, a skill per tool server and sub-agent of the agent
     config, streaming, and the bearer-token scheme of the gateway's tokens."""
-    from gateway.agent.config import load_config
-
-    config = load_config(config_path)
-    main = config.main_agent
+    main = _main_agent(config_path)
     skills = [
         AgentSkill(
             id="task",
@@ -630,6 +638,12 @@ def _rpc_error(status: int, message: str, code: int = -32600) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+async def _counted(body: AsyncIterable[Any], request: Request) -> AsyncIterator[Any]:
+    with open_stream(request, "a2a"):
+        async for chunk in body:
+            yield chunk
+
+
 def a2a_routes(settings: Any) -> list[Route]:
     """The A2A routes for a gateway's settings."""
     limits = settings.connection.limits
@@ -642,18 +656,22 @@ def a2a_routes(settings: Any) -> list[Route]:
     max_body = limits.max_frame_bytes
 
     async def rpc(request: Request) -> Response:
-        caller = authorize(request)
+        caller = authorize(request, "a2a")
         if isinstance(caller, Refusal):
             return _rpc_error(caller.status, caller.reason)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
+        read = await read_body(request, max_body)
+        if read is None:
             return _rpc_error(413, f"request body over the limit of {max_body} bytes")
+        request = read
         try:
             request.scope["ospark.last_event_id"] = parse_last_event_id(request)
         except ValueError as exc:
             return _rpc_error(400, str(exc))
         request.scope["ospark.caller"] = caller
-        return await dispatcher.handle_requests(request)
+        response = await dispatcher.handle_requests(request)
+        if isinstance(response, StreamingResponse):  # SSE: counted while it is open
+            response.body_iterator = _counted(response.body_iterator, request)
+        return response
 
     async def card(request: Request) -> Response:
         base = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"

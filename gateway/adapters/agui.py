@@ -58,7 +58,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.adapters.common import Feed, Refusal, StartGate, authorize, parse_last_event_id
+from gateway.adapters.common import (
+    Feed,
+    Refusal,
+    StartGate,
+    authorize,
+    open_stream,
+    parse_last_event_id,
+    read_body,
+)
 from gateway.tasks import Delivery, TaskError
 from protocol.errors import ErrorCode
 from protocol.events import (
@@ -395,12 +403,13 @@ def agui_routes(settings: Any) -> list[Route]:
     max_stream = settings.connection.max_outbox
 
     async def run(request: Request) -> Response:
-        caller = authorize(request)
+        caller = authorize(request, "agui")
         if isinstance(caller, Refusal):
             return _refuse(caller.status, caller.label, caller.reason)
-        body = await request.body()
-        if len(body) > max_body:
+        read = await read_body(request, max_body)
+        if read is None:
             return _refuse(413, "invalid_input", f"request body over the limit of {max_body} bytes")
+        body = await read.body()
         try:
             after = parse_last_event_id(request)
             run_input = RunAgentInput.model_validate_json(body)
@@ -435,18 +444,19 @@ def agui_routes(settings: Any) -> list[Route]:
 
         async def stream() -> AsyncIterator[str]:
             try:
-                if after is None:
-                    yield encoder.encode(translator.started())
-                async for item in feed:
-                    events = translator(item)  # always: it keeps the open messages' state
-                    seq = item.seq if type(item) is EventFrame else None
-                    if after is not None and seq is not None and seq <= after:
-                        continue
-                    for i, event in enumerate(events):
-                        text = encoder.encode(event)
-                        if seq is not None and i == len(events) - 1:
-                            text = f"id: {seq}\n{text}"
-                        yield text
+                with open_stream(request, "agui"):
+                    if after is None:
+                        yield encoder.encode(translator.started())
+                    async for item in feed:
+                        events = translator(item)  # always: it keeps what is open
+                        seq = item.seq if type(item) is EventFrame else None
+                        if after is not None and seq is not None and seq <= after:
+                            continue
+                        for i, event in enumerate(events):
+                            text = encoder.encode(event)
+                            if seq is not None and i == len(events) - 1:
+                                text = f"id: {seq}\n{text}"
+                            yield text
             finally:
                 if sub is not None:
                     sub.close()  # with the run's policy `cancel`, this cancels an aborted run

@@ -10,12 +10,17 @@ checks) and refuse with the same statuses (401, 403; 503 while draining), counte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import weakref
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from prometheus_client import Counter, Gauge
 from starlette.requests import Request
+from starlette.types import Message
 
 from gateway.server.auth import authenticate
 from gateway.tasks import Delivery, TaskError, TaskManager
@@ -23,7 +28,16 @@ from protocol.errors import ErrorCode
 from protocol.events import TERMINAL_STATES, Event
 from protocol.frames import EventFrame, Gap
 
-__all__ = ["Caller", "Feed", "Refusal", "StartGate", "authorize", "parse_last_event_id"]
+__all__ = [
+    "Caller",
+    "Feed",
+    "Refusal",
+    "StartGate",
+    "authorize",
+    "open_stream",
+    "parse_last_event_id",
+    "read_body",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +56,29 @@ class Caller:
     manager: TaskManager
 
 
-def authorize(request: Request) -> Caller | Refusal:
+class _AdapterMetrics:
+    """The adapters' own series, beside the gateway's (tasks, refusals, latencies)."""
+
+    def __init__(self, registry: Any) -> None:
+        self.requests = Counter(
+            "ospark_adapter_requests", "Adapter requests accepted", ["adapter"], registry=registry
+        )
+        self.streams = Gauge(
+            "ospark_adapter_streams", "Open adapter event streams", ["adapter"], registry=registry
+        )
+
+
+_metrics: weakref.WeakKeyDictionary[Any, _AdapterMetrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics_of(gw: Any) -> _AdapterMetrics:
+    found = _metrics.get(gw.metrics)
+    if found is None:
+        found = _metrics[gw.metrics] = _AdapterMetrics(gw.metrics.registry)
+    return found
+
+
+def authorize(request: Request, adapter: str) -> Caller | Refusal:
     """The caller of an adapter request, or why it is refused (the WebSocket's rules)."""
     gw = request.app.state.gateway
     verdict = authenticate(request.headers, request.query_params, gw.settings)
@@ -52,9 +88,48 @@ def authorize(request: Request) -> Caller | Refusal:
     elif gw.draining or gw.manager is None:
         refusal = Refusal(503, "server shutting down", "draining")
     else:
+        _metrics_of(gw).requests.labels(adapter).inc()
         return Caller(verdict.principal, gw.manager)
     gw.metrics.rejected.labels(refusal.label).inc()
     return refusal
+
+
+@contextlib.contextmanager
+def open_stream(request: Request, adapter: str) -> Iterator[None]:
+    """Counts an event stream in ``ospark_adapter_streams`` while it is open."""
+    gauge = _metrics_of(request.app.state.gateway).streams.labels(adapter)
+    gauge.inc()
+    try:
+        yield
+    finally:
+        gauge.dec()
+
+
+async def read_body(request: Request, limit: int) -> Request | None:
+    """The request with its body read, or ``None`` when the body is over ``limit`` bytes (read
+    no further than that)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    receive = request.receive
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:  # what comes after the body: the client's disconnect
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, replay)
 
 
 def parse_last_event_id(request: Request) -> int | None:

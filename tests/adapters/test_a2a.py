@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -153,8 +154,10 @@ async def test_resubscribe_after_a_drop_sees_every_event_once() -> None:
     more = [s for s in (_seq(e) for e in resumed[1:]) if s is not None]
     everything = seen + sorted(set(more))
     assert everything == list(range(1, everything[-1] + 1))
-    # each event once: a seq appears again only for the several A2A events of one of ours
+    # each event once: only our task_completed is several A2A events (two artifacts, the status)
+    counts = Counter(more)
     assert more[0] == last + 1
+    assert counts.pop(more[-1]) == 3 and set(counts.values()) == {1}
     assert resumed[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
 
 
@@ -178,6 +181,12 @@ async def test_refusals_and_bad_requests_have_the_standard_shape() -> None:
             )
             assert reply.json()["error"]["code"] == -32001
             assert reply.json()["id"] == 3
+            huge = await http.post(url, headers=auth, content=b"x" * (2 << 20))
+            assert huge.status_code == 413
+            assert "over the limit" in huge.json()["error"]["message"]
+            metrics = (await http.get(f"{gw.http_url}/metrics", headers=auth)).text
+            assert 'ospark_connections_rejected_total{reason="unauthorized"} 1.0' in metrics
+            assert 'ospark_adapter_requests_total{adapter="a2a"}' in metrics
         async with _client(f"http://127.0.0.1:{gw.port}", "secret") as client:
             with pytest.raises(InvalidParamsError, match="no text"):
                 [e async for e in client.send_message(_message("   "))]
