@@ -313,6 +313,12 @@ class A2ATranslator:
 # --------------------------------------------------------------------------- errors
 
 
+def _required_id(task_id: str) -> str:
+    if not task_id:
+        raise InvalidParamsError("params.id is required: the task's id")
+    return task_id
+
+
 def _a2a_error(exc: TaskError) -> A2AError:
     data = {"code": exc.code.value}
     if exc.code == ErrorCode.UNKNOWN_TASK:
@@ -433,7 +439,7 @@ class OSparkRequestHandler(RequestHandler):
     # -- tasks/get, tasks/list, tasks/cancel, tasks/resubscribe
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task:
-        return await self._snapshot(self._caller(context), params.id)
+        return await self._snapshot(self._caller(context), _required_id(params.id))
 
     async def on_list_tasks(
         self, params: ListTasksRequest, context: ServerCallContext
@@ -456,6 +462,7 @@ class OSparkRequestHandler(RequestHandler):
     async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task:
         caller = self._caller(context)
         manager, owner = caller.manager, caller.principal
+        _required_id(params.id)
         try:
             status = await manager.status(owner, params.id)
             feed = Feed(1_000_000)
@@ -486,6 +493,7 @@ class OSparkRequestHandler(RequestHandler):
         caller = self._caller(context)
         manager, owner = caller.manager, caller.principal
         after: int | None = context.state.get("ospark.last_event_id")
+        _required_id(params.id)
         feed = Feed(self._max_stream)
         try:
             snapshot = await self._snapshot(caller, params.id)
