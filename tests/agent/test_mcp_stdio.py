@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.agent import Orchestrator, ToolEnd
+from gateway.testing import Stream, fake_llm_server, openai_stream
 
-from .fakes import Stream, fake_llm_server, openai_stream
 from .helpers import Recorder, provider_config
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))

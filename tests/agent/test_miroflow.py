@@ -12,9 +12,9 @@ import pytest
 
 from gateway.agent import AgentConfigError, Orchestrator, ToolEnd, load_agents, load_config
 from gateway.streaming import runner_factory
+from gateway.testing import Stream, fake_llm_server, openai_stream
 from protocol.frames import StartOptions
 
-from .fakes import Stream, fake_llm_server, openai_stream
 from .helpers import Recorder
 
 LAYOUT = Path(__file__).with_name("miroflow_config")

@@ -7,8 +7,8 @@ import json
 
 from gateway.agent import LLMDelta, Orchestrator, ToolEnd, ToolStart
 from gateway.agent.llm.mirothinker import _Parser
+from gateway.testing import Stream, fake_llm_server, openai_stream, openai_text_pieces
 
-from .fakes import Stream, fake_llm_server, openai_stream, openai_text_pieces
 from .helpers import Recorder, provider_config
 
 CALL = (

@@ -16,8 +16,8 @@ from gateway.agent import (
     ToolStart,
     UsageEvent,
 )
+from gateway.testing import OPENAI_CONTEXT_ERROR, ErrorReply, Stream, fake_llm_server, openai_stream
 
-from .fakes import OPENAI_CONTEXT_ERROR, ErrorReply, Stream, fake_llm_server, openai_stream
 from .helpers import Recorder, provider_config
 
 CALC = ("call_1", "calculator__calculate", json.dumps({"expression": "17*23+4"}))

@@ -17,8 +17,8 @@ from gateway.agent import (
     TraceStore,
     load_config,
 )
+from gateway.testing import Stream, fake_llm_server, openai_stream
 
-from .fakes import Stream, fake_llm_server, openai_stream
 from .helpers import Recorder, provider_config
 
 FAST = {"llm.pace_ms": 0}

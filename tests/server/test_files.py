@@ -14,8 +14,8 @@ from typing import Any
 
 from gateway.client import GatewayClient
 from gateway.server import Settings, serve_in_background
+from gateway.testing import Stream, fake_llm_server, openai_stream
 from protocol.events import TaskCancelled, TaskCompleted, TaskFailed, ToolCallComplete
-from tests.agent.fakes import Stream, fake_llm_server, openai_stream
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-0123456789ab"
