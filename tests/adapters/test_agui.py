@@ -185,3 +185,34 @@ async def test_last_event_id_resumes_a_dropped_stream() -> None:
     assert after[-1][1]["result"]["final_answer"] == "395"
     ids = [i for i, _ in before + after if i is not None]
     assert ids == list(range(1, ids[-1] + 1))  # every seq once, in order
+
+
+async def test_a_cancel_through_a2a_ends_the_agui_run() -> None:
+    from a2a.client import ClientConfig, create_client
+    from a2a.types.a2a_pb2 import CancelTaskRequest, TaskState
+
+    held = Held("summary")
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=held.runner()
+    ) as gw:
+        body = {
+            "threadId": "thread-1",
+            "runId": "run-cancelled-elsewhere",
+            "messages": [{"id": "u1", "role": "user", "content": QUESTION}],
+        }
+        lines: list[str] = []
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("POST", f"{gw.http_url}/agui", json=body) as response,
+        ):
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if '"STEP_STARTED"' in line and '"summary"' in line:
+                    await held.reached("summary")
+                    client = await create_client(gw.http_url, ClientConfig(httpx_client=http))
+                    task = await client.cancel_task(CancelTaskRequest(id=body["runId"]))
+                    assert task.status.state == TaskState.TASK_STATE_CANCELED
+    events = [e for _, e in _sse([*lines, ""])]
+    assert events[-1]["type"] == "RUN_FINISHED"
+    assert events[-1]["outcome"] == {"type": "cancelled"}
+    assert events[-1]["result"] == {"cancelled": "cancelled by an A2A client"}
