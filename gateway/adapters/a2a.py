@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
@@ -413,7 +414,8 @@ class OSparkRequestHandler(RequestHandler):
         _, translator, feed, result = await self._start(params, context)
         sub = result.subscription
         try:
-            status = OurStatus(task_id=result.task_id, state=result.state)
+            now = time.time()
+            status = OurStatus(task_id=result.task_id, state=result.state, created=now, updated=now)
             yield translator.task(status, self._input(params)[0])
             async for item in feed:
                 for event in translator(item):
