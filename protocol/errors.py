@@ -38,6 +38,9 @@ class ErrorCode(enum.StrEnum):
     """The ``input`` of ``start`` exceeds ``max_input_chars``."""
     INTERNAL = "internal"
     """A server bug; the request may be retried."""
+    UNAVAILABLE = "unavailable"
+    """The gateway cannot reach its task store (Redis) right now. Retryable: retry with
+    backoff, on this gateway or another."""
 
 
 class CloseCode(enum.IntEnum):

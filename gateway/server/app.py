@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,6 +34,10 @@ from gateway.server.metrics import Metrics, sample_loop_lag
 from gateway.server.settings import Settings
 from gateway.server.traces import trace_routes
 from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
+
+if TYPE_CHECKING:
+    from gateway.streaming import LoadedAgents
+    from gateway.tasks.redis_backend import RedisBackend
 from protocol import (
     SUBPROTOCOLS,
     CloseCode,
@@ -63,13 +67,21 @@ def _add_stats(into: ConnectionStats, stats: ConnectionStats) -> None:
 class Gateway:
     """The state of one gateway process: settings, task manager, metrics, connections."""
 
-    def __init__(self, settings: Settings, runner_factory: RunnerFactory | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runner_factory: RunnerFactory | None = None,
+        agents: LoadedAgents | None = None,
+    ) -> None:
         self.settings = settings
+        self._agents = agents
         self.metrics = Metrics(self._task_counts, self._connection_totals)
         self._runner_factory = runner_factory
         self.files = FileStore.from_env(settings.tasks.retain_finished)
         self.traces = TraceStore(retain_s=settings.tasks.retain_finished)
         self.manager: TaskManager | None = None
+        self.backend: RedisBackend | None = None
+        """The Redis backend in Redis mode (None: the manager's in-memory one)."""
         self.connections: set[Connection] = set()
         self._closed_stats = ConnectionStats()  # the counters of connections gone
         self.draining = False
@@ -107,7 +119,9 @@ class Gateway:
     def _default_runner_factory(self) -> RunnerFactory:
         from gateway.streaming import runner_factory  # the agent stack, loaded on demand
 
-        return runner_factory(self.settings.agent_config, files=self.files, traces=self.traces)
+        return runner_factory(
+            self.settings.agent_config, files=self.files, traces=self.traces, loaded=self._agents
+        )
 
     async def start(self) -> None:
         factory = self._runner_factory or self._default_runner_factory()
@@ -122,7 +136,21 @@ class Gateway:
             if record.state == "failed":
                 self._spawn(self._log_failure(record))
 
-        self.manager = TaskManager(factory, config=self.settings.tasks, on_terminal=finished)
+        backend = None
+        if self.settings.redis_url:  # Redis mode: one task space for every gateway process
+            from gateway.server.redis import RedisCollector, make_backend, node_name
+
+            backend = self.backend = make_backend(self.settings)
+            self.metrics.registry.register(RedisCollector(backend))
+        self.manager = TaskManager(
+            factory,
+            config=self.settings.tasks,
+            on_terminal=finished,
+            backend=backend,
+            node=node_name() if backend is not None else None,
+        )
+        if backend is not None:
+            await backend.start()
         self._spawn(sample_loop_lag(metrics.loop_lag))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -177,6 +205,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self.files.close()
+        if self.backend is not None:
+            await self.backend.close()
 
 
 async def _websocket(websocket: WebSocket) -> None:
@@ -308,9 +338,15 @@ async def _healthz(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     status = 503 if gw.draining or gw.manager is None else 200
     m = gw.manager
+    problem = gw.backend.health() if gw.backend is not None else None
+    if problem is not None and status == 200:
+        status = 503
     return JSONResponse(
         {
-            "status": "draining" if gw.draining else ("ok" if status == 200 else "starting"),
+            "status": "draining"
+            if gw.draining
+            else ("ok" if status == 200 else "unavailable" if problem else "starting"),
+            **({"reason": problem} if problem else {}),
             "version": gateway.__version__,
             "connections": len(gw.connections),
             "tasks_active": m.active_count if m else 0,
@@ -326,11 +362,16 @@ async def _metrics(request: Request) -> Response:
 
 
 def create_app(
-    settings: Settings | None = None, *, runner_factory: RunnerFactory | None = None
+    settings: Settings | None = None,
+    *,
+    runner_factory: RunnerFactory | None = None,
+    agents: LoadedAgents | None = None,
 ) -> Starlette:
-    """The ASGI app. ``runner_factory`` replaces the agent stack (tests, benchmarks)."""
+    """The ASGI app. ``runner_factory`` replaces the agent stack (tests, benchmarks);
+    ``agents`` is ``settings.agent_config`` loaded before (``ospark serve`` checks it before
+    binding)."""
     settings = settings or Settings.from_env()
-    gw = Gateway(settings, runner_factory)
+    gw = Gateway(settings, runner_factory, agents)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

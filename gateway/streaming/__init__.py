@@ -18,18 +18,26 @@ from typing import TYPE_CHECKING, Any
 from .runner import Emit, Runner, TaskSpec, TaskStream, outcome
 
 if TYPE_CHECKING:
-    from .orchestrator import StreamingOrchestrator, agent_runner, runner_factory
+    from .orchestrator import (
+        LoadedAgents,
+        StreamingOrchestrator,
+        agent_runner,
+        load_agents,
+        runner_factory,
+    )
     from .translate import DEFAULT_RESULT_PREVIEW_CHARS, Translator
 
 __all__ = [
     "DEFAULT_RESULT_PREVIEW_CHARS",
     "Emit",
+    "LoadedAgents",
     "Runner",
     "StreamingOrchestrator",
     "TaskSpec",
     "TaskStream",
     "Translator",
     "agent_runner",
+    "load_agents",
     "outcome",
     "runner_factory",
 ]
@@ -37,6 +45,8 @@ __all__ = [
 _LAZY = {
     "StreamingOrchestrator": ".orchestrator",
     "agent_runner": ".orchestrator",
+    "load_agents": ".orchestrator",
+    "LoadedAgents": ".orchestrator",
     "runner_factory": ".orchestrator",
     "DEFAULT_RESULT_PREVIEW_CHARS": ".translate",
     "Translator": ".translate",
