@@ -125,9 +125,17 @@ async def test_get_a_finished_task_and_an_unknown_one() -> None:
 
 
 async def test_resubscribe_after_a_drop_sees_every_event_once() -> None:
+    await _resubscribe_after_a_drop(Settings(port=0, web_root=None))
+
+
+async def test_resubscribe_over_the_redis_backend(redis_url: str) -> None:
+    await _resubscribe_after_a_drop(Settings(port=0, web_root=None, redis_url=redis_url))
+
+
+async def _resubscribe_after_a_drop(settings: Settings) -> None:
     held = Held("turn 2")
     async with (
-        serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw,
+        serve_in_background(settings, runner_factory=held.runner()) as gw,
         _client(f"http://127.0.0.1:{gw.port}") as client,
     ):
         seen: list[int] = []
