@@ -19,28 +19,36 @@ handling of it is made to wait until *a*'s run has returned. *a*'s runner signal
 before returning, in the same step as the manager ends *a* and hands the slot to *b*, so the
 waiting handler resumes before *b*'s driver does; the test records the manager's state there
 (slot handed over, queue empty, *b*'s runner never called) and so proves it hit the window.
+
+**The pathological input.** See the docstring of its test below.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 
 import pytest
 
+from gateway.agent.llm import demo
 from gateway.connection import Connection
 from gateway.server import Settings, serve_in_background
 from gateway.streaming.runner import TaskSpec
 from gateway.tasks import TaskManager, TaskManagerConfig
 from gateway.testing import HOLD, ScriptedRunner, Step
+from gateway.testing.held import Held
 from protocol import (
     Accepted,
     CancelAck,
     EventFrame,
+    Ping,
+    Pong,
     StartOptions,
     Subscribe,
     Subscribed,
     TaskCancelled,
+    TaskCompleted,
     TaskStarted,
 )
 from tests.server.helpers import Client
@@ -177,3 +185,96 @@ async def test_on_detach_cancel_between_leaving_the_queue_and_starting_ends_the_
         assert isinstance(end, TaskCancelled) and end.reason.startswith("detached")
         assert "b" not in runner.runs
         assert manager.running_count == 0
+
+
+# -- one client's input must not freeze the others -------------------------------------------
+
+
+class _CountingPattern:
+    """A compiled pattern of the demo model that counts the characters it is given to scan."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self._pattern = pattern
+        self.scanned = 0
+
+    def __getattr__(self, name: str) -> Callable[..., object]:
+        method: Callable[..., object] = getattr(self._pattern, name)
+
+        def counted(text: str, *args: object) -> object:
+            self.scanned += len(text)
+            return method(text, *args)
+
+        return counted
+
+
+def _count_the_demo_models_scans(monkeypatch: pytest.MonkeyPatch) -> dict[str, _CountingPattern]:
+    counters = {}
+    for name, value in vars(demo).items():
+        if isinstance(value, re.Pattern):
+            counters[name] = _CountingPattern(value)
+            monkeypatch.setattr(demo, name, counters[name])
+    assert "_ARITHMETIC_RUN" in counters and "DELEGATE_TRIGGER" in counters
+    return counters
+
+
+async def test_a_pathological_input_leaves_a_bystanders_ping_unaffected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``start`` of 100,000 ``(`` (the largest input allowed) on one connection puts only
+    bounded work in front of another connection's ``ping``.
+
+    Why it is tested by counting work and not by timing the ping: the server runs on one event
+    loop, so the demo model's scan of the task is one synchronous step, and a long step changes
+    *when* the bystander's ``pong`` comes, never the *order* in which the server does things. An
+    ordering assertion alone would pass on a frozen loop; a time threshold would be flaky. So
+    the test pins the order and bounds what comes before the ``pong``:
+
+    1. the pathological task's first model call is held at ``turn 1 text`` (the demo model has
+       scanned the task and streamed its reasoning, and waits before its answer text), so its
+       scan of the whole input has certainly run before the bystander's ``ping`` is sent;
+    2. every pattern of the demo model counts the characters it was given: by then each has
+       scanned at most ``MAX_SCAN_CHARS`` — the whole of the synchronous work that the
+       pathological input put on the loop ahead of the ``ping`` — and the ``pong`` comes back
+       on a connection that is still open;
+    3. released, the task runs to ``task_completed`` with each pattern's total still bounded
+       (a few model calls of at most ``MAX_SCAN_CHARS`` each), and the bystander still answers.
+
+    Before the fix the demo model matched its patterns against the whole task, with an
+    arithmetic pattern that backtracked (quadratic in a run of ``(``): step 2 fails with
+    100,000 characters scanned by each pattern (after the loop froze for about 15 s, which is
+    when the issue's bystander was dropped with 1006).
+    """
+    counters = _count_the_demo_models_scans(monkeypatch)
+    held = Held("turn 1 text")
+    limit = demo.MAX_SCAN_CHARS
+    task = "(" * 100_000
+    async with (
+        serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw,
+        await Client.connect(gw.url) as hostile,
+        await Client.connect(gw.url) as bystander,
+    ):
+        rid = await hostile.start(task, task_id="parens")
+        await hostile.reply(rid, Accepted)
+        await held.reached("turn 1 text")
+        assert held.arrivals("turn 1") == 1  # one model call so far, its scan done
+        scanned = {name: c.scanned for name, c in counters.items()}
+        assert scanned["_ARITHMETIC_RUN"] > 0  # the task was scanned ...
+        assert max(scanned.values()) <= limit, scanned  # ... only its first MAX_SCAN_CHARS
+
+        rid = bystander.next_id()
+        await bystander.send(Ping(id=rid, payload="still there?"))
+        pong = await bystander.reply(rid, Pong)
+        assert pong.payload == "still there?"
+        assert held.arrivals("turn 1 end") == 0  # the task is still held where it was
+
+        held.release()
+        await hostile.until_finished(["parens"])
+        end = hostile.events["parens"][-1].event
+        assert isinstance(end, TaskCompleted), end
+        calls = sum(held.arrivals(f"turn {n}") for n in range(1, 10)) + held.arrivals("summary")
+        totals = {name: c.scanned for name, c in counters.items()}
+        assert max(totals.values()) <= calls * limit, (calls, totals)
+
+        rid = bystander.next_id()
+        await bystander.send(Ping(id=rid))
+        await bystander.reply(rid, Pong)
