@@ -75,7 +75,8 @@ def _check(text: str, what: str) -> None:
 async def run_python_code(code_block: str) -> str:
     """Run a Python 3 program in a sandbox with no network access and return its exit code,
     stdout and stderr. Print what you want to see. The working directory /scratch keeps files
-    between calls of this task; /input (if present) holds the task's files, read-only. Limits:
+    between calls of this task; the task's files open read-only at the paths the task gives
+    (and /input, if present, holds more input, read-only). Limits:
     time, memory, processes and output size (long output is truncated with a note)."""
     _check(code_block, "code_block")
     return _result(await _sandbox().run_python(code_block))

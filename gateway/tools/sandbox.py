@@ -7,6 +7,15 @@ The local sandbox (``bwrap``, Debian package ``bubblewrap``) is a separate proce
   ``/proc`` and ``/dev``, a small private ``/tmp`` (tmpfs), and one read/write scratch directory
   per server process (one per task) at ``/scratch``, its working directory and ``HOME``; the
   root is read-only and nothing else of the host is visible, so writing anywhere else fails;
+- **the task's files** (``OSPARK_TASK_FILES``, the absolute paths the agent is told, separated
+  by ``os.pathsep``) each bound read-only at the same path, so that path opens inside too. Only
+  regular files at canonical paths are bound: a directory, a device, a symbolic link (or a path
+  through one), a path under ``/proc``, ``/sys``, ``/dev`` or the sandbox's own mounts, or a
+  file the sandbox user may not read is left out, with a note in every result. At the first
+  run each file is opened (no symlink following), checked on that open file, and staged in the
+  task's work directory by a hard link to it (a copy across file systems), so a path swapped
+  after the check changes nothing and the files may sit in a directory the sandbox user cannot
+  enter (the upload store's);
 - **new user, PID, IPC, UTS and cgroup namespaces**, no capabilities, no nested user
   namespaces, a new session (no terminal injection), and ``--die-with-parent``;
 - **resource limits** set inside the sandbox before the program starts: processes
@@ -29,16 +38,21 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ._common import Finished, ToolError, env_float, env_int, env_str, run_bounded, truncate
 
 SCRATCH = "/scratch"
 INPUT = "/input"
 _CODE_FILE = "/run/ospark/main.py"
+_RUN_DIR = "/run/ospark"
+# Where a task file is never bound: the host's kernel interfaces, and what the sandbox mounts.
+_RESERVED = ("/proc", "/sys", "/dev", SCRATCH, INPUT, _RUN_DIR)
 
 # Runs inside the sandbox: set the limits, then become the program. Lowering limits needs no
 # privilege; raising them back does, and the sandbox has none.
@@ -103,6 +117,32 @@ class RunOutput:
         return "\n".join(parts)
 
 
+class _Mount(NamedTuple):
+    source: Path
+    """The staged file in the task's work directory."""
+    path: str
+    """Where it appears inside the sandbox: its own host path."""
+
+
+def task_file_paths() -> list[str]:
+    """The task's files from ``OSPARK_TASK_FILES`` (``os.pathsep``-separated)."""
+    return [p for p in env_str("OSPARK_TASK_FILES").split(os.pathsep) if p.strip()]
+
+
+def _link_open_file(fd: int, target: Path) -> None:
+    """Hard-link the open file ``fd`` at ``target``: ``linkat`` following ``/proc/self/fd``
+    (a directory descriptor makes :func:`os.link` use ``linkat`` with ``AT_SYMLINK_FOLLOW``)."""
+    directory = os.open(target.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=directory)
+    finally:
+        os.close(directory)
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory + "/")
+
+
 class Sandbox(Protocol):
     async def run_python(self, code: str) -> RunOutput: ...
 
@@ -141,17 +181,21 @@ class BwrapSandbox:
         python: str | None = None,
         scratch_root: str | None = None,
         input_dir: str | None = None,
+        task_files: Sequence[str] | None = None,
     ) -> None:
         self.limits = limits
         self.bwrap = bwrap or env_str("OSPARK_BWRAP", "bwrap")
         self.python = python or env_str("OSPARK_SANDBOX_PYTHON") or _default_python()
         self._scratch_root = scratch_root or env_str("OSPARK_CODE_SCRATCH_ROOT") or None
         self.input_dir = input_dir or env_str("OSPARK_CODE_INPUT_DIR") or None
+        self.task_files = task_file_paths() if task_files is None else list(task_files)
         self._identity = _sandbox_identity()
         self.shell = "/bin/bash" if os.access("/usr/bin/bash", os.X_OK) else "/bin/sh"
         self._workdir: Path | None = None
         self._runs = 0
         self._checked = False
+        self._mounts: list[_Mount] | None = None
+        self._mount_notes: list[str] = []
 
     @property
     def scratch(self) -> Path | None:
@@ -183,7 +227,72 @@ class BwrapSandbox:
                     "OSPARK_CODE_SCRATCH_ROOT to a directory others can traverse"
                 )
 
-    def _argv(self, program: list[str], code_file: Path | None) -> list[str]:
+    def _stage_task_file(self, path: str, target: Path) -> _Mount | str:
+        """The checked task file staged at ``target``, or why it is left out of the sandbox."""
+        if not os.path.isabs(path):
+            return "not an absolute path"
+        try:
+            canonical = os.path.realpath(path, strict=True)
+        except OSError as exc:
+            return f"cannot be opened ({exc.strerror or exc})"
+        if canonical != path:
+            return "a symbolic link or a path through one (only the file's own path is bound)"
+        if any(_under(path, reserved) for reserved in _RESERVED):
+            return "under a directory the sandbox provides itself"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            return f"cannot be opened ({exc.strerror or exc})"
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+                raise ValueError(f"{kind}; only regular files are bound")
+            if os.readlink(f"/proc/self/fd/{fd}") != path:
+                raise ValueError("it changed while it was checked")
+            if self._identity is not None:
+                uid, gid = self._identity
+                readable = (
+                    (info.st_uid == uid and info.st_mode & stat.S_IRUSR)
+                    or (info.st_gid == gid and info.st_mode & stat.S_IRGRP)
+                    or info.st_mode & stat.S_IROTH
+                )
+                if not readable:
+                    raise ValueError(f"not readable by the sandbox user (uid {uid})")
+            try:  # the very file that was checked, whatever its path points at now
+                _link_open_file(fd, target)
+            except OSError:  # another file system, or not ours to link: a read-only copy
+                with open(target, "xb") as out:
+                    while os.sendfile(out.fileno(), fd, None, 1 << 20):
+                        pass
+                target.chmod(0o444)
+        except (OSError, ValueError) as exc:
+            target.unlink(missing_ok=True)
+            return str(exc.strerror if isinstance(exc, OSError) else exc)
+        finally:
+            os.close(fd)
+        return _Mount(target, path)
+
+    def _task_mounts(self, workdir: Path) -> tuple[list[_Mount], list[str]]:
+        """The task files to bind (staged once per server), and a note for each left out."""
+        if self._mounts is None:
+            mounts: list[_Mount] = []
+            notes: list[str] = []
+            staging = workdir / "files"
+            staging.mkdir(mode=0o711, exist_ok=True)
+            staging.chmod(0o711)  # the sandbox user passes through, cannot list or write
+            for index, path in enumerate(dict.fromkeys(self.task_files)):
+                staged = self._stage_task_file(path, staging / str(index))
+                if isinstance(staged, str):
+                    notes.append(f"task file {path} is not available in the sandbox: {staged}")
+                else:
+                    mounts.append(staged)
+            self._mounts, self._mount_notes = mounts, notes
+        return self._mounts, self._mount_notes
+
+    def _argv(
+        self, program: list[str], code_file: Path | None, mounts: Sequence[_Mount] = ()
+    ) -> list[str]:
         workdir = self._prepare()
         lim = self.limits
         argv = [
@@ -212,6 +321,8 @@ class BwrapSandbox:
         argv += ["--bind", str(workdir / "scratch"), SCRATCH, "--chdir", SCRATCH]
         if self.input_dir:
             argv += ["--ro-bind", self.input_dir, INPUT]
+        for mount in mounts:
+            argv += ["--ro-bind", str(mount.source), mount.path]
         if code_file is not None:
             argv += ["--ro-bind", str(code_file), _CODE_FILE]
         argv += ["--remount-ro", "/"]  # the sandbox's own root: no writes outside the mounts
@@ -249,7 +360,7 @@ class BwrapSandbox:
             )
         if not os.access(self.python, os.X_OK):
             raise ToolError(f"no Python at {self.python} for the sandbox (OSPARK_SANDBOX_PYTHON)")
-        probe = await self._execute(["/bin/true"], None, check=False)
+        probe, _ = await self._execute(["/bin/true"], None, check=False)
         if probe.returncode != 0:
             reason = probe.stderr.decode(errors="replace").strip() or f"exit {probe.returncode}"
             raise ToolError(
@@ -261,10 +372,11 @@ class BwrapSandbox:
 
     async def _execute(
         self, program: list[str], code: str | None, *, check: bool = True
-    ) -> Finished:
+    ) -> tuple[Finished, list[str]]:
         if check:
             await self._check()
         workdir = self._prepare()
+        mounts, notes = self._task_mounts(workdir) if check else ([], [])
         code_file: Path | None = None
         if code is not None:
             self._runs += 1
@@ -274,19 +386,21 @@ class BwrapSandbox:
                 os.chown(code_file, *self._identity)
         uid, gid = self._identity if self._identity is not None else (None, None)
         try:
-            return await run_bounded(
-                self._argv(program, code_file),
+            finished = await run_bounded(
+                self._argv(program, code_file, mounts),
                 timeout_s=self.limits.timeout_s,
                 max_output_bytes=self.limits.max_output_chars * 4 + 4096,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
                 user=uid,
                 group=gid,
             )
+            return finished, notes
         finally:
             if code_file is not None:
                 code_file.unlink(missing_ok=True)
 
-    def _output(self, finished: Finished) -> RunOutput:
+    def _output(self, executed: tuple[Finished, list[str]]) -> RunOutput:
+        finished, notes = executed
         lim = self.limits
         stdout = truncate(
             finished.stdout.decode("utf-8", errors="replace"),
@@ -308,7 +422,7 @@ class BwrapSandbox:
             note = f"killed: CPU time limit of {int(lim.timeout_s + 0.999)} s"
         elif code in (128 + 9, -9):
             note = "killed (SIGKILL): CPU or memory limit"
-        return RunOutput(code, stdout, stderr, note)
+        return RunOutput(code, stdout, stderr, "; ".join(filter(None, [note, *notes])))
 
     async def run_python(self, code: str) -> RunOutput:
         return self._output(await self._execute([self.python, "-B", _CODE_FILE], code))

@@ -214,3 +214,73 @@ async def test_e2b_without_its_sdk_says_how_to_install_it() -> None:
             await sandbox.run_python("print(1)")
     else:
         pytest.skip("the E2B SDK is installed; only the no-SDK path is tested offline")
+
+
+async def test_task_files_open_read_only_at_their_own_paths(
+    scratch_root: Path, tmp_path: Path
+) -> None:
+    """OSPARK_TASK_FILES (what the core tells a task's tool servers) is bound read-only at the
+    same paths, even inside a directory closed to the sandbox user (pytest's tmp_path, like the
+    upload store's); a directory, a symlink to outside and a path under /proc are left out with
+    a note, and writing to a task file fails."""
+    folder = tmp_path / "uploads" / "file_1"
+    folder.mkdir(parents=True)
+    data = folder / "sales.csv"
+    data.write_text("region,total\nnorth,12\n")
+    data.chmod(0o666)  # writable by anyone on the host: only the read-only bind stops a write
+    directory = tmp_path / "elsewhere"
+    (directory / "inside").mkdir(parents=True)
+    link = folder / "hostname.txt"
+    link.symlink_to("/etc/hostname")
+    proc = "/proc/self/environ"
+    env = {
+        "OSPARK_CODE_SCRATCH_ROOT": str(scratch_root),
+        "OSPARK_TASK_FILES": os.pathsep.join([str(data), str(directory), str(link), proc]),
+    }
+    probe = (
+        "import os\n"
+        f"print(open({str(data)!r}).read(), end='')\n"
+        f"print([os.path.exists(p) for p in {[str(directory), str(link), str(folder)]!r}])\n"
+        f"print(sorted(os.listdir({str(folder)!r})))\n"
+    )
+    async with tool_client("code", env) as client:
+        read, read_error = await call(client, "run_python_code", code_block=probe)
+        write, write_error = await call(
+            client, "run_python_code", code_block=f"open({str(data)!r}, 'a').write('x')"
+        )
+        shell, _ = await call(client, "run_command", command=f"wc -l < {data}")
+    notes = (
+        f"task file {directory} is not available in the sandbox: a directory; only regular "
+        f"files are bound; task file {link} is not available in the sandbox: a symbolic link or "
+        f"a path through one (only the file's own path is bound); task file {proc} is not "
+        "available in the sandbox: a symbolic link or a path through one (only the file's own "
+        "path is bound)"
+    )
+    assert not read_error
+    assert read == (
+        f"exit code 0 ({notes})\n--- stdout ---\nregion,total\nnorth,12\n"
+        "[False, False, True]\n['sales.csv']"
+    )
+    assert not write_error and write.startswith(f"exit code 1 ({notes})")
+    assert "OSError: [Errno 30] Read-only file system" in write
+    assert data.read_text() == "region,total\nnorth,12\n"  # untouched on the host
+    assert shell.endswith("--- stdout ---\n2")
+
+
+async def test_a_task_file_the_sandbox_user_cannot_read_is_left_out(
+    scratch_root: Path, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root hands the sandbox to nobody")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    sandbox = BwrapSandbox(Limits(), scratch_root=str(scratch_root), task_files=[str(secret)])
+    try:
+        output = await sandbox.run_python(f"import os; print(os.path.exists({str(secret)!r}))")
+    finally:
+        await sandbox.aclose()
+    assert output.stdout == "False\n"
+    assert output.note.startswith(
+        f"task file {secret} is not available in the sandbox: not readable by the sandbox user"
+    )
