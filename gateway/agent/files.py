@@ -20,7 +20,18 @@ from typing import Protocol
 
 from .errors import TaskInputError
 
-__all__ = ["PATH_LISTS", "FileSource", "TaskFile", "describe_files", "local_file", "task_env"]
+__all__ = [
+    "FILES_MARKER",
+    "PATH_LISTS",
+    "FileSource",
+    "TaskFile",
+    "describe_files",
+    "local_file",
+    "task_env",
+]
+
+FILES_MARKER = "\n\n## Files of this task\n"
+"""Where :func:`describe_files`'s note starts in the task message."""
 
 PATH_LISTS = frozenset({"OSPARK_READING_ROOTS"})
 """Variables of :func:`task_env` that extend a server's own value instead of replacing it."""
@@ -55,9 +66,7 @@ def describe_files(files: Sequence[TaskFile]) -> str:
     if not files:
         return ""
     lines = [
-        "",
-        "",
-        "## Files of this task",
+        FILES_MARKER.rstrip("\n"),
         "These files come with the task. Open them with your reading or code tools using the "
         "full local path given here (a sub-agent needs the full path too):",
     ]

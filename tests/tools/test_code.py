@@ -284,3 +284,35 @@ async def test_a_task_file_the_sandbox_user_cannot_read_is_left_out(
     assert output.note.startswith(
         f"task file {secret} is not available in the sandbox: not readable by the sandbox user"
     )
+
+
+@pytest.fixture
+def shm_root(tmp_path: Path) -> Iterator[Path]:
+    """A scratch root on another file system than ``tmp_path`` (``/dev/shm``)."""
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the temporary directory")
+    root = Path(tempfile.mkdtemp(prefix="ospark-test-code-", dir="/dev/shm"))
+    root.chmod(0o711)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_task_file_on_another_file_system_is_copied_read_only(
+    shm_root: Path, tmp_path: Path
+) -> None:
+    """With the scratch root on another file system than the file, the file cannot be
+    hard-linked: it is staged as a read-only copy, and opens at its own path all the same."""
+    data = tmp_path / "report.txt"
+    data.write_text("copied\n")
+    data.chmod(0o644)
+    sandbox = BwrapSandbox(Limits(), scratch_root=str(shm_root), task_files=[str(data)])
+    try:
+        output = await sandbox.run_python(f"print(open({str(data)!r}).read(), end='')")
+        assert sandbox.scratch is not None
+        staged = os.stat(sandbox.scratch.parent / "files" / "0")
+        assert (staged.st_nlink, staged.st_mode & 0o777) == (1, 0o444)
+    finally:
+        await sandbox.aclose()
+    assert (output.exit_code, output.stdout, output.note) == (0, "copied\n", "")

@@ -35,6 +35,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 
 from ..config import LLMConfig
+from ..files import FILES_MARKER
 from ..prompts import GUIDANCE_MARKER, extract_boxed
 from .base import (
     Delta,
@@ -147,12 +148,17 @@ class DemoProvider:
 
 
 def _task(messages: Sequence[Message]) -> str:
-    """The task as the demo model sees it: without the guidance, cut to MAX_SCAN_CHARS."""
+    """The task as the demo model sees it: without the files note and the guidance, cut to
+    MAX_SCAN_CHARS (so ``run python: …`` is the code alone when the task has files)."""
     for m in messages:
         if m.role == "user":
             content = m.content
-            marker = content.find(GUIDANCE_MARKER, 0, MAX_SCAN_CHARS + len(GUIDANCE_MARKER))
-            return content[: marker if marker >= 0 else MAX_SCAN_CHARS].strip()
+            end = MAX_SCAN_CHARS
+            for note in (FILES_MARKER, GUIDANCE_MARKER):
+                marker = content.find(note, 0, MAX_SCAN_CHARS + len(note))
+                if marker >= 0:
+                    end = min(end, marker)
+            return content[:end].strip()
     return ""
 
 
