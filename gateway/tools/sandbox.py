@@ -45,6 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import anyio
+import anyio.to_thread
+
 from ._common import Finished, ToolError, env_float, env_int, env_str, run_bounded, truncate
 
 SCRATCH = "/scratch"
@@ -196,6 +199,7 @@ class BwrapSandbox:
         self._checked = False
         self._mounts: list[_Mount] | None = None
         self._mount_notes: list[str] = []
+        self._staging = anyio.Lock()
 
     @property
     def scratch(self) -> Path | None:
@@ -376,7 +380,12 @@ class BwrapSandbox:
         if check:
             await self._check()
         workdir = self._prepare()
-        mounts, notes = self._task_mounts(workdir) if check else ([], [])
+        # Staging may copy a file (across file systems): off the event loop.
+        mounts: list[_Mount] = []
+        notes: list[str] = []
+        if check:
+            async with self._staging:  # once, even when calls come at the same time
+                mounts, notes = await anyio.to_thread.run_sync(self._task_mounts, workdir)
         code_file: Path | None = None
         if code is not None:
             self._runs += 1
