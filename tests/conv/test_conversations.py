@@ -24,6 +24,7 @@ from protocol import (
     InputAck,
     InputReceived,
     InputRequired,
+    LlmResponse,
     Message,
     MessageAck,
     StartOptions,
@@ -171,9 +172,8 @@ async def test_double_texting_reject_enqueue_interrupt(tmp_path: Path) -> None:
         # The queued turn ran after the first ended, and saw it.
         first_end = alice.events[busy.task_id][-1].ts
         assert events(alice, queued.task_id, TaskStarted)
-        assert [f.ts for f in alice.events[queued.task_id] if isinstance(f.event, TaskStarted)][
-            0
-        ] >= first_end
+        began = next(f for f in alice.events[queued.task_id] if isinstance(f.event, TaskStarted))
+        assert began.ts >= first_end
         final = alice.events[queued.task_id][-1].event
         assert isinstance(final, TaskCompleted) and final.final_answer == "19"  # 14 + 5
 
@@ -322,9 +322,7 @@ async def test_steering_a_running_task(tmp_path: Path) -> None:
         kinds = [type(f.event).__name__ for f in alice.events["steer-1"]]
         assert kinds.index("UserMessage") > kinds.index("ToolCallComplete")
         text = "".join(
-            f.event.delta
-            for f in alice.events["steer-1"]
-            if type(f.event).__name__ == "LlmResponse" and f.event.channel == "text"  # type: ignore[union-attr]
+            e.delta for e in events(alice, "steer-1", LlmResponse) if e.channel == "text"
         )
         assert "You also said: also say hello" in text
         await watcher.send(Message(id="m2", task_id="steer-1", text="more"))
