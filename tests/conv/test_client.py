@@ -42,7 +42,7 @@ async def test_respond_steer_and_list(tmp_path: Path, encoding: str) -> None:
             result = await task.wait()
             assert isinstance(result, TaskCompleted) and result.final_answer == "16"
             assert task.pending_input is None and task.state == "completed"
-            kinds = {type(e) for e in [f.event for f in task._frames]}  # type: ignore[union-attr]
+            kinds = {type(e) for e in [f.event for f in task._frames]}
             assert {InputReceived, UserMessage} <= kinds
             shown = [e async for e in task.events() if isinstance(e, UserMessage)]
             assert [(m.text, m.message_id) for m in shown] == [("thanks", message_id)]
