@@ -33,8 +33,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 lint: $(STAMP)
-	$(BIN)/ruff check protocol gateway tests
-	$(BIN)/ruff format --check protocol gateway tests
+	$(BIN)/ruff check protocol gateway bench tests
+	$(BIN)/ruff format --check protocol gateway bench tests
 
 pytest: $(STAMP) sysdeps
 	$(BIN)/pytest -q
@@ -44,11 +44,12 @@ test: typecheck lint pytest
 schema: $(STAMP)
 	$(BIN)/ospark schema
 
+# The benchmarks are not part of the package: bench/ runs from the checkout.
 bench: $(STAMP)
-	$(BIN)/python -m gateway.bench
+	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP)
-	$(BIN)/python -m gateway.bench --smoke
+	$(BIN)/python -m bench --smoke
 
 # Soak and chaos against real `ospark serve` processes (not part of `make test`):
 # `make soak SOAK_SECONDS=600`. Prints a table; exits 1 on any loss or unbounded growth.

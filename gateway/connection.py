@@ -382,6 +382,18 @@ class Connection:
         except BaseException:
             follow.stop()
             raise
+        if frame.after_seq > status.last_seq and status.state not in _FINAL_STATES:
+            # Events the task has not produced yet cannot have been seen: following from
+            # there would skip the task's end without a word.
+            follow.stop()
+            self._reply_error(
+                ErrorCode.INVALID_FIELD,
+                f"after_seq {frame.after_seq} is past the task's latest seq {status.last_seq}",
+                frame.id,
+                task_id,
+                "$.after_seq",
+            )
+            return
         # Only now drop the previous subscription, so the task never looks detached in
         # between (on_detach=cancel would cancel it).
         self._unsubscribe(task_id)

@@ -73,6 +73,10 @@ TaskId = Annotated[
 """A task id: 1-128 characters of letters, digits and ``. _ : -``. (In Python's ``re`` a ``$``
 also matches before a final newline, so ``(?!\n)`` refuses ``"job-1\n"``; the pattern means
 the same in the JSON Schema's ECMAScript dialect.)"""
+FileId = Annotated[
+    str, msgspec.Meta(min_length=6, max_length=80, pattern=r"^file_[A-Za-z0-9_-]+$(?!\n)")
+]
+"""The id ``POST /files`` returned for an upload."""
 
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 """A per-task sequence number."""
@@ -129,6 +133,9 @@ class StartOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Seconds a question or approval waits for an answer (the server's default when unset)."""
     on_input_timeout: InputTimeoutPolicy | None = None
     """What a timed-out wait does: ``fail`` or ``continue`` (the server's default when unset)."""
+    files: Annotated[list[FileId], msgspec.Meta(max_length=16)] | None = None
+    """Files uploaded with ``POST /files`` that come with the task: the agent is told their
+    paths and opens them with its reading and code tools."""
 
 
 class Start(_Frame, tag="start"):
@@ -179,7 +186,8 @@ class Subscribe(_Frame, tag="subscribe"):
     task_id: TaskId
     """The task to follow."""
     after_seq: Seq = 0
-    """Last ``seq`` already seen (0 = from the start)."""
+    """Last ``seq`` already seen (0 = from the start); past the latest ``seq`` of a task still
+    running, the request is refused (``invalid_field``)."""
 
 
 class Unsubscribe(_Frame, tag="unsubscribe"):

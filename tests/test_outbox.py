@@ -239,7 +239,7 @@ _step = st.one_of(
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.name)
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(steps=st.lists(_step, max_size=120), replay=st.booleans())
 def test_nothing_is_lost_reordered_or_duplicated(
     codec: Codec, steps: list[tuple[str, str | None, str | None]], replay: bool

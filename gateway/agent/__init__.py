@@ -22,6 +22,13 @@ Events
     ``main/agent-worker#1``, ...). A sub-agent call is a ToolStart/ToolEnd with
     ``server="agents"`` on the parent's path, and the nested agent's events on its own path.
 
+Files and traces
+    ``run_main_agent(task, task_file_name=None, task_id=None, files=())`` takes files like
+    MiroFlow's (a local path, or :class:`TaskFile` values): the agent is told their paths and
+    opens them with its tools. ``orchestrator.trace`` records the run (messages of every agent,
+    tool calls with arguments and results, steps, usage, timings, outcome;
+    :mod:`gateway.agent.trace`), written to ``config.output_dir`` when set.
+
 Outcome
     ``run_main_agent`` returns ``(summary, final_answer)``, or raises:
     :class:`TaskFailedError` (``reason``, ``summary``) when the summary needed history to be
@@ -42,9 +49,10 @@ Cancellation policy
 Errors (see :mod:`gateway.agent.errors`)::
 
     AgentError
-    ├── ConfigError          (key)
+    ├── AgentConfigError          (key)
     ├── LLMError             (provider, status_code; the provider's message kept)
     │   ├── ContextLimitError, RateLimitError, AuthError, NetworkError, BadRequestError
+    ├── TaskInputError       a task file that does not exist, an unknown upload
     ├── ToolError            (server, tool) — reported to the model, never raised to the caller
     └── TaskFailedError      (reason, summary)
 """
@@ -57,18 +65,20 @@ from .config import (
     LLMConfig,
     ToolServerConfig,
     default_config,
+    load_agents,
     load_config,
 )
 from .errors import (
+    AgentConfigError,
     AgentError,
     AuthError,
     BadRequestError,
-    ConfigError,
     ContextLimitError,
     LLMError,
     NetworkError,
     RateLimitError,
     TaskFailedError,
+    TaskInputError,
     ToolError,
 )
 from .events import (
@@ -80,19 +90,22 @@ from .events import (
     ToolStart,
     UsageEvent,
 )
+from .files import FileSource, TaskFile
 from .orchestrator import Orchestrator, Sink
 from .prompts import extract_boxed
+from .trace import TraceRecorder, TraceStore
 
 __all__ = [
     "AgentConfig",
+    "AgentConfigError",
     "AgentError",
     "AgentErrorEvent",
     "AgentSpec",
     "AuthError",
     "BadRequestError",
-    "ConfigError",
     "ContextLimitError",
     "CoreEvent",
+    "FileSource",
     "LLMConfig",
     "LLMDelta",
     "LLMError",
@@ -102,12 +115,17 @@ __all__ = [
     "Sink",
     "StepEvent",
     "TaskFailedError",
+    "TaskFile",
+    "TaskInputError",
     "ToolEnd",
     "ToolError",
     "ToolServerConfig",
     "ToolStart",
+    "TraceRecorder",
+    "TraceStore",
     "UsageEvent",
     "default_config",
     "extract_boxed",
+    "load_agents",
     "load_config",
 ]

@@ -1,20 +1,23 @@
 """``python -m gateway.agent "What is 17*23+4?"``: run one task and print it as it streams.
 
-Options: ``--config FILE`` (default: the built-in demo config), ``--set KEY=VALUE`` (repeatable
-overrides, e.g. ``--set main_agent.max_turns=3`` or ``--set model=gpt-4.1``), ``--quiet``
-(only the final answer).
+Options: ``--config PATH`` (a YAML file or a MiroFlow config directory; default: the built-in
+demo config), ``--agent NAME`` (an agent of that directory), ``--file PATH`` (a file that comes
+with the task, MiroFlow's ``task_file_name``), ``--set KEY=VALUE`` (repeatable overrides, e.g.
+``--set main_agent.max_turns=3`` or ``--set model=gpt-4.1``), ``--trace`` (print the run's
+trace as JSON at the end), ``--quiet`` (only the final answer).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 
 from rich.console import Console
 from rich.markup import escape
 
-from . import AgentError, Orchestrator, TaskFailedError, load_config
+from . import AgentError, Orchestrator, TaskFailedError, load_agents, load_config
 from .events import AgentErrorEvent, CoreEvent, LLMDelta, StepEvent, ToolEnd, ToolStart, UsageEvent
 
 
@@ -72,13 +75,26 @@ class _Printer:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.agent", description=__doc__)
     parser.add_argument("task", help="the task for the agent")
-    parser.add_argument("--config", help="YAML config (default: the built-in demo config)")
+    parser.add_argument(
+        "--config", help="YAML config or MiroFlow config directory (default: the demo config)"
+    )
+    parser.add_argument("--agent", help="the agent of a config directory to run")
+    parser.add_argument("--file", help="a file that comes with the task")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--trace", action="store_true", help="print the trace as JSON at the end")
     parser.add_argument("--quiet", action="store_true", help="print only the final answer")
     args = parser.parse_args(argv)
     console = Console(highlight=False)
     try:
-        config = load_config(args.config, args.set)
+        if args.agent is not None:
+            if args.config is None:
+                parser.error("--agent needs --config DIRECTORY")
+            _, agents = load_agents(args.config, args.set)
+            if args.agent not in agents:
+                parser.error(f"no agent {args.agent!r} (known: {', '.join(agents)})")
+            config = agents[args.agent]
+        else:
+            config = load_config(args.config, args.set)
     except AgentError as exc:
         console.print(f"[red]config error:[/] {escape(str(exc))}")
         return 2
@@ -87,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     printer = None if args.quiet else _Printer(console)
     orchestrator = Orchestrator(config, sink=printer)
     try:
-        summary, answer = asyncio.run(orchestrator.run_main_agent(args.task))
+        summary, answer = asyncio.run(orchestrator.run_main_agent(args.task, args.file))
     except TaskFailedError as exc:
         if printer is not None:
             printer._end_stream()
@@ -104,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold green]Final answer:[/] {escape(answer or '(none)')}")
     else:
         print(answer or summary)
+    if args.trace:
+        print(json.dumps(orchestrator.trace.to_dict(), ensure_ascii=False, indent=2))
     return 0
 
 

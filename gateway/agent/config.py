@@ -1,6 +1,12 @@
-"""Agent configuration: MiroFlow-shaped YAML, loaded with OmegaConf, validated into dataclasses.
+"""Agent configuration: MiroFlow's YAML, composed with Hydra, validated into dataclasses.
 
-The file format (every key optional; see ``gateway/configs/*.yaml``)::
+:func:`load_config` takes a YAML file, composed with Hydra from its directory (so a MiroFlow
+config directory's ``defaults:`` lists and config groups work as in MiroFlow), or a directory
+(its default agent; :func:`load_agents` gives all of them). MiroFlow's own keys are mapped onto
+ours by :mod:`gateway.agent.miroflow`, which also lists the keys we understand but do not use
+(logged once, as a warning, per load) and refuses unknown keys with a did-you-mean suggestion.
+
+Our format (every key optional; see ``gateway/configs/*.yaml``)::
 
     chinese_context: false          # add the Chinese-language task guidance
     max_depth: 3                    # how deep sub-agents may nest
@@ -24,28 +30,33 @@ The file format (every key optional; see ``gateway/configs/*.yaml``)::
       agent-worker:                 # names start with ``agent-``
         tool_config: [calculator]
         max_turns: 10
+    output_dir: traces/             # write every task's trace there as JSON (default: nowhere)
 
 An agent's ``llm`` is merged over the top-level ``llm`` (and a sub-agent's over the main agent's),
 so overriding the main agent's model also changes the sub-agents that do not name their own.
-Any error names the offending key: ``ConfigError("main_agent.max_turns: expected an integer")``.
+Any error names the offending key:
+``AgentConfigError("main_agent.max_turns: expected an integer")``.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from . import miroflow
+from .errors import AgentConfigError
+
+log = logging.getLogger("gateway.agent.config")
 
 BUILTIN_TOOLS = ("calculator", "clock")
 PROVIDERS = ("demo", "openai", "anthropic")
+TOOL_CALLING = ("native", "mirothinker")
 
 #: Short names accepted by :meth:`AgentConfig.with_overrides` and :func:`load_config`.
 OVERRIDE_ALIASES = {
@@ -90,6 +101,11 @@ class LLMConfig:
     thinking_budget: int = 0
     pace_ms: float = 20.0
     strict_response_validation: bool = False
+    tool_calling: str = "native"
+    """``native``: the API's tool calling; ``mirothinker``: tools described in the system
+    prompt and called with ``<use_mcp_tool>`` blocks in the text (MiroThinker models)."""
+    reasoning_effort: str | None = None
+    """OpenAI reasoning models' ``reasoning_effort`` (``low``, ``medium``, ``high``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +131,8 @@ class AgentSpec:
     max_tool_calls_per_turn: int = 5
     keep_tool_result: int = -1
     sub_agents: tuple[str, ...] = ()
+    tool_blacklist: frozenset[tuple[str, str]] = frozenset()
+    """``(server, tool)`` pairs never offered to this agent (MiroFlow's ``tool_blacklist``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +147,13 @@ class AgentConfig:
     require_approval: tuple[str, ...] = ()
     """Tool calls that wait for a person's approval: server names, tool names,
     ``server/tool``, or ``*`` (asked only when the run has someone to ask)."""
+    output_dir: Path | None = None
+    """Where each task's trace is written as ``<task_id>.json`` (``None``: not written)."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    unused: tuple[str, ...] = field(default=(), compare=False)
+    """MiroFlow keys of the loaded file that we understand but do not use."""
+    source: str = field(default="", compare=False)
+    """The file this configuration was loaded from (``""``: built in)."""
 
     def with_overrides(
         self, overrides: Mapping[str, Any] | Sequence[str] | None = None, **options: Any
@@ -143,7 +167,7 @@ class AgentConfig:
         """
         merged = _apply_overrides(copy.deepcopy(dict(self.raw)), overrides)
         merged = _apply_overrides(merged, {k: v for k, v in options.items() if v is not None})
-        return _build(merged)
+        return replace(_build(merged), unused=self.unused, source=self.source)
 
 
 def default_config() -> AgentConfig:
@@ -154,27 +178,70 @@ def default_config() -> AgentConfig:
 def load_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None
 ) -> AgentConfig:
-    """Load a YAML config (``None``: the built-in default) and apply ``overrides``.
+    """Load an agent config (``None``: the built-in default) and apply ``overrides``.
 
-    ``${oc.env:VAR,default}`` interpolations are resolved. Raises :class:`ConfigError` naming
-    the bad key.
+    ``path`` is a YAML file, composed with Hydra from its directory, or a config directory
+    (its default agent, see :func:`load_agents`). ``${oc.env:VAR,default}`` interpolations are
+    resolved with their defaults' YAML types. Raises :class:`AgentConfigError` naming the bad
+    key; logs the keys understood but not used once, as a warning.
     """
     if path is None:
-        raw: dict[str, Any] = copy.deepcopy(_DEFAULT)
-    else:
+        return _build(_apply_overrides(copy.deepcopy(_DEFAULT), overrides))
+    path = Path(path)
+    if path.is_dir():
+        default, agents = load_agents(path, overrides)
+        return agents[default]
+    if not path.is_file():
+        raise AgentConfigError("", f"config file not found: {path}")
+    (config,) = _load_files(path.parent, [path], overrides).values()
+    _warn_unused(str(path), config.unused)
+    return config
+
+
+def load_agents(
+    directory: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None
+) -> tuple[str, dict[str, AgentConfig]]:
+    """Every agent config at the top level of a (MiroFlow) config directory, by file stem.
+
+    Returns ``(default name, {name: config})``; the default is ``config`` when the directory
+    has a ``config.yaml`` (MiroFlow's default config name), else the first name in sorted order.
+    Sub-directories are Hydra config groups (``benchmark/``, ``llm/``, …) and ``tool/`` holds
+    the tool definitions that ``tool_config`` names.
+    """
+    directory = Path(directory)
+    files = sorted(p for p in directory.glob("*.yaml") if p.is_file())
+    files += sorted(p for p in directory.glob("*.yml") if p.is_file())
+    if not files:
+        raise AgentConfigError("", f"{directory}: no agent config (*.yaml) at its top level")
+    agents = _load_files(directory, files, overrides)
+    unused = sorted({key for config in agents.values() for key in config.unused})
+    _warn_unused(str(directory), tuple(unused))
+    default = "config" if "config" in agents else next(iter(agents))
+    return default, agents
+
+
+def _load_files(
+    directory: Path, files: Sequence[Path], overrides: Mapping[str, Any] | Sequence[str] | None
+) -> dict[str, AgentConfig]:
+    composed = miroflow.compose(directory, [p.stem for p in files])
+    tool_dir = directory / "tool"
+    agents: dict[str, AgentConfig] = {}
+    for path in files:
         try:
-            loaded = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
-        except FileNotFoundError:
-            raise ConfigError("", f"config file not found: {path}") from None
-        except OmegaConfBaseException as exc:
-            key = getattr(exc, "full_key", "") or ""
-            raise ConfigError(str(key), str(exc).splitlines()[0]) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError("", f"{path}: the top level must be a mapping")
-        raw = {str(k): v for k, v in loaded.items()}
-    return _build(_apply_overrides(raw, overrides))
+            data = miroflow.typed_container(composed[path.stem], "", miroflow.in_env)
+            normal = miroflow.normalise(data, tool_dir if tool_dir.is_dir() else None)
+            config = _build(_apply_overrides(normal.raw, overrides))
+        except AgentConfigError as exc:
+            raise AgentConfigError(exc.key, f"{exc.detail} (in {path})") from None
+        agents[path.stem] = replace(config, unused=tuple(normal.unused), source=str(path))
+    return agents
+
+
+def _warn_unused(source: str, unused: Sequence[str]) -> None:
+    if unused:
+        log.warning(
+            "%s: keys understood but not used by this gateway: %s", source, ", ".join(unused)
+        )
 
 
 def _apply_overrides(
@@ -189,7 +256,7 @@ def _apply_overrides(
         for entry in overrides:
             key, sep, value = str(entry).partition("=")
             if not sep:
-                raise ConfigError(key, "an override must look like key=value")
+                raise AgentConfigError(key, "an override must look like key=value")
             items.append((key, yaml.safe_load(value) if value else value))
     for key, value in items:
         path = OVERRIDE_ALIASES.get(key, key)
@@ -207,38 +274,25 @@ def _apply_overrides(
 
 # --- validation ------------------------------------------------------------------------------
 
-_TOP_KEYS = {
-    "chinese_context",
-    "max_depth",
-    "llm",
-    "tools",
-    "main_agent",
-    "sub_agents",
-    "require_approval",
-}
-_AGENT_KEYS = {
-    "llm",
-    "tool_config",
-    "max_turns",
-    "max_tool_calls_per_turn",
-    "keep_tool_result",
-    "sub_agents",
-}
-_TOOL_KEYS = {"name", "command", "args", "env", "timeout_s"}
+_TOP_KEYS = miroflow.TOP_KEYS | {"require_approval"}
+_AGENT_KEYS = miroflow.AGENT_KEYS
+_TOOL_KEYS = miroflow.TOOL_KEYS
 
 
-def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _check_keys(data: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
     for key in data:
         if key not in allowed:
             full = f"{where}.{key}" if where else str(key)
-            raise ConfigError(full, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+            raise AgentConfigError(
+                full, f"unknown key {key!r}{miroflow.did_you_mean(str(key), allowed)}"
+            )
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(key, f"expected a mapping, got {value!r}")
+        raise AgentConfigError(key, f"expected a mapping, got {value!r}")
     return {str(k): v for k, v in value.items()}
 
 
@@ -255,9 +309,9 @@ def _decode(value: Any) -> Any:
 def _int(value: Any, key: str, minimum: int | None = None) -> int:
     value = _decode(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected an integer, got {value!r}")
+        raise AgentConfigError(key, f"expected an integer, got {value!r}")
     if minimum is not None and value < minimum:
-        raise ConfigError(key, f"must be at least {minimum}, got {value}")
+        raise AgentConfigError(key, f"must be at least {minimum}, got {value}")
     return value
 
 
@@ -265,35 +319,36 @@ def _limit(value: Any, key: str) -> int:
     """An integer limit where -1 means unlimited."""
     number = _int(value, key)
     if number < -1 or number == 0:
-        raise ConfigError(key, f"must be a positive integer or -1 (unlimited), got {number}")
+        raise AgentConfigError(key, f"must be a positive integer or -1 (unlimited), got {number}")
     return number
 
 
 def _float(value: Any, key: str, minimum: float = 0.0) -> float:
     value = _decode(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(key, f"expected a number, got {value!r}")
+        raise AgentConfigError(key, f"expected a number, got {value!r}")
     if value < minimum:
-        raise ConfigError(key, f"must be at least {minimum}, got {value}")
+        raise AgentConfigError(key, f"must be at least {minimum}, got {value}")
     return float(value)
 
 
 def _bool(value: Any, key: str) -> bool:
     value = _decode(value)
     if not isinstance(value, bool):
-        raise ConfigError(key, f"expected true or false, got {value!r}")
+        raise AgentConfigError(key, f"expected true or false, got {value!r}")
     return value
 
 
 def _str(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(key, f"expected a non-empty string, got {value!r}")
+        raise AgentConfigError(key, f"expected a non-empty string, got {value!r}")
     return value
 
 
 def _opt_str(value: Any, key: str) -> str | None:
-    # Empty strings come from ``${oc.env:VAR,''}`` with the variable unset: treat them as absent.
-    if value is None or value == "":
+    # Empty strings come from ``${oc.env:VAR,''}`` with the variable unset, ``???`` is MiroFlow's
+    # "required, not given": treat both as absent.
+    if value is None or value == "" or value == "???":
         return None
     return _str(value, key)
 
@@ -302,16 +357,15 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ConfigError(key, f"expected a list of strings, got {value!r}")
+        raise AgentConfigError(key, f"expected a list of strings, got {value!r}")
     return tuple(_str(item, f"{key}[{i}]") for i, item in enumerate(value))
 
 
 def _llm(data: Mapping[str, Any], key: str) -> LLMConfig:
-    allowed = set(LLMConfig.__dataclass_fields__)
-    _check_keys(data, allowed, key)
+    _check_keys(data, miroflow.LLM_KEYS, key)
     provider = _str(data.get("provider", "demo"), f"{key}.provider")
     if provider not in PROVIDERS:
-        raise ConfigError(
+        raise AgentConfigError(
             f"{key}.provider",
             f"unknown provider {provider!r} (expected one of: {', '.join(PROVIDERS)})",
         )
@@ -339,7 +393,31 @@ def _llm(data: Mapping[str, Any], key: str) -> LLMConfig:
         strict_response_validation=_bool(
             data.get("strict_response_validation", False), f"{key}.strict_response_validation"
         ),
+        tool_calling=_choice(
+            data.get("tool_calling", "native"), TOOL_CALLING, f"{key}.tool_calling"
+        ),
+        reasoning_effort=_opt_str(data.get("reasoning_effort"), f"{key}.reasoning_effort"),
     )
+
+
+def _choice(value: Any, choices: Sequence[str], key: str) -> str:
+    text = _str(value, key)
+    if text not in choices:
+        raise AgentConfigError(key, f"expected one of {', '.join(choices)}, got {text!r}")
+    return text
+
+
+def _blacklist(value: Any, key: str) -> frozenset[tuple[str, str]]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise AgentConfigError(key, f"expected a list of [server, tool] pairs, got {value!r}")
+    pairs: set[tuple[str, str]] = set()
+    for i, item in enumerate(value):
+        if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2:
+            raise AgentConfigError(f"{key}[{i}]", f"expected [server, tool], got {item!r}")
+        pairs.add((_str(item[0], f"{key}[{i}][0]"), _str(item[1], f"{key}[{i}][1]")))
+    return frozenset(pairs)
 
 
 def _tool_server(data: Any, key: str) -> ToolServerConfig:
@@ -347,7 +425,7 @@ def _tool_server(data: Any, key: str) -> ToolServerConfig:
     _check_keys(entry, _TOOL_KEYS, key)
     name = _str(entry.get("name"), f"{key}.name")
     if name in BUILTIN_TOOLS:
-        raise ConfigError(f"{key}.name", f"{name!r} is a built-in tool; choose another name")
+        raise AgentConfigError(f"{key}.name", f"{name!r} is a built-in tool; choose another name")
     env = _mapping(entry.get("env"), f"{key}.env")
     return ToolServerConfig(
         name=name,
@@ -370,7 +448,7 @@ def _agent(
     tool_names: list[str] = []
     entries = data.get("tool_config", [])
     if isinstance(entries, str) or not isinstance(entries, Sequence):
-        raise ConfigError(f"{key}.tool_config", f"expected a list, got {entries!r}")
+        raise AgentConfigError(f"{key}.tool_config", f"expected a list, got {entries!r}")
     for i, entry in enumerate(entries):
         entry_key = f"{key}.tool_config[{i}]"
         if isinstance(entry, Mapping):  # an inline stdio server definition
@@ -380,7 +458,7 @@ def _agent(
             continue
         tool_name = _str(entry, entry_key)
         if tool_name not in tools:
-            raise ConfigError(
+            raise AgentConfigError(
                 entry_key,
                 f"unknown tool server {tool_name!r} (built-ins: {', '.join(BUILTIN_TOOLS)}; "
                 "others must be defined under `tools`)",
@@ -396,6 +474,7 @@ def _agent(
         ),
         keep_tool_result=_limit(data.get("keep_tool_result", -1), f"{key}.keep_tool_result"),
         sub_agents=_str_list(data.get("sub_agents"), f"{key}.sub_agents"),
+        tool_blacklist=_blacklist(data.get("tool_blacklist"), f"{key}.tool_blacklist"),
     )
     return spec, llm_raw
 
@@ -411,11 +490,13 @@ def _build(raw: dict[str, Any]) -> AgentConfig:
             {"name": name, **_mapping(value, f"tools.{name}")} for name, value in entries.items()
         ]
     if isinstance(entries, str) or not isinstance(entries, Sequence):
-        raise ConfigError("tools", f"expected a list of tool servers, got {entries!r}")
+        raise AgentConfigError("tools", f"expected a list of tool servers, got {entries!r}")
     for i, entry in enumerate(entries):
         server = _tool_server(entry, f"tools[{i}]")
         if server.name in tools:
-            raise ConfigError(f"tools[{i}].name", f"duplicate tool server name {server.name!r}")
+            raise AgentConfigError(
+                f"tools[{i}].name", f"duplicate tool server name {server.name!r}"
+            )
         tools[server.name] = server
 
     base_llm = _mapping(raw.get("llm"), "llm")
@@ -427,24 +508,16 @@ def _build(raw: dict[str, Any]) -> AgentConfig:
     for name, value in subs_raw.items():
         key = f"sub_agents.{name}"
         if not name.startswith("agent-"):
-            raise ConfigError(key, "sub-agent names must start with 'agent-'")
+            raise AgentConfigError(key, "sub-agent names must start with 'agent-'")
         spec, _ = _agent(name, _mapping(value, key), key, main_llm, tools)
         subs[name] = spec
     for spec, key in [(main, "main_agent"), *((s, f"sub_agents.{s.name}") for s in subs.values())]:
         for i, sub in enumerate(spec.sub_agents):
             if sub not in subs:
-                raise ConfigError(f"{key}.sub_agents[{i}]", f"no sub-agent named {sub!r}")
+                raise AgentConfigError(f"{key}.sub_agents[{i}]", f"no sub-agent named {sub!r}")
     if "sub_agents" not in main_raw:
         # MiroFlow's shape: the main agent may call every configured sub-agent.
-        main = AgentSpec(
-            name=main.name,
-            llm=main.llm,
-            tool_config=main.tool_config,
-            max_turns=main.max_turns,
-            max_tool_calls_per_turn=main.max_tool_calls_per_turn,
-            keep_tool_result=main.keep_tool_result,
-            sub_agents=tuple(subs),
-        )
+        main = replace(main, sub_agents=tuple(subs))
     return AgentConfig(
         main_agent=main,
         sub_agents=subs,
@@ -452,5 +525,11 @@ def _build(raw: dict[str, Any]) -> AgentConfig:
         chinese_context=_bool(raw.get("chinese_context", False), "chinese_context"),
         max_depth=_int(raw.get("max_depth", 3), "max_depth", 1),
         require_approval=_str_list(raw.get("require_approval"), "require_approval"),
+        output_dir=_opt_path(raw.get("output_dir"), "output_dir"),
         raw=raw,
     )
+
+
+def _opt_path(value: Any, key: str) -> Path | None:
+    text = _opt_str(value, key)
+    return None if text is None else Path(text)

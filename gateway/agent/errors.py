@@ -3,16 +3,18 @@
 ::
 
     AgentError                      root; every error has a stable ``code``
-    ├── ConfigError                 invalid configuration; ``key`` names the bad key
+    ├── AgentConfigError            invalid configuration; ``key`` names the bad key
     ├── LLMError                    a provider call failed (``provider``, ``message`` kept verbatim)
     │   ├── ContextLimitError       the prompt is longer than the model's context window
     │   ├── RateLimitError          HTTP 429 / overloaded; retried with backoff
     │   ├── AuthError               bad or missing API key (401/403)
     │   ├── NetworkError            connection failed, dropped mid-stream or timed out; retried
     │   └── BadRequestError         the provider rejected the request (other 4xx, bad response)
+    ├── TaskInputError              the task's input cannot be used (e.g. a file that is missing)
     ├── ToolError                   a tool call failed; reported to the model, never fatal
     └── TaskFailedError             the run ended but must be treated as failed
-                                    (``reason``; ``summary`` holds what could be produced)
+                                    (``reason``, ``context_limit``; ``summary`` holds what
+                                    could be produced)
 
 ``retryable`` says whether repeating the same call may succeed.
 """
@@ -31,14 +33,16 @@ class AgentError(Exception):
         self.message = message
 
 
-class ConfigError(AgentError):
-    """The configuration is invalid; ``key`` is the dotted path of the offending key."""
+class AgentConfigError(AgentError):
+    """The configuration is invalid; ``key`` is the dotted path of the offending key and
+    ``detail`` what is wrong with it (``message`` is both)."""
 
     code = "invalid_config"
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
+        self.detail = message
 
 
 class LLMError(AgentError):
@@ -82,6 +86,12 @@ class BadRequestError(LLMError):
     """The provider rejected the request or sent a response we cannot read."""
 
     code = "bad_request"
+
+
+class TaskInputError(AgentError):
+    """The task cannot start with this input: a file that does not exist, an unknown upload."""
+
+    code = "invalid_input"
 
 
 class ToolError(AgentError):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .config import AgentConfig, AgentSpec, LLMConfig, default_config
@@ -25,7 +27,9 @@ from .errors import (
     ToolError,
 )
 from .events import AgentErrorEvent, CoreEvent, LLMDelta, StepEvent, ToolEnd, ToolStart, UsageEvent
+from .files import TaskFile, describe_files, local_file, task_env
 from .llm import (
+    TOOL_SEPARATOR,
     LLMProvider,
     LLMRequest,
     Message,
@@ -33,14 +37,17 @@ from .llm import (
     ReasoningSignature,
     Stop,
     TextDelta,
+    TokenUsage,
     ToolCall,
     ToolCallAssembler,
     ToolSpec,
-    Usage,
     make_provider,
 )
 from .prompts import SUMMARY_PROMPT, SYSTEM_PROMPT, _get_task_guidance, extract_boxed, task_message
 from .tools import ToolManager
+from .trace import TraceRecorder, write_trace
+
+log = logging.getLogger("gateway.agent")
 
 if TYPE_CHECKING:
     from gateway.streaming.runner import Interaction
@@ -66,7 +73,6 @@ _ASK_USER_PARAMETERS: dict[str, Any] = {
 }
 
 AGENTS_SERVER = "agents"
-TOOL_SEPARATOR = "__"  # model-facing tool names are ``server__tool``
 OMITTED_RESULT = "[older tool result omitted to save context]"
 
 _SUBAGENT_PARAMETERS: dict[str, Any] = {
@@ -117,12 +123,27 @@ class Orchestrator:
 
     ``sink`` is called synchronously with every :mod:`~gateway.agent.events` event, in order.
     It must be cheap and must not block; an exception it raises ends the run.
+    ``trace`` (:class:`~gateway.agent.trace.TraceRecorder`) records the run as it goes, fed by
+    the same hooks; with ``config.output_dir`` set it is also written there when the run ends.
     """
 
     def __init__(self, config: AgentConfig | None = None, *, sink: Sink | None = None) -> None:
         self.config = config if config is not None else default_config()
-        # Bound once: the per-delta path makes no check for a missing sink.
-        self._emit: Sink = sink if sink is not None else _ignore
+        self.trace = TraceRecorder()
+        # Bound once: the per-delta path goes to the sink alone (the trace has the text in the
+        # messages), every other event to the sink and the trace.
+        trace = self.trace
+        if sink is None:
+            self._emit_delta: Sink = _ignore
+            self._emit: Sink = trace
+        else:
+
+            def emit(event: CoreEvent) -> None:
+                sink(event)
+                trace(event)
+
+            self._emit_delta = sink
+            self._emit = emit
         self.task_id: str | None = None
         self.failed_reason: str | None = None
         self.input_tokens = 0
@@ -136,54 +157,87 @@ class Orchestrator:
     async def run_main_agent(
         self,
         task_description: str,
+        task_file_name: str | Path | None = None,
         task_id: str | None = None,
         *,
+        files: Sequence[TaskFile] = (),
         history: Sequence[tuple[str, str]] = (),
         interaction: Interaction | None = None,
         require_approval: Sequence[str] = (),
     ) -> tuple[str, str]:
         """Run the task to its end and return ``(summary, final_answer)``.
 
+        ``task_file_name`` (a local path, as in MiroFlow) and ``files`` are the task's files:
+        the agent is told their paths, names, types and sizes, and opens them with its tools.
         ``history`` holds earlier turns of the conversation (``(user input, answer)``, oldest
         first), given to the main agent before the task; when a turn's call does not fit the
         model's context, the oldest is dropped (a ``history_trimmed`` step) and the call made
         again. With ``interaction`` the main agent may ask the user (the ``user__ask_user``
         tool), tool calls named by ``require_approval`` (and the config's) wait for an
         approval, and steering messages are taken at each turn boundary.
-
         ``final_answer`` is the content of the last ``\\boxed{...}`` in the summary (``""`` if
-        none). Raises :class:`TaskFailedError` when the summary needed part of the history to be
-        dropped or could not be produced, :class:`LLMError` subclasses when the model cannot be
-        used (after retries), and lets ``CancelledError`` propagate.
+        none). Raises :class:`TaskInputError` for a task file that does not exist,
+        :class:`TaskFailedError` when the summary needed part of the history to be dropped or
+        could not be produced, :class:`LLMError` subclasses when the model cannot be used
+        (after retries), and lets ``CancelledError`` propagate.
         """
         self.task_id = task_id or uuid.uuid4().hex
         self.failed_reason = None
+        all_files = list(files)
+        if task_file_name is not None and str(task_file_name):
+            all_files.append(local_file(task_file_name))
+        self.trace.begin(self.task_id, task_description, all_files)
+        task = task_description + describe_files(all_files)
         run = _Run(
             self.task_id,
-            ToolManager(self.config.tools),
+            ToolManager(self.config.tools, task_env(all_files)),
             {},
             {},
             history=list(history),
             interaction=interaction,
             require_approval=(*self.config.require_approval, *require_approval),
         )
+        status, summary, answer, error = "failed", "", "", ""
         try:
-            summary, failed = await self._run_agent(
-                run, self.config.main_agent, task_description, "main", depth=0
-            )
-        finally:
-            # Runs on cancellation too: stops stdio servers and closes HTTP clients, in this task
-            # (the MCP clients' task groups must be exited by the task that entered them).
             try:
-                await run.tools.aclose()
+                summary, failed = await self._run_agent(
+                    run, self.config.main_agent, task, "main", depth=0
+                )
             finally:
-                for provider in run.providers.values():
-                    await provider.aclose()
-        if failed is not None:
-            self.failed_reason = failed
-            # The summary is the only step that fails a task: it lost history to the context.
-            raise TaskFailedError(failed, summary, failure_code="context_limit")
-        return summary, extract_boxed(summary)
+                # Runs on cancellation too: stops stdio servers and closes HTTP clients, in this
+                # task (the MCP clients' task groups must be exited by the task that entered them).
+                try:
+                    await run.tools.aclose()
+                finally:
+                    for provider in run.providers.values():
+                        await provider.aclose()
+            if failed is not None:
+                self.failed_reason = error = failed
+                # Every failure the loop itself reports comes from the context window.
+                raise TaskFailedError(failed, summary, failure_code="context_limit")
+            answer = extract_boxed(summary)
+            status = "completed"
+            return summary, answer
+        except asyncio.CancelledError:
+            status, error = "cancelled", "cancelled"
+            raise
+        except Exception as exc:
+            error = error or f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.trace.finish(status, summary=summary, final_answer=answer, error=error)
+            if self.config.output_dir is not None:
+                await self._write_trace(self.config.output_dir)
+
+    async def _write_trace(self, directory: Path) -> None:
+        trace = self.trace.to_dict()
+        try:
+            # A thread: encoding a long history and writing it must not hold up other tasks.
+            await asyncio.shield(asyncio.to_thread(write_trace, directory, trace))
+        except OSError as exc:
+            log.warning("cannot write the trace of task %s to %s: %s", self.task_id, directory, exc)
+        except asyncio.CancelledError:  # cancelled while writing: the thread still finishes it
+            pass
 
     # --- one agent ---------------------------------------------------------------------------
 
@@ -205,6 +259,8 @@ class Orchestrator:
                 self._emit(AgentErrorEvent(path, "tool_server_failed", f"{server}: {exc}", False))
                 continue
             for info in infos:
+                if (server, info.name) in spec.tool_blacklist:
+                    continue
                 name = f"{server}{TOOL_SEPARATOR}{info.name}"
                 specs.append(ToolSpec(name, info.description, info.parameters))
                 names[name] = (server, info.name)
@@ -247,6 +303,7 @@ class Orchestrator:
         for asked, answered in history:
             messages += [Message("user", asked), Message("assistant", answered)]
         messages.append(Message("user", task_message(task, self.config.chinese_context)))
+        self.trace.agent_started(path, spec.name, task, messages)
         initial = len(messages)
         interaction = run.interaction if main else None
         turn = 0
@@ -297,7 +354,10 @@ class Orchestrator:
             )
         if interaction is not None:
             interaction.close_messages()
-        return await self._summarise(provider, spec, path, messages, initial, turn)
+        try:
+            return await self._summarise(provider, spec, path, messages, initial, turn)
+        finally:
+            self.trace.agent_finished(path)
 
     async def _run_tool_calls(
         self,
@@ -494,13 +554,13 @@ class Orchestrator:
             async for delta in deltas:
                 if isinstance(delta, TextDelta):
                     text.append(delta.text)
-                    self._emit(LLMDelta(path, delta.text, "text", phase, turn))
+                    self._emit_delta(LLMDelta(path, delta.text, "text", phase, turn))
                 elif isinstance(delta, ReasoningDelta):
                     reasoning.append(delta.text)
-                    self._emit(LLMDelta(path, delta.text, "reasoning", phase, turn))
+                    self._emit_delta(LLMDelta(path, delta.text, "reasoning", phase, turn))
                 elif isinstance(delta, ReasoningSignature):
                     signature = delta.signature
-                elif isinstance(delta, Usage):
+                elif isinstance(delta, TokenUsage):
                     self.input_tokens += delta.input_tokens
                     self.output_tokens += delta.output_tokens
                     self._emit(UsageEvent(path, delta.input_tokens, delta.output_tokens))
@@ -557,6 +617,8 @@ class Orchestrator:
                     )
                 )
                 continue
+            # Kept in the history for the trace: the request and the report.
+            messages.extend((request[-1], Message("assistant", reply.text)))
             failed = None
             if dropped:
                 failed = (

@@ -37,6 +37,9 @@ import contextlib
 import itertools
 import logging
 import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -549,6 +552,51 @@ class GatewayClient:
     def task(self, task_id: str) -> TaskHandle | None:
         """The followed task with this id, if any."""
         return self._tasks.get(task_id)
+
+    async def trace(self, task_id: str) -> dict[str, Any]:
+        """The task's trace (``GET /tasks/{task_id}/trace``): messages of every agent, tool
+        calls, steps, usage, timings and outcome. Raises :class:`RequestError` (``unknown_task``
+        for a task this principal does not have)."""
+        body = await self._http("GET", f"/tasks/{urllib.parse.quote(task_id, safe='')}/trace")
+        return dict(msgspec.json.decode(body))
+
+    async def upload(self, data: bytes, name: str, content_type: str) -> str:
+        """Upload a file (``POST /files``) and return its id, to name in
+        ``start(..., options={"files": [file_id]})``."""
+        query = urllib.parse.urlencode({"name": name})
+        body = await self._http("POST", f"/files?{query}", data, content_type)
+        return str(msgspec.json.decode(body)["file_id"])
+
+    async def _http(
+        self, method: str, path: str, data: bytes | None = None, content_type: str | None = None
+    ) -> bytes:
+        """One HTTP request to the gateway's own host, in a thread (the client needs no HTTP
+        library: the standard library's is enough for these two calls)."""
+        parts = urllib.parse.urlsplit(self.url)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        base = parts.path.removesuffix("/ws").rstrip("/")
+        url = urllib.parse.urlunsplit((scheme, parts.netloc, base + path, "", ""))
+        request = urllib.request.Request(url, data=data, method=method)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        if content_type:
+            request.add_header("Content-Type", content_type)
+
+        def send() -> bytes:
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return bytes(response.read())
+            except urllib.error.HTTPError as exc:
+                try:
+                    error = msgspec.json.decode(exc.read())
+                    code, message = str(error["error"]), str(error["message"])
+                except Exception:
+                    code, message = "http_error", f"HTTP {exc.code}"
+                raise RequestError(code, message) from None
+            except OSError as exc:
+                raise ConnectionLost(f"cannot reach {url}: {exc}") from None
+
+        return await asyncio.to_thread(send)
 
     # ------------------------------------------------------------------ internals
 

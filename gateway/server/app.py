@@ -25,10 +25,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import gateway
+from gateway.agent import TraceStore
 from gateway.connection import Connection, ConnectionStats
 from gateway.server.auth import HostGuard, authenticate
+from gateway.server.files import FileStore, file_routes
 from gateway.server.metrics import Metrics, sample_loop_lag
 from gateway.server.settings import Settings
+from gateway.server.traces import trace_routes
 from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
 from protocol import (
     SUBPROTOCOLS,
@@ -63,6 +66,8 @@ class Gateway:
         self.settings = settings
         self.metrics = Metrics(self._task_counts, self._connection_totals)
         self._runner_factory = runner_factory
+        self.files = FileStore.from_env(settings.tasks.retain_finished)
+        self.traces = TraceStore(retain_s=settings.tasks.retain_finished)
         self.manager: TaskManager | None = None
         self.connections: set[Connection] = set()
         self._closed_stats = ConnectionStats()  # the counters of connections gone
@@ -101,7 +106,7 @@ class Gateway:
     def _default_runner_factory(self) -> RunnerFactory:
         from gateway.streaming import runner_factory  # the agent stack, loaded on demand
 
-        return runner_factory(self.settings.agent_config)
+        return runner_factory(self.settings.agent_config, files=self.files, traces=self.traces)
 
     async def start(self) -> None:
         factory = self._runner_factory or self._default_runner_factory()
@@ -170,6 +175,7 @@ class Gateway:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.files.close()
 
 
 async def _websocket(websocket: WebSocket) -> None:
@@ -337,6 +343,8 @@ def create_app(
         WebSocketRoute("/ws", _websocket),
         Route("/healthz", _healthz),
         Route("/metrics", _metrics),
+        *file_routes(),
+        *trace_routes(),
     ]
     if settings.web_root is not None and settings.web_root.is_dir():
         routes.append(Mount("/", StaticFiles(directory=settings.web_root, html=True)))
@@ -344,4 +352,6 @@ def create_app(
         routes=routes, lifespan=lifespan, middleware=[Middleware(HostGuard, settings=settings)]
     )
     app.state.gateway = gw
+    app.state.files = gw.files
+    app.state.traces = gw.traces
     return app

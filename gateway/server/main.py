@@ -27,7 +27,6 @@ from gateway.server.app import create_app
 from gateway.server.logging import configure_logging
 from gateway.server.runner import GatewayServer, uvicorn_config
 from gateway.server.settings import ConfigError, Settings
-from gateway.tasks import RunnerFactory
 
 __all__ = ["EXIT_BAD_SETTINGS", "EXIT_CANNOT_LISTEN", "EXIT_FAILED", "main"]
 
@@ -43,14 +42,15 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _load_agent(settings: Settings) -> RunnerFactory:
-    """The agent stack for ``settings.agent_config``; :class:`ConfigError` names the file and
-    the key."""
-    from gateway.agent.errors import ConfigError as AgentConfigError
-    from gateway.streaming import runner_factory
+def _check_agent(settings: Settings) -> None:
+    """Load ``settings.agent_config`` once before binding, so that a bad config is one line
+    naming the file and the key (:class:`ConfigError`); the gateway then builds its runner with
+    its file and trace stores."""
+    from gateway.agent.errors import AgentConfigError
+    from gateway.streaming import agent_runner
 
     try:
-        return runner_factory(settings.agent_config)
+        agent_runner(settings.agent_config)
     except AgentConfigError as exc:
         where = settings.agent_config or "the built-in agent config"
         raise ConfigError(f"{where}: {exc}") from None
@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
                 settings.transport, handshake_timeout=handshake_timeout
             )
         settings.check()
-        factory = _load_agent(settings)
+        _check_agent(settings)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_BAD_SETTINGS)
     try:
@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         )
 
     configure_logging(args.log_level)
-    app = create_app(settings, runner_factory=factory)
+    app = create_app(settings)
     config = uvicorn_config(app, settings, log_config=None, lifespan="on", access_log=False)
     server = GatewayServer(config, app.state.gateway)
     host, port = sock.getsockname()[:2]

@@ -24,8 +24,19 @@ from typing import Any
 
 import msgspec
 
-from gateway.agent import AgentConfig, AgentError, ConfigError, CoreEvent, Orchestrator
+from gateway.agent import (
+    AgentConfig,
+    AgentConfigError,
+    AgentError,
+    CoreEvent,
+    FileSource,
+    Orchestrator,
+    TaskFile,
+    TaskInputError,
+    TraceStore,
+)
 from gateway.agent import default_config as _default_config
+from gateway.agent import load_agents as _load_agents
 from gateway.agent import load_config as _load_config
 from protocol.events import Event, TaskCompleted, TaskProgress
 from protocol.frames import StartOptions
@@ -79,18 +90,26 @@ class StreamingOrchestrator:
         *,
         agents: Mapping[str, AgentConfig] | None = None,
         preview_chars: int = DEFAULT_RESULT_PREVIEW_CHARS,
+        files: FileSource | None = None,
+        traces: TraceStore | None = None,
     ) -> None:
         self.config = config if config is not None else _default_config()
         self.agents: dict[str, AgentConfig] = dict(agents or {})
         self.preview_chars = preview_chars
         self.history_chars = HISTORY_CHARS
+        self.files = files
+        """Where ``StartOptions.files`` ids are looked up (``None``: tasks take no files)."""
+        self.traces = traces
+        """Where every task's trace is kept for its owner (``None``: not kept)."""
         self._configs: dict[tuple[Any, ...], AgentConfig] = {}
 
     async def run(self, spec: TaskSpec, emit: Emit) -> Event:
         """The runner (:data:`.runner.Runner`): ``TaskManager(streaming.run)``."""
         translate = Translator(preview_chars=self.preview_chars)
+        file_ids = list(spec.options.files or [])
         try:
             agent_name, config = self.resolve(spec.options)
+            files = self._files(spec.owner, file_ids)
         except AgentError as exc:
             emit(translate.started(spec.input, DEFAULT_AGENT, ""))
             return translate.failure(exc)
@@ -116,27 +135,45 @@ class StreamingOrchestrator:
             if event is not None:
                 emit(event)
 
+        orchestrator = Orchestrator(config, sink=sink)
+        if self.traces is not None:
+            self.traces.started(spec.owner, spec.task_id, orchestrator.trace)
         try:
-            summary, final_answer = await Orchestrator(config, sink=sink).run_main_agent(
+            summary, final_answer = await orchestrator.run_main_agent(
                 spec.input,
                 task_id=spec.task_id,
+                files=files,
                 history=history,
                 interaction=spec.interaction,
                 require_approval=(spec.options.require_approval or ()),
             )
         except Exception as exc:  # CancelledError is not one: it propagates
             return translate.failure(exc)
+        finally:
+            if files and self.files is not None:
+                self.files.release(spec.owner, file_ids)
+            if self.traces is not None:
+                self.traces.finished(spec.owner, spec.task_id)
         return TaskCompleted(final_answer=final_answer, summary=summary, usage=translate.usage)
 
     def execute_task_streaming(
-        self, task: str, options: StartOptions | None = None, *, task_id: str | None = None
+        self,
+        task: str,
+        options: StartOptions | None = None,
+        *,
+        task_id: str | None = None,
+        owner: str = "",
     ) -> TaskStream:
         """Run ``task`` and stream its events (see :class:`.runner.TaskStream`). Never raises:
-        invalid options end the stream with ``task_failed``."""
-        return TaskStream(self.run, new_spec(task, options, task_id))
+        invalid options (or files ``owner`` has not uploaded) end the stream with
+        ``task_failed``."""
+        spec = new_spec(task, options, task_id)
+        if owner:
+            spec = TaskSpec(owner, spec.task_id, spec.input, spec.options)
+        return TaskStream(self.run, spec)
 
     def resolve(self, options: StartOptions | None) -> tuple[str, AgentConfig]:
-        """The agent name and configuration for ``options``; raises :class:`ConfigError`."""
+        """The agent name and configuration for ``options``; raises :class:`AgentConfigError`."""
         name = DEFAULT_AGENT
         model = max_turns = chinese = None
         if options is not None:
@@ -157,7 +194,7 @@ class StreamingOrchestrator:
                 found = demo.with_overrides({"require_approval": ["calculator"]})
             if found is None:
                 known = ", ".join(sorted({DEFAULT_AGENT, DEMO_APPROVAL_AGENT, *self.agents}))
-                raise ConfigError("agent", f"unknown agent {name!r} (known: {known})")
+                raise AgentConfigError("agent", f"unknown agent {name!r} (known: {known})")
             base = found
         if model is None and max_turns is None and chinese is None:
             config = base
@@ -167,6 +204,13 @@ class StreamingOrchestrator:
             self._configs.clear()
         self._configs[key] = config
         return name, config
+
+    def _files(self, owner: str, file_ids: Sequence[str]) -> list[TaskFile]:
+        if not file_ids:
+            return []
+        if self.files is None:
+            raise TaskInputError("this server takes no files (no file store is configured)")
+        return self.files.acquire(owner, file_ids)
 
     @property
     def runner(self) -> Runner:
@@ -178,12 +222,17 @@ def agent_runner(
     config: AgentConfig | str | Path | None = None,
     *,
     agents: Mapping[str, AgentConfig] | None = None,
+    files: FileSource | None = None,
+    traces: TraceStore | None = None,
 ) -> Runner:
-    """The runner for an agent config (a loaded one, a YAML path, or ``None`` for the
-    built-in demo config)."""
-    if not isinstance(config, AgentConfig):
+    """The runner for an agent config (a loaded one, a YAML path, a config directory whose
+    agents become selectable by name, or ``None`` for the built-in demo config)."""
+    if isinstance(config, str | Path) and Path(config).is_dir():
+        default, found = _load_agents(config)
+        config, agents = found[default], {**found, **(agents or {})}
+    elif not isinstance(config, AgentConfig):
         config = _load_config(config)
-    return StreamingOrchestrator(config, agents=agents).run
+    return StreamingOrchestrator(config, agents=agents, files=files, traces=traces).run
 
 
 runner_factory = agent_runner

@@ -1,4 +1,5 @@
-"""A real MCP stdio server for the tests: a fast tool, a slow tool and a failing tool.
+"""A real MCP stdio server for the tests: a fast tool, a slow tool, a failing tool, one that
+reads its own environment and one that reads a file.
 
 The slow tool reports to a probe socket (``PROBE_PORT``) when it starts (with this process's
 pid) and when it is cancelled, so tests can wait on what the server saw.
@@ -37,6 +38,17 @@ async def slow(seconds: float = 30.0) -> str:
         _probe("cancelled")
         raise
     return "done"
+
+
+@server.tool(description="The value of one of this process's environment variables.")
+def env(name: str) -> str:
+    return os.environ.get(name, "<unset>")
+
+
+@server.tool(description="The text of a local file.")
+def read_file(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
 
 
 @server.tool(description="Always fails.")

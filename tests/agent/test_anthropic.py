@@ -8,14 +8,14 @@ import json
 import pytest
 
 from gateway.agent import Orchestrator, RateLimitError, TaskFailedError, ToolEnd, UsageEvent
-
-from .fakes import (
+from gateway.testing import (
     ANTHROPIC_CONTEXT_ERROR,
     ErrorReply,
     Stream,
     anthropic_stream,
     fake_llm_server,
 )
+
 from .helpers import Recorder, provider_config
 
 CALC = ("toolu_01", "calculator__calculate", json.dumps({"expression": "17*23+4"}))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.agent import ConfigError, Orchestrator, default_config, extract_boxed, load_config
+from gateway.agent import AgentConfigError, Orchestrator, default_config, extract_boxed, load_config
 
 CONFIGS = Path(__file__).parents[2] / "gateway" / "configs"
 
@@ -68,7 +68,7 @@ def test_overrides() -> None:
     ],
 )
 def test_invalid_config_names_the_key(overrides: dict[str, object], key: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(AgentConfigError) as info:
         load_config(None, overrides)
     assert info.value.key == key
     assert str(info.value).startswith(key)
@@ -77,7 +77,7 @@ def test_invalid_config_names_the_key(overrides: dict[str, object], key: str) ->
 def test_missing_env_var_without_default(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("llm:\n  api_key: ${oc.env:SURELY_NOT_SET_ANYWHERE}\n")
-    with pytest.raises(ConfigError, match="SURELY_NOT_SET_ANYWHERE"):
+    with pytest.raises(AgentConfigError, match="SURELY_NOT_SET_ANYWHERE"):
         load_config(path)
 
 

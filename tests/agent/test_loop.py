@@ -6,8 +6,8 @@ import json
 
 from gateway.agent import Orchestrator, ToolEnd
 from gateway.agent.orchestrator import OMITTED_RESULT
+from gateway.testing import Stream, fake_llm_server, openai_stream
 
-from .fakes import Stream, fake_llm_server, openai_stream
 from .helpers import Recorder, provider_config
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.agent import Orchestrator, ToolEnd
+from gateway.testing import Stream, fake_llm_server, openai_stream
 
-from .fakes import Stream, fake_llm_server, openai_stream
 from .helpers import Recorder, provider_config
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
@@ -74,7 +74,14 @@ async def test_fast_and_failing_tools() -> None:
     )
     assert fail.result is None and "the tool failed: on purpose" in (fail.error or "")
     tools = {t["function"]["name"] for t in llm.requests[0]["tools"]}
-    assert tools == {"testsrv__echo", "testsrv__slow", "testsrv__fail", "agents__agent-worker"}
+    assert tools == {
+        "testsrv__echo",
+        "testsrv__slow",
+        "testsrv__fail",
+        "testsrv__env",
+        "testsrv__read_file",
+        "agents__agent-worker",
+    }
     results = [m for m in llm.requests[1]["messages"] if m["role"] == "tool"]
     assert results[0]["content"] == "echo: hi"
     assert results[1]["content"].startswith("Error: ") and "on purpose" in results[1]["content"]
@@ -118,3 +125,29 @@ async def test_cancel_mid_tool_call() -> None:
     assert end.error == "cancelled"
     with pytest.raises(ProcessLookupError):  # the server subprocess is gone and reaped
         os.kill(pid, 0)
+
+
+async def test_stdio_servers_are_told_the_tasks_files(tmp_path: Path) -> None:
+    """The task's files reach its tool servers: their paths, and their directory among the
+    reading tool's roots (added to the roots the server already had)."""
+    data = tmp_path / "data.txt"
+    data.write_text("hello")
+    calls = [
+        ("c1", "testsrv__env", json.dumps({"name": "OSPARK_TASK_FILES"})),
+        ("c2", "testsrv__env", json.dumps({"name": "OSPARK_READING_ROOTS"})),
+    ]
+    async with fake_llm_server() as llm, probe() as (port, _):
+        llm.add(
+            Stream(openai_stream(tool_calls=calls)),
+            Stream(openai_stream(text="done")),
+            Stream(openai_stream(text="\\boxed{ok}")),
+        )
+        rec = Recorder()
+        config = stdio_config(llm.openai_url, port)
+        tool = {**config.raw["tools"][0]}
+        tool["env"] = {**tool["env"], "OSPARK_READING_ROOTS": "/srv/docs"}
+        config = config.with_overrides({"tools": [tool]})
+        await Orchestrator(config, sink=rec).run_main_agent("x", str(data))
+    files, roots = (end.result for end in rec.of(ToolEnd))
+    assert files == str(data)
+    assert roots == os.pathsep.join(["/srv/docs", str(tmp_path)])

@@ -16,8 +16,8 @@ from gateway.agent import (
     ToolStart,
     UsageEvent,
 )
+from gateway.testing import OPENAI_CONTEXT_ERROR, ErrorReply, Stream, fake_llm_server, openai_stream
 
-from .fakes import OPENAI_CONTEXT_ERROR, ErrorReply, Stream, fake_llm_server, openai_stream
 from .helpers import Recorder, provider_config
 
 CALC = ("call_1", "calculator__calculate", json.dumps({"expression": "17*23+4"}))
@@ -70,7 +70,7 @@ async def test_context_limit_goes_to_summary_and_drops_an_exchange() -> None:
         with pytest.raises(TaskFailedError) as info:
             await orchestrator.run_main_agent("What is 17*23+4?")
     assert info.value.summary.strip() == "Partial report. \\boxed{unknown}"
-    assert "dropped" in info.value.reason
+    assert "dropped" in info.value.reason and info.value.failure_code == "context_limit"
     assert orchestrator.failed_reason == info.value.reason
     steps = rec.steps()
     assert steps.count("context_limit") == 2 and steps.count("summarising") == 2
@@ -132,3 +132,17 @@ async def test_cancel_mid_stream_closes_the_http_stream() -> None:
             await task
         await asyncio.wait_for(server.disconnected.wait(), 10)  # the server saw the client leave
     assert rec.text().strip() == "thinking out"
+
+
+async def test_a_network_error_names_the_url_tried() -> None:
+    import socket
+
+    from gateway.agent import NetworkError
+
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+        config = provider_config("openai", url).with_overrides({"main_agent.llm.max_retries": 0})
+        with pytest.raises(NetworkError) as info:
+            await Orchestrator(config).run_main_agent("x")
+    assert f"{url}/chat/completions" in str(info.value)

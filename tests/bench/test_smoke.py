@@ -10,21 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bench import report
+from bench import report
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(180)
+# The timeouts only guard against a hang: the smoke run takes about 30 s on an idle machine, and
+# several times that on a busy one.
+@pytest.mark.timeout(900)
 def test_smoke_run_writes_results_plot_and_readme_section(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# Project\n\nIntro.\n\n## Benchmarks\n\nold table\n\n## After\n\nkept\n")
     out = str(tmp_path / "bench")
     subprocess.run(
-        [sys.executable, "-m", "gateway.bench", "--smoke", "--out", out, "--readme", str(readme)],
+        [sys.executable, "-m", "bench", "--smoke", "--out", out, "--readme", str(readme)],
         cwd=ROOT,
         check=True,
-        timeout=170,
+        timeout=880,
     )
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     groups = {row["group"] for row in results["rows"]}

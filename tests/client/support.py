@@ -5,7 +5,6 @@ the web demo's tests.)"""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,20 +12,12 @@ from typing import Any
 
 from gateway.client import GatewayClient
 from gateway.server import RunningGateway, Settings, serve_in_background
+from gateway.testing import write_demo_config
 from gateway.testing.held import Held
 from protocol import LlmResponse
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_YAML = ROOT / "gateway" / "configs" / "demo.yaml"
 QUESTION = "What is 17*23+4?"
-
-
-def demo_config(directory: Path, pace_ms: float) -> str:
-    """The built-in demo config (tools and a sub-agent) streaming at ``pace_ms`` per word."""
-    text = re.sub(r"(?m)^(\s*pace_ms:).*$", rf"\g<1> {pace_ms}", DEMO_YAML.read_text())
-    path = directory / f"demo-{pace_ms}.yaml"
-    path.write_text(text)
-    return str(path)
 
 
 @asynccontextmanager
@@ -34,7 +25,7 @@ async def demo_gateway(
     directory: Path, pace_ms: float = 0, **kw: object
 ) -> AsyncIterator[RunningGateway]:
     """A gateway on an ephemeral port running the real agent stack on the demo model."""
-    settings = Settings(port=0, agent_config=demo_config(directory, pace_ms), **kw)  # type: ignore[arg-type]
+    settings = Settings(port=0, agent_config=write_demo_config(directory, pace_ms), **kw)  # type: ignore[arg-type]
     async with serve_in_background(settings) as gw:
         yield gw
 

@@ -1,49 +1,25 @@
-"""A small test client over a real `websockets` connection, and demo-config helpers."""
+"""Helpers of the server tests; the test client and the demo config are gateway.testing's."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import msgspec
-import websockets
-from websockets.asyncio.client import ClientConnection
 
+from gateway.testing import FrameClient as Client
+from gateway.testing import write_demo_config as demo_config
 from protocol import (
     JSON,
     MSGPACK,
-    TERMINAL_KINDS,
-    ClientFrame,
-    ClientSession,
-    Codec,
     Event,
     EventFrame,
     Gap,
-    Hello,
-    ProtocolError,
-    Start,
     StartOptions,
 )
-from protocol.session import IncomingFrame
-
-DEMO_YAML = Path(__file__).resolve().parents[2] / "gateway" / "configs" / "demo.yaml"
-
-
-def demo_config(tmp_path: Path, pace_ms: int, name: str = "demo.yaml") -> str:
-    """The shipped demo config (offline demo model, built-in tools, one sub-agent) streaming
-    at ``pace_ms`` per word."""
-    text = DEMO_YAML.read_text(encoding="utf-8")
-    pace = "${oc.env:OSPARK_DEMO_PACE_MS,20}"
-    assert pace in text, "the demo config's pace setting moved"
-    path = tmp_path / name
-    path.write_text(text.replace(pace, str(pace_ms)), encoding="utf-8")
-    return str(path)
 
 
 def event_key(event: Event) -> dict[str, Any]:
@@ -52,82 +28,6 @@ def event_key(event: Event) -> dict[str, Any]:
     if data.get("kind") == "tool_call_complete":
         data.pop("duration_ms", None)
     return data
-
-
-class Client:
-    """A protocol client for tests: sends frames, reads frames, sorts events by task."""
-
-    def __init__(self, ws: ClientConnection, codec: Codec) -> None:
-        self.ws = ws
-        self.session = ClientSession(codec)
-        self.hello: Hello | None = None
-        self.events: dict[str, list[EventFrame]] = defaultdict(list)
-        self.others: list[IncomingFrame] = []
-        self._ids = itertools.count(1)
-
-    @classmethod
-    async def connect(
-        cls, url: str, *, codec: Codec = JSON, headers: dict[str, str] | None = None, **kw: Any
-    ) -> Client:
-        subprotocols = [codec.subprotocol]  # type: ignore[list-item]
-        ws = await websockets.connect(
-            url, subprotocols=subprotocols, additional_headers=headers, **kw
-        )
-        client = cls(ws, codec)
-        first = await client.recv()
-        assert isinstance(first[0], Hello), first
-        client.hello = first[0]
-        return client
-
-    def next_id(self) -> str:
-        return f"r{next(self._ids)}"
-
-    async def send(self, frame: ClientFrame) -> None:
-        await self.ws.send(self.session.send(frame))
-
-    async def start(self, text: str, **kw: Any) -> str:
-        """Send ``start``; return the request id."""
-        rid = self.next_id()
-        options = kw.pop("options", None)
-        await self.send(Start(id=rid, input=text, options=options, **kw))
-        return rid
-
-    async def recv(self) -> list[IncomingFrame]:
-        frames = self.session.receive(await self.ws.recv())
-        assert not isinstance(frames, ProtocolError), frames
-        for frame in frames:
-            if isinstance(frame, EventFrame):
-                self.events[frame.task_id].append(frame)
-            elif self.hello is not None:
-                self.others.append(frame)
-        return frames
-
-    async def reply(self, request_id: str | int, kind: type | None = None) -> Any:
-        """Read until the reply to ``request_id`` arrives (events are kept)."""
-        while True:
-            for frame in await self.recv():
-                if getattr(frame, "id", None) == request_id and not isinstance(frame, EventFrame):
-                    if kind is not None:
-                        assert isinstance(frame, kind), frame
-                    return frame
-
-    def finished(self, task_ids: Iterable[str]) -> bool:
-        return all(
-            self.events[t] and self.events[t][-1].event.__struct_config__.tag in TERMINAL_KINDS
-            for t in task_ids
-        )
-
-    async def until_finished(self, task_ids: Iterable[str]) -> None:
-        task_ids = list(task_ids)
-        while not self.finished(task_ids):
-            await self.recv()
-
-    async def until(self, predicate: Any) -> None:
-        while not predicate():
-            await self.recv()
-
-    async def close(self) -> None:
-        await self.ws.close()
 
 
 async def raw_close_code(port: int, headers: dict[str, str]) -> int | None:

@@ -78,6 +78,23 @@ async def test_subscribe_past_the_end_tells_the_client_the_task_ended(tmp_path: 
         await client.close()
 
 
+async def test_subscribe_past_the_end_of_a_running_task_is_refused(tmp_path: Path) -> None:
+    async with serve_in_background(settings(tmp_path, pace_ms=20)) as gw:
+        client = await Client.connect(gw.url)
+        await client.reply(await client.start(QUESTION, task_id="calc-1"), Accepted)
+        await client.until(lambda: len(client.events["calc-1"]) >= 1)
+        rid = client.next_id()
+        await client.send(Subscribe(id=rid, task_id="calc-1", after_seq=100_000))
+        err = await client.reply(rid, ErrorFrame)
+        assert (err.code, err.field, err.task_id) == ("invalid_field", "$.after_seq", "calc-1")
+        # The connection still follows the task from its own start: it sees the end.
+        await client.until_finished(["calc-1"])
+        assert [f.seq for f in client.events["calc-1"]] == list(
+            range(1, client.events["calc-1"][-1].seq + 1)
+        )
+        await client.close()
+
+
 async def test_an_idle_socket_with_one_task_sees_single_events(tmp_path: Path) -> None:
     # The demo model at its default pace, one task, a client that reads at once.
     async with serve_in_background(settings(tmp_path, pace_ms=20)) as gw:

@@ -5,8 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.agent import AgentConfig, load_config
+from gateway.testing import demo_config
 from protocol.events import TERMINAL_KINDS, Event, LlmResponse
+
+__all__ = [
+    "EXPECTED_RESEARCH_SHAPE",
+    "RESEARCH",
+    "demo_config",
+    "drain",
+    "kind",
+    "shape",
+    "terminals",
+    "text_of",
+]
 
 RESEARCH = "Please research what 17*23+4 is"
 W = "main/agent-worker#1"
@@ -41,11 +52,6 @@ EXPECTED_RESEARCH_SHAPE = [
     ("llm_response", "main", "text", "summary", 0),
     ("task_completed", "main"),
 ]
-
-
-def demo_config(pace_ms: float = 0.0, **overrides: Any) -> AgentConfig:
-    """The built-in demo config; ``pace_ms=0`` never sleeps."""
-    return load_config(None, {"llm.pace_ms": pace_ms, **overrides})
 
 
 def kind(event: Event) -> str:

@@ -13,6 +13,8 @@ import pytest
 
 from gateway.agent import AgentConfig
 from gateway.streaming import StreamingOrchestrator, TaskStream
+from gateway.testing import OPENAI_CONTEXT_ERROR, ErrorReply, Stream, fake_llm_server
+from gateway.testing import openai_stream as oai
 from protocol.events import (
     ErrorEvent,
     Event,
@@ -26,8 +28,6 @@ from protocol.events import (
     ToolCallStart,
 )
 from protocol.frames import StartOptions
-from tests.agent.fakes import OPENAI_CONTEXT_ERROR, ErrorReply, Stream, fake_llm_server
-from tests.agent.fakes import openai_stream as oai
 from tests.agent.helpers import provider_config
 from tests.streaming.helpers import (
     EXPECTED_RESEARCH_SHAPE,

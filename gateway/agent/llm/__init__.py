@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..config import LLMConfig
 from .base import (
+    TOOL_SEPARATOR,
     Delta,
     LLMProvider,
     LLMRequest,
@@ -17,18 +18,17 @@ from .base import (
     ReasoningSignature,
     Stop,
     TextDelta,
+    TokenUsage,
     ToolCall,
     ToolCallArgs,
     ToolCallAssembler,
+    ToolCallBegin,
     ToolCallEnd,
-    ToolCallStart,
     ToolSpec,
-    Usage,
 )
 
 
-def make_provider(config: LLMConfig) -> LLMProvider:
-    """Create the provider named by ``config.provider``."""
+def _make(config: LLMConfig) -> LLMProvider:
     if config.provider == "openai":
         from .openai import OpenAIProvider
 
@@ -42,7 +42,19 @@ def make_provider(config: LLMConfig) -> LLMProvider:
     return DemoProvider(config)
 
 
+def make_provider(config: LLMConfig) -> LLMProvider:
+    """Create the provider named by ``config.provider``, with MiroThinker-style tool calling
+    around it when ``config.tool_calling`` is ``mirothinker``."""
+    provider = _make(config)
+    if config.tool_calling == "mirothinker":
+        from .mirothinker import PromptToolsProvider
+
+        return PromptToolsProvider(provider)
+    return provider
+
+
 __all__ = [
+    "TOOL_SEPARATOR",
     "Delta",
     "LLMProvider",
     "LLMRequest",
@@ -51,12 +63,12 @@ __all__ = [
     "ReasoningSignature",
     "Stop",
     "TextDelta",
+    "TokenUsage",
     "ToolCall",
     "ToolCallArgs",
     "ToolCallAssembler",
+    "ToolCallBegin",
     "ToolCallEnd",
-    "ToolCallStart",
     "ToolSpec",
-    "Usage",
     "make_provider",
 ]

@@ -25,10 +25,11 @@ from .base import (
     Stop,
     StopReason,
     TextDelta,
+    TokenUsage,
     ToolCallArgs,
+    ToolCallBegin,
     ToolCallEnd,
-    ToolCallStart,
-    Usage,
+    with_url,
 )
 
 _STOP_REASONS: dict[str, StopReason] = {
@@ -40,14 +41,15 @@ _STOP_REASONS: dict[str, StopReason] = {
 }
 
 
-def map_error(exc: Exception) -> errors.LLMError:
-    """Translate an ``anthropic`` exception into the core's error tree, keeping its message."""
+def map_error(exc: Exception, url: str = "") -> errors.LLMError:
+    """Translate an ``anthropic`` exception into the core's error tree, keeping its message;
+    a network error names the URL tried."""
     status = getattr(exc, "status_code", None)
     message = getattr(exc, "api_message", None) or str(exc)
     kind = getattr(exc, "type", None) or ""
     kwargs: dict[str, Any] = {"provider": "anthropic", "status_code": status}
     if isinstance(exc, anthropic.APIConnectionError):
-        return errors.NetworkError(message, **kwargs)
+        return errors.NetworkError(with_url(message, exc, url), **kwargs)
     lowered = message.lower()
     if "prompt is too long" in lowered or "context window" in lowered:
         return errors.ContextLimitError(message, **kwargs)
@@ -61,7 +63,7 @@ def map_error(exc: Exception) -> errors.LLMError:
     if isinstance(exc, anthropic.AuthenticationError | anthropic.PermissionDeniedError):
         return errors.AuthError(message, **kwargs)
     if isinstance(exc, anthropic.InternalServerError) or kind == "api_error":
-        return errors.NetworkError(message, **kwargs)
+        return errors.NetworkError(with_url(message, exc, url), **kwargs)
     return errors.BadRequestError(message, **kwargs)
 
 
@@ -141,6 +143,7 @@ class AnthropicProvider:
             )
         except anthropic.AnthropicError as exc:
             raise errors.AuthError(str(exc), provider="anthropic") from None
+        self.endpoint = f"{str(self._client.base_url).rstrip('/')}/v1/messages"
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -170,7 +173,7 @@ class AnthropicProvider:
         try:
             response = await self._client.messages.create(**self._params(request))
         except anthropic.AnthropicError as exc:
-            raise map_error(exc) from exc
+            raise map_error(exc, self.endpoint) from exc
         async with response:  # closes the HTTP stream on every exit path, cancellation included
             yield self._deltas(response)
 
@@ -186,7 +189,7 @@ class AnthropicProvider:
                     block = event.content_block
                     if block.type == "tool_use":
                         tool_blocks.add(event.index)
-                        yield ToolCallStart(event.index, block.id, block.name)
+                        yield ToolCallBegin(event.index, block.id, block.name)
                     elif block.type == "text" and block.text:
                         yield TextDelta(block.text)
                     elif block.type == "thinking" and block.thinking:
@@ -206,11 +209,11 @@ class AnthropicProvider:
                         yield ToolCallEnd(event.index)
                 elif kind == "message_delta":
                     usage = event.usage
-                    yield Usage(usage.input_tokens or input_tokens, usage.output_tokens)
+                    yield TokenUsage(usage.input_tokens or input_tokens, usage.output_tokens)
                     if event.delta.stop_reason is not None:
                         yield Stop(_STOP_REASONS.get(event.delta.stop_reason, "other"))
         except anthropic.AnthropicError as exc:
-            raise map_error(exc) from exc
+            raise map_error(exc, self.endpoint) from exc
         except json.JSONDecodeError as exc:
             raise errors.BadRequestError(
                 f"malformed stream event: {exc}", provider="anthropic"

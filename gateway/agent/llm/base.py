@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+TOOL_SEPARATOR = "__"
+"""Model-facing tool names are ``server__tool``."""
 StopReason = Literal["end_turn", "tool_use", "max_tokens", "context_limit", "other"]
 
 
@@ -82,7 +85,10 @@ class ReasoningSignature:
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCallStart:
+class ToolCallBegin:
+    """The model began a tool call (named ``Begin`` so that it is never confused with the
+    protocol's ``tool_call_start`` event, which is the agent starting to run the tool)."""
+
     index: int
     id: str
     name: str
@@ -100,7 +106,9 @@ class ToolCallEnd:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class TokenUsage:
+    """Tokens of one model call (the protocol's ``Usage`` is a task's total)."""
+
     input_tokens: int
     output_tokens: int
 
@@ -114,12 +122,17 @@ Delta = (
     TextDelta
     | ReasoningDelta
     | ReasoningSignature
-    | ToolCallStart
+    | ToolCallBegin
     | ToolCallArgs
     | ToolCallEnd
-    | Usage
+    | TokenUsage
     | Stop
 )
+
+# Transitional: ``llm/demo.py`` (owned by another branch) still imports the old names. Remove
+# these two lines once it imports ``ToolCallBegin`` and ``TokenUsage``.
+ToolCallStart = ToolCallBegin
+Usage = TokenUsage
 
 
 class LLMProvider(Protocol):
@@ -136,6 +149,16 @@ class LLMProvider(Protocol):
         ...
 
 
+def with_url(message: str, exc: Exception, url: str) -> str:
+    """``message`` naming the URL tried, without its query string (which may hold secrets)."""
+    request = getattr(exc, "request", None)
+    try:
+        tried = str(request.url.copy_with(query=None)) if request is not None else url
+    except Exception:  # a request without a usable URL: fall back to the configured endpoint
+        tried = url
+    return f"{message} (POST {tried})" if tried else message
+
+
 @dataclass(slots=True)
 class _PendingCall:
     id: str
@@ -150,7 +173,7 @@ class ToolCallAssembler:
     _calls: dict[int, _PendingCall] = field(default_factory=dict)
 
     def feed(self, delta: Delta) -> None:
-        if isinstance(delta, ToolCallStart):
+        if isinstance(delta, ToolCallBegin):
             self._calls[delta.index] = _PendingCall(delta.id, delta.name)
         elif isinstance(delta, ToolCallArgs) and delta.index in self._calls:
             self._calls[delta.index].arguments.append(delta.fragment)

@@ -25,10 +25,11 @@ from .base import (
     Stop,
     StopReason,
     TextDelta,
+    TokenUsage,
     ToolCallArgs,
+    ToolCallBegin,
     ToolCallEnd,
-    ToolCallStart,
-    Usage,
+    with_url,
 )
 
 _STOP_REASONS: dict[str, StopReason] = {
@@ -39,15 +40,18 @@ _STOP_REASONS: dict[str, StopReason] = {
 }
 
 
-def map_error(exc: Exception) -> errors.LLMError:
-    """Translate an ``openai`` exception into the core's error tree, keeping its message."""
+def map_error(exc: Exception, url: str = "") -> errors.LLMError:
+    """Translate an ``openai`` exception into the core's error tree, keeping its message.
+
+    A network error names the URL that was tried (``url``, the endpoint the provider called,
+    when the exception carries no request of its own)."""
     status = getattr(exc, "status_code", None)
     body = getattr(exc, "body", None)
     message = str(body.get("message") or exc) if isinstance(body, dict) else str(exc)
     code = str(getattr(exc, "code", "") or "")
     kwargs: dict[str, Any] = {"provider": "openai", "status_code": status}
     if isinstance(exc, openai.APIConnectionError):
-        return errors.NetworkError(message, **kwargs)
+        return errors.NetworkError(with_url(message, exc, url), **kwargs)
     if code == "context_length_exceeded" or "maximum context length" in message.lower():
         return errors.ContextLimitError(message, **kwargs)
     if isinstance(exc, openai.RateLimitError):
@@ -55,7 +59,7 @@ def map_error(exc: Exception) -> errors.LLMError:
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return errors.AuthError(message, **kwargs)
     if isinstance(exc, openai.InternalServerError):
-        return errors.NetworkError(message, **kwargs)
+        return errors.NetworkError(with_url(message, exc, url), **kwargs)
     return errors.BadRequestError(message, **kwargs)
 
 
@@ -104,6 +108,7 @@ class OpenAIProvider:
             )
         except openai.OpenAIError as exc:
             raise errors.AuthError(str(exc), provider="openai") from None
+        self.endpoint = f"{str(self._client.base_url).rstrip('/')}/chat/completions"
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -124,6 +129,8 @@ class OpenAIProvider:
             params["temperature"] = cfg.temperature
         if cfg.top_p is not None:
             params["top_p"] = cfg.top_p
+        if cfg.reasoning_effort is not None:
+            params["reasoning_effort"] = cfg.reasoning_effort
         if request.tools:
             params["tools"] = [
                 {
@@ -143,7 +150,7 @@ class OpenAIProvider:
         try:
             response = await self._client.chat.completions.create(**self._params(request))
         except openai.OpenAIError as exc:
-            raise map_error(exc) from exc
+            raise map_error(exc, self.endpoint) from exc
         async with response:  # closes the HTTP stream on every exit path, cancellation included
             yield self._deltas(response)
 
@@ -153,7 +160,7 @@ class OpenAIProvider:
         try:
             async for chunk in response:
                 if chunk.usage is not None:
-                    yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    yield TokenUsage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                 for choice in chunk.choices[:1]:
                     delta = choice.delta
                     reasoning = getattr(delta, "reasoning_content", None) or getattr(
@@ -167,7 +174,7 @@ class OpenAIProvider:
                         if call.index not in started:
                             started.add(call.index)
                             name = call.function.name if call.function else None
-                            yield ToolCallStart(
+                            yield ToolCallBegin(
                                 call.index, call.id or f"call_{call.index}", name or ""
                             )
                         if call.function is not None and call.function.arguments:
@@ -178,7 +185,7 @@ class OpenAIProvider:
                             yield ToolCallEnd(index)
                         yield Stop(_STOP_REASONS.get(choice.finish_reason, "other"))
         except openai.OpenAIError as exc:
-            raise map_error(exc) from exc
+            raise map_error(exc, self.endpoint) from exc
         except json.JSONDecodeError as exc:
             raise errors.BadRequestError(
                 f"malformed stream chunk: {exc}", provider="openai"

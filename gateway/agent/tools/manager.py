@@ -16,6 +16,7 @@ timeout also sends the cancel and becomes a :class:`ToolError`.
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from collections.abc import Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -27,6 +28,7 @@ from mcp import Client, MCPError, StdioServerParameters
 
 from ..config import ToolServerConfig
 from ..errors import ToolError
+from ..files import PATH_LISTS
 from .builtin import BUILTIN_LISTINGS, builtin_server
 
 STARTUP_TIMEOUT_S = 30.0  # starting a stdio server and listing its tools
@@ -111,8 +113,11 @@ async def shared_builtin_client(name: str) -> Client:
 class ToolManager:
     """Lists and calls the tools of the configured MCP servers for one task."""
 
-    def __init__(self, servers: Mapping[str, ToolServerConfig]) -> None:
+    def __init__(
+        self, servers: Mapping[str, ToolServerConfig], task_env: Mapping[str, str] | None = None
+    ) -> None:
         self._servers = servers
+        self._task_env = dict(task_env or {})
         self._stack = AsyncExitStack()
         self._clients: dict[str, Client] = {}
         self._listings: dict[str, list[ToolInfo]] = {}
@@ -138,7 +143,7 @@ class ToolManager:
         else:
             assert cfg.command is not None
             params = StdioServerParameters(
-                command=cfg.command, args=list(cfg.args), env=dict(cfg.env)
+                command=cfg.command, args=list(cfg.args), env=self._env(cfg.env)
             )
             client = Client(params)
         try:
@@ -158,6 +163,18 @@ class ToolManager:
             ) from group
         self._clients[server] = client
         return client
+
+    def _env(self, configured: Mapping[str, str]) -> dict[str, str]:
+        """A stdio server's environment: its configured one plus the task's (see
+        :func:`gateway.agent.files.task_env`); path lists are joined, not replaced."""
+        env = dict(configured)
+        for key, value in self._task_env.items():
+            if key in PATH_LISTS:
+                base = env.get(key) or os.environ.get(key) or os.getcwd()
+                env[key] = os.pathsep.join([base, value])
+            else:
+                env[key] = value
+        return env
 
     async def list_tools(self, server: str) -> list[ToolInfo]:
         """The tool definitions of one server; listed once per task (built-ins once per process)."""

@@ -1,6 +1,6 @@
 """The benchmark suite: starts each server in its own process, drives it from a client process,
 and measures every figure against its baselines in the same run (median, min and max of
-several runs). See :mod:`gateway.bench` for what is measured and why."""
+several runs). See :mod:`bench` for what is measured and why."""
 
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gateway.testing import write_demo_config
+
 __all__ = ["SIZES", "Sizes", "Suite", "environment"]
 
 PY = sys.executable
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,12 @@ SIZES = {
 
 
 class Server:
-    """One server process (``python -m gateway.bench.servers``)."""
+    """One server process (``python -m bench.servers``)."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            [PY, "-m", "gateway.bench.servers", *args],
+            [PY, "-m", "bench.servers", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -144,7 +146,7 @@ def client(spec: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
     """Run one client workload to completion in its own process."""
     spec = {"host": "127.0.0.1", **spec}
     out = subprocess.run(
-        [PY, "-m", "gateway.bench.client", json.dumps(spec)],
+        [PY, "-m", "bench.client", json.dumps(spec)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -163,7 +165,7 @@ def holding_client(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """A client that holds its connections (and tasks) until the block ends."""
     spec = {"host": "127.0.0.1", **spec, "workload": "hold"}
     proc = subprocess.Popen(
-        [PY, "-m", "gateway.bench.client", json.dumps(spec)],
+        [PY, "-m", "bench.client", json.dumps(spec)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -288,17 +290,10 @@ class Suite:
 
     # ------------------------------------------------------------------ helpers
 
-    def _config(self, name: str, text: str) -> str:
-        path = self.tmp / f"{name}.yaml"
-        path.write_text(text, encoding="utf-8")
-        return str(path)
-
-    def demo_config(self, pace_ms: float) -> str:
-        return self._config(
-            f"demo-{pace_ms:g}",
-            f"llm: {{provider: demo, model_name: ospark-demo, pace_ms: {pace_ms:g}}}\n"
-            "main_agent: {tool_config: [calculator, clock], max_turns: 10}\n",
-        )
+    def demo_config(self, pace_ms: float, **overrides: Any) -> str:
+        """A config file: the demo agent without its sub-agent (the figures measure one agent
+        per task), at ``pace_ms`` per word; ``overrides`` as in ``load_config``."""
+        return write_demo_config(self.tmp, pace_ms, **{"sub_agents": {}, **overrides})
 
     def repeat(self, fn: Callable[[], float]) -> dict[str, Any]:
         return summary([fn() for _ in range(self.sizes.runs)])
@@ -567,28 +562,29 @@ class Suite:
         s = self.sizes
         probe = self.tmp / "probe.txt"
         with server("fakellm") as llm:
-            config = self._config(
-                "cancel",
-                f"""
-llm: {{provider: openai, model_name: bench, base_url: "http://127.0.0.1:{llm.port}/v1",
-      api_key: bench, timeout_s: 60}}
-tools:
-  - name: bench
-    command: {PY}
-    args: [-m, gateway.bench.mcp_slow]
-    env: {{BENCH_PROBE: "{probe}", PYTHONPATH: "{ROOT}"}}
-    timeout_s: 120
-main_agent: {{tool_config: [bench], max_turns: 4}}
-""",
+            llm_config = {
+                "provider": "openai",
+                "model_name": "bench",
+                "base_url": f"http://127.0.0.1:{llm.port}/v1",
+                "api_key": "bench",
+                "timeout_s": 60,
+            }
+            slow_tool = {
+                "name": "bench",
+                "command": PY,
+                "args": ["-m", "bench.mcp_slow"],
+                "env": {"BENCH_PROBE": str(probe), "PYTHONPATH": str(ROOT)},
+                "timeout_s": 120,
+            }
+            config = self.demo_config(
+                0,
+                llm=llm_config,
+                tools=[slow_tool],
+                main_agent={"tool_config": ["bench"], "max_turns": 4},
             )
             # The LLM-streaming case has no stdio tool server: its shutdown is not in the figure.
-            stream_config = self._config(
-                "cancel-stream",
-                f"""
-llm: {{provider: openai, model_name: bench, base_url: "http://127.0.0.1:{llm.port}/v1",
-      api_key: bench, timeout_s: 60}}
-main_agent: {{tool_config: [], max_turns: 4}}
-""",
+            stream_config = self.demo_config(
+                0, llm=llm_config, main_agent={"tool_config": [], "max_turns": 4}
             )
             results: dict[str, list[dict[str, Any]]] = {"stream": [], "tool": []}
             for _ in range(s.runs):

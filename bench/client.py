@@ -1,4 +1,4 @@
-"""The load generator, run in its own process: ``python -m gateway.bench.client SPEC_JSON``.
+"""The load generator, run in its own process: ``python -m bench.client SPEC_JSON``.
 
 One *link* type per protocol under test (the gateway, the raw endpoint, python-socketio, SSE)
 gives the workloads one interface: open, start a task, cancel it, and a callback for every
@@ -22,7 +22,8 @@ from typing import Any
 import msgspec
 import uvloop
 
-from protocol import JSON, MSGPACK, Cancel, ClientSession, EventFrame, ProtocolError, Start
+from gateway.testing import FrameClient
+from protocol import JSON, MSGPACK, EventFrame, ProtocolError
 from protocol.events import TaskCancelled, TaskCompleted, TaskFailed
 
 __all__ = ["main"]
@@ -49,35 +50,29 @@ class Link:
 
 
 class WsLink(Link):
-    """The gateway (and the raw endpoint, which speaks the same frames)."""
+    """The gateway (and the raw endpoint, which speaks the same frames), over the test client
+    of :mod:`gateway.testing`; its reader hands every event straight to the workload."""
 
-    ws: Any
+    client: FrameClient
     _reader: asyncio.Task[None]
 
     async def open(self) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.typing import Subprotocol
-
-        codec = MSGPACK if self.encoding == "msgpack" else JSON
-        self.session = ClientSession(codec)
-        self.ws = await connect(
+        self.client = await FrameClient.connect(
             f"ws://{self.host}:{self.port}/ws",
-            subprotocols=[Subprotocol(codec.subprotocol)],
+            codec=MSGPACK if self.encoding == "msgpack" else JSON,
             max_size=None,
             compression=None,
             ping_interval=None,
             open_timeout=120,
             close_timeout=1,
         )
-        self.session.receive(await self.ws.recv())  # hello
         self._reader = asyncio.create_task(self._read())
-        self._n = 0
 
     async def _read(self) -> None:
-        receive = self.session.receive
+        receive = self.client.session.receive
         on_events = self.on_events
         with contextlib.suppress(Exception):
-            async for message in self.ws:
+            async for message in self.client.ws:
                 frames = receive(message)
                 if isinstance(frames, ProtocolError):
                     continue
@@ -87,23 +82,19 @@ class WsLink(Link):
                 if events:
                     on_events(events, now)
 
-    def _rid(self) -> int:
-        self._n += 1
-        return self._n
-
     async def start(self, task_id: str, text: str) -> None:
-        await self.ws.send(self.session.send(Start(id=self._rid(), task_id=task_id, input=text)))
+        await self.client.start(text, task_id=task_id)
 
     async def cancel(self, task_id: str) -> None:
-        await self.ws.send(self.session.send(Cancel(id=self._rid(), task_id=task_id)))
+        await self.client.cancel(task_id)
 
     async def control(self, **request: Any) -> None:
         """A request to the raw endpoint (``op``: stream, paced, first)."""
-        await self.ws.send(json.dumps(request))
+        await self.client.ws.send(json.dumps(request))
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.ws.close()
+            await self.client.close()
         self._reader.cancel()
 
 

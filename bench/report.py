@@ -67,7 +67,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "on every server, so only the transport differs; the *demo agent* rows run the real "
         "offline agent behind each transport. Every client decodes each event into the same "
         "typed msgspec `EventFrame`. Notes per row and the raw runs are in "
-        "`docs/bench/results.json`; the harness is `gateway/bench` (`python -m gateway.bench "
+        "`docs/bench/results.json`; the harness is `bench/` (`python -m bench "
         "--quick` for a shorter run).",
         "",
         "What limits the figures: the per-event path in Python, not the encoding or the "

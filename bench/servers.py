@@ -1,15 +1,16 @@
-"""The servers under test, each run in its own process: ``python -m gateway.bench.servers KIND``.
+"""The servers under test, each run in its own process: ``python -m bench.servers KIND``.
 
 Kinds:
 
 - ``gateway``: the OSpark gateway with limits raised for load (every task runs at once, no start
-  rate limit); ``--source replay`` replays synthetic tasks (see :mod:`gateway.bench.replay`),
+  rate limit); ``--source replay`` replays synthetic tasks (see :mod:`bench.replay`),
   ``--source demo`` runs the real agent stack from ``--config``.
 - ``raw``: the physical limit: a minimal Starlette WebSocket endpoint that sends pre-encoded
   event frames as fast as it can (one event per frame, or ``batch`` frames).
 - ``socketio``: python-socketio on uvicorn, one room per task (the peer a user would pick).
 - ``sse``: server-sent events, one stream per task, with sse-starlette (the other peer).
-- ``fakellm``: a fake OpenAI Chat Completions server for the cancel benchmark.
+- ``fakellm``: the fake OpenAI server of :mod:`gateway.testing`, scripted for the cancel
+  benchmark.
 
 Each prints one JSON line ``{"port": ..., "pid": ...}`` on stdout once it listens, and serves
 until SIGTERM. Every server runs on uvloop with uvicorn's default WebSocket implementation.
@@ -36,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.bench.replay import frames, replay_factory
+from bench.replay import frames, replay_factory
 from gateway.streaming.runner import Runner, TaskStream
 from protocol import Batch, EventFrame, Hello, codec_for_subprotocol, select_subprotocol
 from protocol.events import TERMINAL_KINDS
@@ -332,66 +333,35 @@ def _sse_app(runner: Runner) -> Starlette:
 
 
 def _fakellm_app() -> Starlette:
-    """``BENCH_STREAM`` in the task: endless word deltas every 10 ms until the client leaves;
-    ``BENCH_TOOL`` in the task: a call of ``bench__slow``, then a short answer once it has
-    a result."""
-    state = {"open": 0, "streams": 0, "closed": 0}
+    """The fake OpenAI server of :mod:`gateway.testing`, answering by the task's text:
+    ``BENCH_STREAM``: endless word deltas every 10 ms until the client leaves; ``BENCH_TOOL``: a
+    call of ``bench__slow``, then a short answer once it has a result. ``GET /stats`` tells how
+    many streams were started and how many are still open."""
+    from gateway.testing import FakeLLMServer, Reply, Stream, openai_chunk, openai_stream
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        body = {
-            "id": "chatcmpl-bench",
-            "object": "chat.completion.chunk",
-            "created": 1_760_000_000,
-            "model": "bench",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
+    async def endless() -> AsyncIterator[str]:
+        yield openai_chunk({"role": "assistant", "content": ""})
+        while True:
+            yield openai_chunk({"content": "word "})
+            await asyncio.sleep(0.01)
 
-    async def completions(request: Request) -> Response:
-        from starlette.responses import StreamingResponse
-
-        payload = await request.json()
-        messages = payload.get("messages", [])
+    def respond(request: dict[str, Any]) -> Reply:
+        messages = request.get("messages", [])
         task = next((str(m.get("content")) for m in messages if m.get("role") == "user"), "")
-        has_result = any(m.get("role") == "tool" for m in messages)
+        if any(m.get("role") == "tool" for m in messages):
+            return Stream(openai_stream(text="done"))
+        if "BENCH_TOOL" in task:
+            return Stream(openai_stream(tool_calls=[("call-1", "bench__slow", '{"seconds": 60}')]))
+        if "BENCH_STREAM" in task:
+            return Stream(endless())
+        return Stream(openai_stream(text="done"))
 
-        async def body() -> AsyncIterator[bytes]:
-            state["open"] += 1
-            state["streams"] += 1
-            try:
-                yield chunk({"role": "assistant", "content": ""})
-                if "BENCH_TOOL" in task and not has_result:
-                    call = {
-                        "index": 0,
-                        "id": "call-1",
-                        "type": "function",
-                        "function": {"name": "bench__slow", "arguments": '{"seconds": 60}'},
-                    }
-                    yield chunk({"tool_calls": [call]})
-                    yield chunk({}, "tool_calls")
-                elif "BENCH_STREAM" in task and not has_result:
-                    while True:
-                        yield chunk({"content": "word "})
-                        await asyncio.sleep(0.01)
-                else:
-                    yield chunk({"content": "done"})
-                    yield chunk({}, "stop")
-                yield b"data: [DONE]\n\n"
-            finally:
-                state["open"] -= 1
-                state["closed"] += 1
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+    fake = FakeLLMServer(respond=respond)
 
     async def stats(request: Request) -> Response:
-        return JSONResponse(state)
+        return JSONResponse({"open": fake.streams_open, "streams": fake.streams_started})
 
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", completions, methods=["POST"]),
-            Route("/stats", stats),
-        ]
-    )
+    return Starlette(routes=[*fake.routes(), Route("/stats", stats)])
 
 
 # --------------------------------------------------------------------------- main
@@ -413,7 +383,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench.servers")
+    parser = argparse.ArgumentParser(prog="python -m bench.servers")
     parser.add_argument("kind", choices=["gateway", "raw", "socketio", "sse", "fakellm"])
     parser.add_argument("--source", choices=["replay", "demo"], default="replay")
     parser.add_argument("--config", default=None, help="agent config YAML (demo source)")

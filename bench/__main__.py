@@ -1,8 +1,9 @@
-"""``python -m gateway.bench [--smoke | --quick]``: run the benchmarks, write the results.
+"""``python -m bench [--smoke | --quick]``: run the benchmarks, write the results.
 
 Writes ``docs/bench/results.json`` and ``docs/bench/bench.png`` and replaces the
-``## Benchmarks`` section of README.md (``--smoke`` writes into ``--out`` only, and leaves the
-README alone unless ``--readme`` is given).
+``## Benchmarks`` section of README.md. ``--smoke`` writes into ``--out`` (default
+``artifacts/bench-smoke``, which git ignores) and leaves the README alone unless ``--readme`` is
+given, so a smoke run never replaces the published figures.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.bench import report
-from gateway.bench.suite import ROOT, SIZES, Suite, environment
+from bench import report
+from bench.suite import ROOT, SIZES, Suite, environment
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench")
+    parser = argparse.ArgumentParser(prog="python -m bench")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="tiny sizes (< 30 s), for the test")
     size.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=None, help="README to update")
     args = parser.parse_args(argv)
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
-    out: Path = args.out or (ROOT / "docs" / "bench")
+    default_out = ROOT / "artifacts" / "bench-smoke" if args.smoke else ROOT / "docs" / "bench"
+    out: Path = args.out or default_out
     readme = args.readme or (None if args.smoke else ROOT / "README.md")
     started = time.monotonic()
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     report.plot(results, out / "bench.png")
-    command = "make bench" if name == "full" else f"python -m gateway.bench --{name}"
+    command = "make bench" if name == "full" else f"python -m bench --{name}"
     if readme is not None:
         report.update_readme(readme, report.markdown(results, command))
     log(f"done in {results['seconds']:.0f} s")
