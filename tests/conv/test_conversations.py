@@ -332,3 +332,26 @@ async def test_steering_a_running_task(tmp_path: Path) -> None:
         assert (await watcher.reply("m3", ErrorFrame)).code == "unknown_task"
         await alice.close()
         await watcher.close()
+
+
+async def test_pending_messages_are_bounded(tmp_path: Path) -> None:
+    s = Settings(
+        port=0,
+        agent_config=demo_config(tmp_path, 0),
+        web_root=None,
+        tasks=TaskManagerConfig(max_pending_messages=2),
+    )
+    async with serve_in_background(s) as gw:
+        alice = await Client.connect(gw.url)
+        assert alice.hello is not None and alice.hello.limits.max_pending_messages == 2
+        task = await started(alice, ASK)
+        request = (await waiting(alice, task.task_id)).request
+        for i in range(2):
+            await alice.send(Message(id=f"m{i}", task_id=task.task_id, text=f"note {i}"))
+            await alice.reply(f"m{i}", MessageAck)
+        await alice.send(Message(id="m2", task_id=task.task_id, text="one too many"))
+        assert (await alice.reply("m2", ErrorFrame)).code == "too_many_messages"
+        await answer(alice, task_id=task.task_id, request_id=request.request_id, text="3")
+        await alice.until_finished([task.task_id])
+        assert [m.text for m in events(alice, task.task_id, UserMessage)] == ["note 0", "note 1"]
+        await alice.close()
