@@ -14,20 +14,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-# System packages the tests need (Debian): headless Chromium for the web demo tests.
+# System packages the tests need (Debian): headless Chromium for the web demo tests, and
+# bubblewrap (`bwrap`) for the code tool's sandbox.
 sysdeps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "installing Debian bubblewrap for the code tool's sandbox"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
 
 # `make serve [HOST=127.0.0.1] [PORT=8000]`. The set-up's build chatter goes to a log that is
-# shown only if it fails; the gateway prints the page to open.
+# shown only if it fails; the gateway prints the page to open. It runs the demo config with the
+# reading and code tools, whose servers start as `python -m …`: the virtualenv's python comes
+# first on PATH (as in an activated virtualenv).
 serve:
 	@$(MAKE) -s -q $(STAMP) 2>/dev/null || echo "installing into $(VENV) (about a minute the first time)..."
 	@log=$$(mktemp); \
 	  if ! $(MAKE) -s --no-print-directory $(STAMP) >"$$log" 2>&1; then cat "$$log"; rm -f "$$log"; exit 1; fi; \
 	  rm -f "$$log"
-	@$(BIN)/ospark serve --host $(HOST) --port $(PORT)
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/ospark serve --host $(HOST) --port $(PORT) \
+	  --config gateway/configs/demo-tools.yaml
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

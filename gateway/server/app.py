@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -33,6 +33,9 @@ from gateway.server.metrics import Metrics, sample_loop_lag
 from gateway.server.settings import Settings
 from gateway.server.traces import trace_routes
 from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
+
+if TYPE_CHECKING:
+    from gateway.streaming import LoadedAgents
 from protocol import (
     SUBPROTOCOLS,
     CloseCode,
@@ -62,8 +65,14 @@ def _add_stats(into: ConnectionStats, stats: ConnectionStats) -> None:
 class Gateway:
     """The state of one gateway process: settings, task manager, metrics, connections."""
 
-    def __init__(self, settings: Settings, runner_factory: RunnerFactory | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runner_factory: RunnerFactory | None = None,
+        agents: LoadedAgents | None = None,
+    ) -> None:
         self.settings = settings
+        self._agents = agents
         self.metrics = Metrics(self._task_counts, self._connection_totals)
         self._runner_factory = runner_factory
         self.files = FileStore.from_env(settings.tasks.retain_finished)
@@ -106,7 +115,9 @@ class Gateway:
     def _default_runner_factory(self) -> RunnerFactory:
         from gateway.streaming import runner_factory  # the agent stack, loaded on demand
 
-        return runner_factory(self.settings.agent_config, files=self.files, traces=self.traces)
+        return runner_factory(
+            self.settings.agent_config, files=self.files, traces=self.traces, loaded=self._agents
+        )
 
     async def start(self) -> None:
         factory = self._runner_factory or self._default_runner_factory()
@@ -325,11 +336,16 @@ async def _metrics(request: Request) -> Response:
 
 
 def create_app(
-    settings: Settings | None = None, *, runner_factory: RunnerFactory | None = None
+    settings: Settings | None = None,
+    *,
+    runner_factory: RunnerFactory | None = None,
+    agents: LoadedAgents | None = None,
 ) -> Starlette:
-    """The ASGI app. ``runner_factory`` replaces the agent stack (tests, benchmarks)."""
+    """The ASGI app. ``runner_factory`` replaces the agent stack (tests, benchmarks);
+    ``agents`` is ``settings.agent_config`` loaded before (``ospark serve`` checks it before
+    binding)."""
     settings = settings or Settings.from_env()
-    gw = Gateway(settings, runner_factory)
+    gw = Gateway(settings, runner_factory, agents)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

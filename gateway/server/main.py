@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from gateway.server.app import create_app
 from gateway.server.logging import configure_logging
@@ -34,6 +35,9 @@ EXIT_FAILED = 1
 EXIT_BAD_SETTINGS = 2
 EXIT_CANNOT_LISTEN = 3
 
+if TYPE_CHECKING:
+    from gateway.streaming import LoadedAgents
+
 log = logging.getLogger("gateway.server")
 
 
@@ -42,15 +46,14 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _check_agent(settings: Settings) -> None:
-    """Load ``settings.agent_config`` once before binding, so that a bad config is one line
-    naming the file and the key (:class:`ConfigError`); the gateway then builds its runner with
-    its file and trace stores."""
+def _load_agents(settings: Settings) -> LoadedAgents:
+    """``settings.agent_config`` loaded once, before binding: a bad config is one line naming
+    the file and the key (:class:`ConfigError`)."""
     from gateway.agent.errors import AgentConfigError
-    from gateway.streaming import agent_runner
+    from gateway.streaming import load_agents
 
     try:
-        agent_runner(settings.agent_config)
+        return load_agents(settings.agent_config)
     except AgentConfigError as exc:
         where = settings.agent_config or "the built-in agent config"
         raise ConfigError(f"{where}: {exc}") from None
@@ -71,6 +74,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def main(args: argparse.Namespace) -> int:
     """``ospark serve``: run the gateway until SIGTERM/SIGINT; the exit codes are above."""
+    configure_logging(args.log_level)  # before the config check, whose warnings are log lines
     if args.workers != 1:
         return _fail(
             "--workers > 1 needs a shared task backend (Redis), which is not built yet; tasks "
@@ -92,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
                 settings.transport, handshake_timeout=handshake_timeout
             )
         settings.check()
-        _check_agent(settings)
+        agents = _load_agents(settings)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_BAD_SETTINGS)
     try:
@@ -103,8 +107,7 @@ def main(args: argparse.Namespace) -> int:
             f"cannot listen on {settings.host}:{settings.port}: {reason}", EXIT_CANNOT_LISTEN
         )
 
-    configure_logging(args.log_level)
-    app = create_app(settings)
+    app = create_app(settings, agents=agents)
     config = uvicorn_config(app, settings, log_config=None, lifespan="on", access_log=False)
     server = GatewayServer(config, app.state.gateway)
     host, port = sock.getsockname()[:2]

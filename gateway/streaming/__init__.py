@@ -18,13 +18,20 @@ from typing import TYPE_CHECKING, Any
 from .runner import Emit, Interaction, Runner, TaskSpec, TaskStream, Turn, outcome
 
 if TYPE_CHECKING:
-    from .orchestrator import StreamingOrchestrator, agent_runner, runner_factory
+    from .orchestrator import (
+        LoadedAgents,
+        StreamingOrchestrator,
+        agent_runner,
+        load_agents,
+        runner_factory,
+    )
     from .translate import DEFAULT_RESULT_PREVIEW_CHARS, Translator
 
 __all__ = [
     "DEFAULT_RESULT_PREVIEW_CHARS",
     "Emit",
     "Interaction",
+    "LoadedAgents",
     "Runner",
     "StreamingOrchestrator",
     "TaskSpec",
@@ -32,6 +39,7 @@ __all__ = [
     "Translator",
     "Turn",
     "agent_runner",
+    "load_agents",
     "outcome",
     "runner_factory",
 ]
@@ -39,6 +47,8 @@ __all__ = [
 _LAZY = {
     "StreamingOrchestrator": ".orchestrator",
     "agent_runner": ".orchestrator",
+    "load_agents": ".orchestrator",
+    "LoadedAgents": ".orchestrator",
     "runner_factory": ".orchestrator",
     "DEFAULT_RESULT_PREVIEW_CHARS": ".translate",
     "Translator": ".translate",

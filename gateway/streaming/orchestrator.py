@@ -44,7 +44,7 @@ from protocol.frames import StartOptions
 from .runner import Emit, Runner, TaskSpec, TaskStream, Turn, new_spec
 from .translate import DEFAULT_RESULT_PREVIEW_CHARS, Translator
 
-__all__ = ["StreamingOrchestrator", "agent_runner", "runner_factory"]
+__all__ = ["LoadedAgents", "StreamingOrchestrator", "agent_runner", "load_agents", "runner_factory"]
 
 DEFAULT_AGENT = "default"
 
@@ -218,21 +218,36 @@ class StreamingOrchestrator:
         return self.run
 
 
+LoadedAgents = tuple[AgentConfig, dict[str, AgentConfig]]
+"""The default agent's config and every agent selectable by name (``options.agent``)."""
+
+
+def load_agents(config: AgentConfig | str | Path | None = None) -> LoadedAgents:
+    """Load an agent config once: a loaded one, a YAML path, a config directory whose agents
+    become selectable by name, or ``None`` for the built-in demo config. Raises
+    :class:`AgentConfigError` naming the file and the key."""
+    if isinstance(config, AgentConfig):
+        return config, {}
+    if isinstance(config, str | Path) and Path(config).is_dir():
+        default, found = _load_agents(config)
+        return found[default], dict(found)
+    return _load_config(config), {}
+
+
 def agent_runner(
     config: AgentConfig | str | Path | None = None,
     *,
     agents: Mapping[str, AgentConfig] | None = None,
     files: FileSource | None = None,
     traces: TraceStore | None = None,
+    loaded: LoadedAgents | None = None,
 ) -> Runner:
-    """The runner for an agent config (a loaded one, a YAML path, a config directory whose
-    agents become selectable by name, or ``None`` for the built-in demo config)."""
-    if isinstance(config, str | Path) and Path(config).is_dir():
-        default, found = _load_agents(config)
-        config, agents = found[default], {**found, **(agents or {})}
-    elif not isinstance(config, AgentConfig):
-        config = _load_config(config)
-    return StreamingOrchestrator(config, agents=agents, files=files, traces=traces).run
+    """The runner for an agent config (see :func:`load_agents`; ``loaded`` is one loaded
+    before)."""
+    default, found = loaded if loaded is not None else load_agents(config)
+    return StreamingOrchestrator(
+        default, agents={**found, **(agents or {})}, files=files, traces=traces
+    ).run
 
 
 runner_factory = agent_runner

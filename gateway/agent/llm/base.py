@@ -129,11 +129,6 @@ Delta = (
     | Stop
 )
 
-# Transitional: ``llm/demo.py`` (owned by another branch) still imports the old names. Remove
-# these two lines once it imports ``ToolCallBegin`` and ``TokenUsage``.
-ToolCallStart = ToolCallBegin
-Usage = TokenUsage
-
 
 class LLMProvider(Protocol):
     """One language-model backend."""

@@ -4,25 +4,36 @@ It reads the task (the first user message, without the guidance) and plays an ag
 
 1. if the task contains the word **research** or **delegate** and a sub-agent tool is offered, it
    hands the whole task to the first sub-agent (``agents__…``) and waits for its report;
-2. if the task contains arithmetic (``17*23+4``, ``(2^10)/3``), it calls the calculator;
-3. if the task asks about the time or the date (``time``, ``date``, ``today``, ``clock``,
+2. if the task says ``read <file or URL>`` and the reading tool (``…__read_file``) is offered,
+   it reads that document; if it says ``run python: <code>`` (or ``run shell: <command>``) and
+   the code tool (``…__run_python_code`` / ``…__run_command``) is offered, it runs the code in
+   the sandbox; these take the place of steps 3 and 4;
+3. if the task contains arithmetic (``17*23+4``, ``(2^10)/3``), it calls the calculator;
+4. if the task asks about the time or the date (``time``, ``date``, ``today``, ``clock``,
    ``day``), it calls the clock;
-4. if the task contains **ask me** and the ``ask_user`` tool is offered, it asks which number
+5. if the task contains **ask me** and the ``ask_user`` tool is offered, it asks which number
    to use, then doubles the number in the answer with the calculator;
-5. in a conversation, "add N to that" (also "plus", "subtract N from that", "multiply that by
+6. in a conversation, "add N to that" (also "plus", "subtract N from that", "multiply that by
    N", "divide that by N") calls the calculator on the previous turn's boxed answer: after
    "What is 17*23+4?" (395), "Add 5 to that" computes ``395+5``;
-6. then it answers (mentioning any message the user sent meanwhile). Asked for a summary, it
-   streams a report ending in ``\\boxed{answer}``:
-   the calculator's result, else the sub-agent's boxed answer, else the clock's reading.
+7. then it answers (mentioning any message the user sent meanwhile). Asked for a summary, it
+   streams a report ending in ``\\boxed{answer}``: the calculator's result, else the
+   sub-agent's boxed answer, else the document's first line or the code's last line of output
+   (shown in a code block), else the clock's reading.
 
 One tool call per turn. Before each step it streams its reasoning word by word on the reasoning
 channel, ``pace_ms`` milliseconds per word (``0``: no sleeping at all, for benchmarks).
+
+Its work is bounded whatever the input: it looks only at the first :data:`MAX_SCAN_CHARS`
+characters of the task, and every pattern it matches runs in time linear in what it looks at
+(the arithmetic finder takes maximal runs of arithmetic characters, no backtracking search), so
+a hostile task such as 100,000 ``(`` costs no more than an ordinary one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -38,15 +49,19 @@ from .base import (
     ReasoningDelta,
     Stop,
     TextDelta,
+    TokenUsage,
     ToolCallArgs,
+    ToolCallBegin,
     ToolCallEnd,
-    ToolCallStart,
     ToolSpec,
-    Usage,
 )
 
+MAX_SCAN_CHARS = 10_000  # the demo model reads at most this much of a task
 DELEGATE_TRIGGER = re.compile(r"\b(research|delegate)\b", re.IGNORECASE)
 TIME_TRIGGER = re.compile(r"\b(time|date|today|clock|day)\b", re.IGNORECASE)
+READ_TRIGGER = re.compile(r"\bread\s+(\S+)", re.IGNORECASE)
+PYTHON_TRIGGER = re.compile(r"\brun\s+python\s*:(.+)", re.IGNORECASE | re.DOTALL)
+SHELL_TRIGGER = re.compile(r"\brun\s+(?:shell|command)\s*:(.+)", re.IGNORECASE | re.DOTALL)
 ASK_TRIGGER = re.compile(r"\bask me\b", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _FOLLOW_UPS = (
@@ -55,9 +70,12 @@ _FOLLOW_UPS = (
     (re.compile(r"\bmultiply\s+(?:that|it)\s+by\s+(-?\d+(?:\.\d+)?)", re.I), "{p}*{n}"),
     (re.compile(r"\bdivide\s+(?:that|it)\s+by\s+(-?\d+(?:\.\d+)?)", re.I), "{p}/{n}"),
 )
-_ARITHMETIC = re.compile(r"[\d.(][\d.\s()+\-*/^%×÷]*[\d)]")
+# From a possible start to the end of its run of arithmetic characters. Nothing after the
+# greedy part must match, so the engine never backtracks: each character is looked at once.
+_ARITHMETIC_RUN = re.compile(r"[\d.(][\d.\s()+\-*/^%×÷]*")
 _OPERATOR_BETWEEN_NUMBERS = re.compile(r"[\d)]\s*(\*\*|[+\-*/^%×÷])\s*[\d.(]")
 _WORDS = re.compile(r"\S+\s*|\s+")
+_NOT_AN_END = ".(+-*/^%×÷ \t\n\r\f\v"  # an expression ends with a digit or ")"
 
 DeltaHook = Callable[[LLMRequest, AsyncIterator[Delta]], AsyncIterator[Delta]]
 DELTA_HOOK: ContextVar[DeltaHook | None] = ContextVar("ospark_demo_delta_hook", default=None)
@@ -66,13 +84,22 @@ holds a call at a named point until released, or breaks its stream)."""
 
 
 def find_arithmetic(text: str) -> str | None:
-    """The longest arithmetic expression in ``text`` that has an operator, if any."""
-    candidates = [
-        m.group().strip()
-        for m in _ARITHMETIC.finditer(text)
-        if _OPERATOR_BETWEEN_NUMBERS.search(m.group())
-    ]
-    return max(candidates, key=len) if candidates else None
+    """The longest arithmetic expression in ``text`` that has an operator, if any.
+
+    An expression starts with a digit, ``.`` or ``(`` and ends with a digit or ``)``: in each
+    run of arithmetic characters the candidate spans from the first possible start to the last
+    possible end. Linear in ``len(text)``.
+    """
+    best: str | None = None
+    for match in _ARITHMETIC_RUN.finditer(text):
+        candidate = match.group().rstrip(_NOT_AN_END)
+        if (
+            candidate
+            and (best is None or len(candidate) > len(best))
+            and _OPERATOR_BETWEEN_NUMBERS.search(candidate)
+        ):
+            best = candidate
+    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +157,10 @@ class DemoProvider:
             yield delta
         if action is not None:
             call_id = f"demo-call-{sum(1 for m in messages if m.role == 'assistant') + 1}"
-            yield ToolCallStart(0, call_id, action.tool)
+            yield ToolCallBegin(0, call_id, action.tool)
             yield ToolCallArgs(0, action.arguments)
             yield ToolCallEnd(0)
-        yield Usage(input_tokens, len(reasoning.split()) + len(text.split()))
+        yield TokenUsage(input_tokens, len(reasoning.split()) + len(text.split()))
         yield Stop("tool_use" if action is not None else "end_turn")
 
 
@@ -148,15 +175,21 @@ def _task_index(messages: Sequence[Message]) -> int:
 
 
 def _task(messages: Sequence[Message]) -> str:
+    """The task as the demo model sees it: without the guidance, cut to MAX_SCAN_CHARS."""
     i = _task_index(messages)
-    return messages[i].content.split(GUIDANCE_MARKER, 1)[0].strip() if i >= 0 else ""
+    if i < 0:
+        return ""
+    content = messages[i].content
+    marker = content.find(GUIDANCE_MARKER, 0, MAX_SCAN_CHARS + len(GUIDANCE_MARKER))
+    return content[: marker if marker >= 0 else MAX_SCAN_CHARS].strip()
 
 
 def _previous_answer(messages: Sequence[Message]) -> str | None:
-    """The number the conversation's previous turn answered (its boxed answer)."""
+    """The number the conversation's previous turn answered (its boxed answer), looking at
+    the last MAX_SCAN_CHARS of it."""
     i = _task_index(messages)
     if i > 0 and messages[i - 1].role == "assistant":
-        text = messages[i - 1].content
+        text = messages[i - 1].content[-MAX_SCAN_CHARS:]
         numbers = _NUMBER.findall(extract_boxed(text) or text)
         return numbers[-1] if numbers else None
     return None
@@ -164,7 +197,11 @@ def _previous_answer(messages: Sequence[Message]) -> str | None:
 
 def _said_meanwhile(messages: Sequence[Message]) -> list[str]:
     i = _task_index(messages)
-    return [m.content for m in messages[i + 1 :] if m.role == "user"] if i >= 0 else []
+    return (
+        [m.content[:MAX_SCAN_CHARS] for m in messages[i + 1 :] if m.role == "user"]
+        if i >= 0
+        else []
+    )
 
 
 def _tool_results(messages: Sequence[Message]) -> dict[str, tuple[str, bool]]:
@@ -178,7 +215,7 @@ def _tool_results(messages: Sequence[Message]) -> dict[str, tuple[str, bool]]:
 
 
 def _json_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _next_action(
@@ -189,6 +226,9 @@ def _next_action(
 ) -> _Action | None:
     names = [t.name for t in tools]
     plan: list[_Action] = []
+    direct = _direct_action(task, names)
+    if direct is not None:
+        return None if direct.tool in results else direct
     agent = next((n for n in names if n.startswith("agents__")), None)
     if agent and DELEGATE_TRIGGER.search(task):
         who = agent.split("__", 1)[1]
@@ -246,6 +286,58 @@ def _next_action(
     return next((a for a in plan if a.tool not in results), None)
 
 
+def _direct_action(task: str, names: Sequence[str]) -> _Action | None:
+    """Reading a document or running code, when the task asks for it and the tool is there."""
+    reader = next((n for n in names if n.endswith("__read_file")), None)
+    python = next((n for n in names if n.endswith("__run_python_code")), None)
+    shell = next((n for n in names if n.endswith("__run_command")), None)
+    code = PYTHON_TRIGGER.search(task) if python else None
+    if python and code and code.group(1).strip():
+        source = code.group(1).strip()
+        return _Action(
+            python,
+            '{"code_block": ' + _json_string(source) + "}",
+            "The task gives me Python code to run. I will run it in the sandbox and report "
+            "what it prints.\n",
+            "Running the code in the sandbox.\n",
+        )
+    command = SHELL_TRIGGER.search(task) if shell else None
+    if shell and command and command.group(1).strip():
+        line = command.group(1).strip()
+        return _Action(
+            shell,
+            '{"command": ' + _json_string(line) + "}",
+            "The task gives me a shell command to run. I will run it in the sandbox.\n",
+            "Running the command in the sandbox.\n",
+        )
+    wanted = READ_TRIGGER.search(task) if reader else None
+    if reader and wanted:
+        uri = wanted.group(1).rstrip(".,;:!?)\"'").lstrip("(\"'")
+        if uri:
+            return _Action(
+                reader,
+                '{"uri": ' + _json_string(uri) + "}",
+                f"The task asks me to read {uri}. I will open it with the reading tool and "
+                "look at what it says.\n",
+                f"Reading {uri}.\n",
+            )
+    return None
+
+
+def _stdout(result: str) -> tuple[str, str]:
+    """(status line, stdout) of a code tool result (``exit code N`` then sections)."""
+    status = result.split("\n", 1)[0]
+    _, found, rest = result.partition("--- stdout ---\n")
+    stdout = rest.split("\n--- stderr ---\n", 1)[0] if found else ""
+    return status, stdout
+
+
+def _excerpt(text: str, limit: int = 1500) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[… {len(text) - limit:,} more characters in the tool result]"
+
+
 def _answer(results: dict[str, tuple[str, bool]]) -> tuple[str, list[str]]:
     """The final answer and the facts that support it."""
     facts: list[str] = []
@@ -265,6 +357,19 @@ def _answer(results: dict[str, tuple[str, bool]]) -> tuple[str, list[str]]:
         elif tool == "now":
             facts.append(f"The clock reads {text.strip()}.")
             answer = answer or text.strip()
+        elif tool == "read_file":
+            lines = [line.strip().lstrip("#").strip() for line in text.splitlines()]
+            first = next((line for line in lines if line), "")[:200]
+            facts.append(
+                f"The reading tool returned {len(text):,} characters. It begins:\n\n"
+                f"```text\n{_excerpt(text, 600)}\n```"
+            )
+            answer = answer or first
+        elif tool in ("run_python_code", "run_command"):
+            status, stdout = _stdout(text)
+            facts.append(f"The code ran ({status}). Its output:\n\n```text\n{_excerpt(text)}\n```")
+            printed = [line.strip() for line in stdout.splitlines() if line.strip()]
+            answer = answer or (printed[-1][:200] if printed else status)
     return answer, facts
 
 
@@ -275,7 +380,10 @@ def _final(results: dict[str, tuple[str, bool]]) -> tuple[str, str]:
         text = f"The answer is {answer}.\n" if answer else "I could not find an answer.\n"
     else:
         reasoning = "This needs no tools. I am an offline demo model, so my answer is limited.\n"
-        text = "I am the offline demo model; I can do arithmetic, tell the time and delegate.\n"
+        text = (
+            "I am the offline demo model; I can do arithmetic, tell the time, read a file "
+            "(read <file>), run code (run python: <code>) and delegate.\n"
+        )
     return reasoning, text
 
 
@@ -285,7 +393,7 @@ def _summary(task: str, results: dict[str, tuple[str, bool]]) -> tuple[str, str]
     lines = [
         "Summary (offline demo model)",
         "",
-        f"Task: {task}",
+        f"Task: {task if len(task) <= 300 else task[:300] + ' […]'}",
         "",
         *(f"- {fact}" for fact in facts),
     ]
