@@ -48,7 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--config", help="agent config YAML (default: the offline demo model)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes on this port (more than 1 needs --redis)",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep tasks in Redis so that gateways share them: redis://host:6379/0, "
+        "rediss://user:password@host:6380/0 (also OSPARK_REDIS_URL; default: in memory)",
+    )
     p.add_argument(
         "--shutdown-deadline",
         type=float,

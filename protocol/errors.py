@@ -57,6 +57,9 @@ class ErrorCode(enum.StrEnum):
     retry after a ``user_message`` event."""
     INTERNAL = "internal"
     """A server bug; the request may be retried."""
+    UNAVAILABLE = "unavailable"
+    """The gateway cannot reach its task store (Redis) right now. Retryable: retry with
+    backoff, on this gateway or another."""
 
 
 class CloseCode(enum.IntEnum):

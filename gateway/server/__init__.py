@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from gateway.server.app import Gateway, create_app
 from gateway.server.logging import configure_logging
-from gateway.server.main import main
+from gateway.server.main import main, serve_one, settings_from_args
 from gateway.server.runner import (
     GatewayServer,
     RunningGateway,
@@ -31,6 +31,8 @@ __all__ = [
     "create_app",
     "main",
     "serve_in_background",
+    "serve_one",
+    "settings_from_args",
     "tune_gc",
     "uvicorn_config",
 ]

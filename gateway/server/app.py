@@ -36,6 +36,7 @@ from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
 
 if TYPE_CHECKING:
     from gateway.streaming import LoadedAgents
+    from gateway.tasks.redis_backend import RedisBackend
 from protocol import (
     SUBPROTOCOLS,
     CloseCode,
@@ -78,6 +79,8 @@ class Gateway:
         self.files = FileStore.from_env(settings.tasks.retain_finished)
         self.traces = TraceStore(retain_s=settings.tasks.retain_finished)
         self.manager: TaskManager | None = None
+        self.backend: RedisBackend | None = None
+        """The Redis backend in Redis mode (None: the manager's in-memory one)."""
         self.connections: set[Connection] = set()
         self._closed_stats = ConnectionStats()  # the counters of connections gone
         self.draining = False
@@ -132,7 +135,21 @@ class Gateway:
             if record.state == "failed":
                 self._spawn(self._log_failure(record))
 
-        self.manager = TaskManager(factory, config=self.settings.tasks, on_terminal=finished)
+        backend = None
+        if self.settings.redis_url:  # Redis mode: one task space for every gateway process
+            from gateway.server.redis import RedisCollector, make_backend, node_name
+
+            backend = self.backend = make_backend(self.settings)
+            self.metrics.registry.register(RedisCollector(backend))
+        self.manager = TaskManager(
+            factory,
+            config=self.settings.tasks,
+            on_terminal=finished,
+            backend=backend,
+            node=node_name() if backend is not None else None,
+        )
+        if backend is not None:
+            await backend.start()
         self._spawn(sample_loop_lag(metrics.loop_lag))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -187,6 +204,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self.files.close()
+        if self.backend is not None:
+            await self.backend.close()
 
 
 async def _websocket(websocket: WebSocket) -> None:
@@ -318,9 +337,15 @@ async def _healthz(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     status = 503 if gw.draining or gw.manager is None else 200
     m = gw.manager
+    problem = gw.backend.health() if gw.backend is not None else None
+    if problem is not None and status == 200:
+        status = 503
     return JSONResponse(
         {
-            "status": "draining" if gw.draining else ("ok" if status == 200 else "starting"),
+            "status": "draining"
+            if gw.draining
+            else ("ok" if status == 200 else "unavailable" if problem else "starting"),
+            **({"reason": problem} if problem else {}),
             "version": gateway.__version__,
             "connections": len(gw.connections),
             "tasks_active": m.active_count if m else 0,

@@ -72,45 +72,74 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings of ``ospark serve``: the environment, then its arguments (checked; raises
+    :class:`ConfigError`)."""
+    settings = Settings.from_env(
+        host=args.host,
+        port=args.port,
+        agent_config=args.config,
+        shutdown_deadline=args.shutdown_deadline,
+        redis_url=getattr(args, "redis", None),
+    )
+    handshake_timeout = getattr(args, "handshake_timeout", None)
+    if handshake_timeout is not None:
+        if handshake_timeout <= 0:
+            raise ConfigError("--handshake-timeout must be a positive number of seconds")
+        settings.transport = dataclasses.replace(
+            settings.transport, handshake_timeout=handshake_timeout
+        )
+    settings.check()
+    return settings
+
+
 def main(args: argparse.Namespace) -> int:
     """``ospark serve``: run the gateway until SIGTERM/SIGINT; the exit codes are above."""
     configure_logging(args.log_level)  # before the config check, whose warnings are log lines
-    if args.workers != 1:
-        return _fail(
-            "--workers > 1 needs a shared task backend (Redis), which is not built yet; tasks "
-            "would not be visible across workers. Run one worker per port instead.",
-            EXIT_BAD_SETTINGS,
-        )
     try:
-        settings = Settings.from_env(
-            host=args.host,
-            port=args.port,
-            agent_config=args.config,
-            shutdown_deadline=args.shutdown_deadline,
-        )
-        handshake_timeout = getattr(args, "handshake_timeout", None)
-        if handshake_timeout is not None:
-            if handshake_timeout <= 0:
-                raise ConfigError("--handshake-timeout must be a positive number of seconds")
-            settings.transport = dataclasses.replace(
-                settings.transport, handshake_timeout=handshake_timeout
+        settings = settings_from_args(args)
+        if args.workers < 1 or (args.workers > 1 and not settings.redis_url):
+            raise ConfigError(
+                "--workers > 1 needs --redis URL (or OSPARK_REDIS_URL): without a shared task "
+                "store, tasks would not be visible across workers"
             )
-        settings.check()
         agents = _load_agents(settings)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_BAD_SETTINGS)
+    if settings.redis_url:
+        from gateway.server.redis import redis_reachable
+
+        problem = redis_reachable(settings.redis_url)
+        if problem is not None:
+            return _fail(f"cannot reach Redis ({problem})", EXIT_BAD_SETTINGS)
     try:
+        if args.workers > 1:
+            from gateway.server.workers import run_workers
+
+            return run_workers(args, settings)
         sock = _listen(settings.host, settings.port)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return _fail(
             f"cannot listen on {settings.host}:{settings.port}: {reason}", EXIT_CANNOT_LISTEN
         )
+    return serve_one(settings, [sock], agents=agents)
 
+
+def serve_one(
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    *,
+    agents: LoadedAgents | None = None,
+) -> int:
+    """Run one gateway process on ``sockets`` (default: bind ``settings.host``/``port``)
+    until SIGTERM/SIGINT (``--workers`` runs one per worker process on the parent's socket)."""
+    if sockets is None:
+        sockets = [_listen(settings.host, settings.port)]
     app = create_app(settings, agents=agents)
     config = uvicorn_config(app, settings, log_config=None, lifespan="on", access_log=False)
     server = GatewayServer(config, app.state.gateway)
-    host, port = sock.getsockname()[:2]
+    host, port = sockets[0].getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(
         f"OSpark Gateway: open http://{shown}:{port}/ (WebSocket ws://{shown}:{port}/ws); "
@@ -122,12 +151,13 @@ def main(args: argparse.Namespace) -> int:
     # the process should simply exit 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=sockets)
     except SystemExit as exc:  # uvicorn exits this way when its start-up fails
         if exc.code in (0, None):
             raise
         return _fail("the server failed to start (see the log above)", EXIT_FAILED)
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     log.info("stopped", extra={"uptime_s": round(time.monotonic() - started, 1)})
     return 0

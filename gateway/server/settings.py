@@ -15,7 +15,13 @@ is refused with a :class:`ConfigError` naming the entry (never echoing a token).
   address (comma-separated; e.g. the public name a local reverse proxy forwards);
 - ``OSPARK_ALLOW_ANONYMOUS``: ``1`` to accept connections without a token on a non-loopback
   address (not recommended);
-- ``OSPARK_CONFIG``: the agent configuration YAML (default: the built-in demo config).
+- ``OSPARK_CONFIG``: the agent configuration YAML (default: the built-in demo config);
+- ``OSPARK_REDIS_URL``: keep tasks in Redis (``redis://[user:password@]host:port/db`` or
+  ``rediss://``) so that several gateway processes share them (default: in memory);
+- ``OSPARK_REDIS_LEASE``: seconds after which a silent gateway process is declared lost and
+  its tasks end with ``node_lost`` (10);
+- ``OSPARK_REDIS_BUFFER_SECONDS``: seconds of Redis outage after which running tasks are
+  stopped with ``store_unavailable`` (30).
 """
 
 from __future__ import annotations
@@ -133,6 +139,12 @@ class Settings:
     """Seconds a client has to answer a WebSocket ping."""
     shutdown_deadline: float = 10.0
     """On SIGTERM: seconds running tasks may still finish before they are cancelled."""
+    redis_url: str | None = None
+    """Keep tasks in this Redis (see :mod:`gateway.tasks.redis_backend`); None: in memory."""
+    redis_lease: float = 10.0
+    """Seconds after which a silent gateway process is lost (Redis mode)."""
+    redis_buffer_seconds: float = 30.0
+    """Seconds of Redis outage after which running tasks are stopped (Redis mode)."""
     web_root: Path | None = field(
         default_factory=lambda: Path(__file__).resolve().parents[1] / "web"
     )
@@ -190,7 +202,20 @@ class Settings:
             if anonymous is None
             else anonymous.lower() in ("1", "true", "yes"),
             agent_config=env.get("OSPARK_CONFIG") or None,
+            redis_url=env.get("OSPARK_REDIS_URL") or None,
         )
+        for name, var in (
+            ("redis_lease", "OSPARK_REDIS_LEASE"),
+            ("redis_buffer_seconds", "OSPARK_REDIS_BUFFER_SECONDS"),
+        ):
+            if env.get(var):
+                try:
+                    seconds = float(env[var])
+                except ValueError:
+                    raise ConfigError(f"{var}: expected seconds, got {env[var]!r}") from None
+                if not seconds > 0:
+                    raise ConfigError(f"{var}: must be positive, got {env[var]!r}")
+                setattr(settings, name, seconds)
         for name, value in overrides.items():
             if value is not None:
                 setattr(settings, name, value)

@@ -279,6 +279,11 @@ class NodeHandler(Protocol):
         queued as, or ``"!code: message"`` to refuse it with."""
         ...
 
+    # Optional (a backend looks it up with getattr): a node that can run tasks it did not
+    # create has ``task_adopted(record)``. A backend that finds a lost node's task still
+    # queued (``pending``, no work done) moves it to such a node under ``epoch + 1`` and calls
+    # it with the moved record; the node runs it from ``record.last_seq`` on.
+
 
 class TaskBackend(Protocol):
     """Storage of task records and per-task event logs (see the module docstring for the

@@ -847,6 +847,31 @@ class TaskManager:
         if driver is not None and not driver.done():
             driver.cancel()
 
+    def _adopt(self, record: TaskRecord) -> None:
+        """Run here a queued task that a lost node never started (the backend moved it to this
+        node under a new epoch). It keeps its id, its events so far and its options."""
+        if self._closing:
+            log.warning("task %s adopted during shutdown: ending it", record.task_id)
+        task = _Task(record)
+        task.last_seq = record.last_seq
+        self._active[task.key] = task
+        cfg, options = self.config, record.options
+        self._detach.track(
+            task.key,
+            options.on_detach or cfg.on_detach,
+            options.detach_ttl if options.detach_ttl is not None else cfg.detach_ttl,
+        )
+        task.emit = functools.partial(self._emit, task)
+        driver = asyncio.get_running_loop().create_task(
+            self._drive(task), name=f"task:{record.task_id}"
+        )
+        task.driver = driver
+        self._drivers.add(driver)
+        driver.add_done_callback(functools.partial(self._driver_done, task))
+        self._detach.settle(task.key)
+        if self._closing:
+            self._cancel(task, "server shutdown")
+
     # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self, deadline: float = 30.0) -> None:
@@ -904,6 +929,9 @@ class _Handler:
         task = self._manager._active.get((owner, task_id))
         if task is not None:
             self._manager._lost(task, reason)
+
+    def task_adopted(self, record: TaskRecord) -> None:
+        self._manager._adopt(record)
 
     def input_given(self, owner: str, task_id: str, answer: Input) -> str | None:
         task = self._manager._active.get((owner, task_id))
@@ -984,7 +1012,7 @@ class _unavailable_refuses:
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, BackendUnavailable):
             raise TaskError(
-                ErrorCode.INTERNAL,
+                ErrorCode.UNAVAILABLE,
                 f"{self._what} refused: the task store is unavailable ({exc.message}); "
                 "retry shortly",
             ) from exc

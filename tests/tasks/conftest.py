@@ -5,11 +5,13 @@ once per backend (the Redis backend adds its parameter here)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.tasks import InMemoryBackend, Retention, TaskBackend
+from gateway.tasks.redis_backend import RedisBackend, RedisConfig
 from gateway.testing import ScriptedRunner
 from tests.tasks.helpers import BackendFactory
 
@@ -18,7 +20,12 @@ def _memory(retention: Retention | None = None) -> TaskBackend:
     return InMemoryBackend(retention)
 
 
-FACTORIES: dict[str, BackendFactory] = {"memory": _memory}
+def _redis(retention: Retention | None = None, *, url: str = "") -> TaskBackend:
+    # Started by its first call that needs Redis (the session's real redis-server).
+    return RedisBackend(RedisConfig(url=url), retention)
+
+
+FACTORIES: dict[str, BackendFactory] = {"memory": _memory, "redis": _redis}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -26,6 +33,8 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[BackendF
     """Makes backends of one kind (``make_backend(retention)``); closes them afterwards."""
     made: list[TaskBackend] = []
     factory = FACTORIES[request.param]
+    if request.param == "redis":
+        factory = functools.partial(_redis, url=request.getfixturevalue("redis_url"))
 
     def make(retention: Retention | None = None) -> TaskBackend:
         backend = factory(retention)

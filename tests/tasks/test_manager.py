@@ -551,7 +551,7 @@ async def test_an_unavailable_backend_refuses_start_clearly(script: ScriptedRunn
     async with TaskManager(script, backend=Unavailable()) as tm:
         with pytest.raises(TaskError) as err:
             await tm.start("alice", "q")
-        assert err.value.code is ErrorCode.INTERNAL
+        assert err.value.code is ErrorCode.UNAVAILABLE
         assert "unavailable" in err.value.message and "retry" in err.value.message
         assert tm.active_count == 0
 

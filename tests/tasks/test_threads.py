@@ -55,8 +55,8 @@ async def test_thread_retention_bounds(make_backend: BackendFactory) -> None:
     for i in range(3):
         await backend.thread_add("alice", "a", turn(f"t{i}", at=float(i)))
     assert [t.task_id for t in await backend.thread_turns("alice", "a") or []] == ["t1", "t2"]
-    await backend.thread_add("alice", "b", turn("u"))
-    await backend.thread_add("alice", "c", turn("v"))  # drops the least recently updated: a
+    await backend.thread_add("alice", "b", turn("u", at=3.0))
+    await backend.thread_add("alice", "c", turn("v", at=4.0))  # drops the least recent: a
     assert await backend.thread_turns("alice", "a") is None
     assert {t.thread_id for t in await backend.list_threads("alice", 10)} == {"b", "c"}
 

@@ -1,0 +1,82 @@
+"""Redis mode of the server: the backend built from the settings, and its metrics.
+
+With ``--redis URL`` (or ``OSPARK_REDIS_URL``) every gateway process is a node of one task
+space kept in Redis (see :mod:`gateway.tasks.redis_backend`). Startup fails with a clear
+message when Redis cannot be reached; afterwards an outage makes ``/healthz`` answer 503 with
+the reason while the process keeps serving what it can.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.server.settings import Settings
+from gateway.tasks.redis_backend import RedisBackend, RedisConfig
+
+__all__ = ["RedisCollector", "make_backend", "node_name", "redis_reachable"]
+
+
+def node_name() -> str:
+    """This process's node id: readable in logs, unique across restarts."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def redis_reachable(url: str) -> str | None:
+    """``None`` if Redis at ``url`` answers a PING, else why not (checked before serving)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def make_backend(settings: Settings) -> RedisBackend:
+    """The Redis backend the settings ask for (not started yet)."""
+    assert settings.redis_url is not None
+    return RedisBackend(
+        RedisConfig(
+            url=settings.redis_url,
+            lease=settings.redis_lease,
+            buffer_seconds=settings.redis_buffer_seconds,
+        )
+    )
+
+
+class RedisCollector(Collector):
+    """What matters across processes: Redis round trip, flush batch size, buffered writes,
+    nodes alive."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self._backend = backend
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        b = self._backend
+        yield GaugeMetricFamily(
+            "ospark_redis_rtt_seconds", "Duration of the last flush round trip", value=b.rtt
+        )
+        yield GaugeMetricFamily(
+            "ospark_redis_flush_batch", "Writes in the last flushed batch", value=b.last_batch
+        )
+        yield GaugeMetricFamily(
+            "ospark_redis_buffered", "Writes waiting for Redis", value=b.buffered
+        )
+        yield GaugeMetricFamily(
+            "ospark_redis_nodes_alive", "Gateway processes with a live lease", value=b.nodes_alive
+        )
+        yield GaugeMetricFamily(
+            "ospark_redis_up",
+            "1 when Redis answers this process, 0 during an outage",
+            value=0 if b.health() else 1,
+        )

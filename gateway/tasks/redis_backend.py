@@ -1,0 +1,1367 @@
+"""The Redis backend: many gateway processes, one task space.
+
+Tasks, their event logs and their state live in Redis (key layout and scripts in
+:mod:`gateway.tasks.redis_scripts`). Each task manager attached to a backend is a *node*; the
+node running a task is the only writer of its log, and writes under the task's epoch.
+
+Writes (``update``, ``append``, ``expire``) return at once; a *flusher* sends them in
+pipelined batches, one script call per event (epoch check, ``XADD`` with the seq as entry id,
+trim, record update, ``SPUBLISH``). **Durable before visible**: this process's listeners get an
+event only once Redis has it, and other processes get it from the publish that the same
+script does, so a client never sees an event that a later reader cannot replay.
+
+Listening to a task that another process writes subscribes to its channel (``listen``
+returns once the subscription is in place, so the replay/live join of
+:class:`~gateway.tasks.subscription.Subscription` stays race-free across processes). A seq jump
+on the channel, or a reconnection of the subscriber connection, reads the hole from the log;
+if retention dropped part of it, the listeners get a :class:`~protocol.frames.Gap` first.
+
+Nodes and failure:
+
+- every attached node renews a lease (``P:node:N`` with a TTL of ``lease`` seconds) every
+  ``lease / 3`` seconds, and the process then sweeps: a node whose lease expired is *lost*.
+  Each of its active tasks gets exactly one terminal ``task_failed`` with code ``node_lost``,
+  written by a compare-and-set script that bumps the task's epoch, so the lost node, if it
+  comes back, cannot append anything after it (it is told with
+  :meth:`~gateway.tasks.backend.NodeHandler.task_lost`). A task still queued (no work done) is
+  adopted instead when the surviving node's handler can run it (``task_adopted``). Running
+  tasks are not re-run: their tools may have had side effects. A node is noticed lost within
+  ``lease * 4 / 3`` seconds (13.3 s with the default 10 s).
+- ``request_cancel`` marks the task (``cancel`` field), publishes to the running node's
+  control channel, and adds the request to that node's ``cancels`` set, which the node reads
+  on every lease tick: a lost publish delays a cancel by one tick, never forever.
+- Redis unavailable: coroutines raise :exc:`~gateway.tasks.backend.BackendUnavailable`;
+  writes stay queued and the flusher retries with backoff (50 ms doubling to 2 s). Past
+  ``max_buffered`` writes or ``buffer_seconds`` of outage, the running tasks of this process
+  are stopped (``task_lost``) and each gets a terminal ``task_failed`` with code
+  ``store_unavailable``, queued after its buffered events; everything is written once Redis
+  answers again. :meth:`RedisBackend.health` says why the process is unhealthy.
+
+Retention: per task log as in memory (count and bytes, entry ids = seqs); finished tasks per
+owner by count and bytes (the oldest removed past the bound) and by TTL (``expire``). The
+bounds on all owners together (``Retention.max_finished``, ``max_finished_bytes``) are not
+applied: across an owner's keys they would need one Cluster slot for every owner; Redis's
+``maxmemory`` (with ``noeviction``) is the global bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from protocol.events import TaskFailed, Usage
+from protocol.frames import EventFrame, Gap, Input, StartOptions, TaskState, ThreadSummary
+
+from . import redis_scripts as lua
+from . import redis_wire as wire
+from .backend import (
+    ActiveLimitReached,
+    BackendUnavailable,
+    CancelResult,
+    Listener,
+    LogSlice,
+    NodeHandler,
+    Retention,
+    TaskRecord,
+    ThreadTurn,
+)
+
+__all__ = ["RedisBackend", "RedisConfig"]
+
+_TURN_ENCODER = msgspec.msgpack.Encoder()
+_TURN_DECODER = msgspec.msgpack.Decoder(ThreadTurn)
+
+log = logging.getLogger(__name__)
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_encoder = msgspec.json.Encoder()
+_frame_decoder = msgspec.json.Decoder(EventFrame)
+_options_decoder = msgspec.json.Decoder(StartOptions)
+_usage_decoder = msgspec.json.Decoder(Usage)
+_ctl_decoder = msgspec.json.Decoder(dict[str, str])
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """Where and how the Redis backend keeps tasks."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """``redis://[user:password@]host:port/db`` or ``rediss://`` (TLS)."""
+    prefix: str = "osp"
+    """First part of every key (several task spaces can share one Redis)."""
+    lease: float = 10.0
+    """Seconds a node's lease lasts; renewed every third of it. A node silent for longer is
+    lost: its active tasks end with ``node_lost``."""
+    max_buffered: int = 100_000
+    """Writes a process keeps while Redis is unreachable before it stops its running tasks."""
+    buffer_seconds: float = 30.0
+    """Seconds of outage after which a process stops its running tasks."""
+    batch: int = 512
+    """Most writes sent in one pipeline."""
+
+
+class _Local:
+    """A task this process writes: the last record queued, the seq after it, and the constant
+    parts of its append command."""
+
+    __slots__ = ("fenced", "prefix", "record", "sent", "seq", "tail")
+
+    def __init__(self, record: TaskRecord, prefix: bytes, tail: bytes) -> None:
+        self.record = record
+        self.sent: TaskRecord | None = None  # the record whose fields were queued last
+        self.seq = record.last_seq
+        self.fenced = False
+        self.prefix = prefix  # EVALSHA <sha> 4 <keys>
+        self.tail = tail  # <task_id> <key base>
+
+
+class _Watch:
+    """This process's listeners of one task, and its live feed from Redis."""
+
+    __slots__ = ("channel", "filling", "held", "last_seq", "listeners", "remote", "subscribed")
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.listeners: tuple[Listener, ...] = ()
+        self.last_seq = 0  # highest seq handed to the listeners
+        self.remote = False  # fed by the channel (another process writes the task)
+        self.subscribed: asyncio.Future[None] | None = None
+        self.filling = False  # a read of a hole is under way; live frames wait in held
+        self.held: list[EventFrame] = []
+
+
+_APPEND, _UPDATE, _EXPIRE, _PERSIST, _REMOVE = 0, 1, 2, 3, 4
+
+Finished = tuple[str, str, int, float]
+"""A task that ended: owner, task id, the size it counts, when it ended."""
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: int
+    key: Key
+    packed: bytes
+    """The command(s), RESP-encoded; the first reply is the op's result."""
+    replies: int = 1
+    frame: EventFrame | None = None
+    final: bool = False
+    node: str = ""
+
+
+class RedisBackend:
+    """A :class:`~gateway.tasks.backend.TaskBackend` over Redis (see the module docstring).
+
+    ``await start()`` before use (connects, loads the scripts, starts the flusher, the
+    subscriber and the lease loop); ``await close()`` at the end."""
+
+    def __init__(self, config: RedisConfig | None = None, retention: Retention | None = None):
+        cfg = config or RedisConfig()
+        if cfg.lease <= 0 or cfg.buffer_seconds <= 0 or cfg.max_buffered < 1:
+            raise ValueError("lease, buffer_seconds and max_buffered must be positive")
+        self.config = cfg
+        self.retention = retention or Retention()
+        self._log_bounds = wire.bulk(self.retention.max_events) + wire.bulk(
+            self.retention.max_bytes
+        )
+        self._timeout = max(2.0, cfg.lease / 3)
+        # Typed as Any: redis-py declares its replies as unions of str and bytes; with
+        # decode_responses off (the default, used here) they are bytes. One immediate retry
+        # (a pooled connection may be stale after a Redis restart), no more: callers get a
+        # clear answer at once, and the flusher has its own backoff.
+        self._redis: Any = aredis.Redis.from_url(
+            cfg.url,
+            socket_connect_timeout=2.0,
+            socket_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        # The subscriber connection must never reconnect behind our back: after a reconnect
+        # it has to subscribe again and read what was published meanwhile.
+        self._pubsub_client: Any = aredis.Redis.from_url(
+            cfg.url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+        )
+        self._wire = wire.RespConnection(cfg.url, self._timeout)
+        self._p = cfg.prefix
+        self._nodes_key = f"{cfg.prefix}:nodes"
+        self._scripts = {
+            name: self._redis.register_script(getattr(lua, name))
+            for name in (
+                "CREATE",
+                "APPEND",
+                "UPDATE",
+                "END_LOST",
+                "ADOPT",
+                "CANCEL",
+                "REMOVE",
+                "TRIM_OWNER",
+                "TRIM_ALL",
+            )
+        }
+        self._handlers: dict[str, NodeHandler] = {}
+        self._local: dict[Key, _Local] = {}
+        self._watches: dict[Key, _Watch] = {}
+        self._by_channel: dict[str, Key] = {}
+        self._ops: deque[_Op] = deque()
+        self._thread_writes: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._pubsub: Any = None
+        self._pubsub_up = asyncio.Event()
+        self._started = False
+        self._starting: asyncio.Task[None] | None = None
+        self._closing = False
+        self._untrimmed: list[Finished] = []
+        # No sweeping for one lease after this process could not reach Redis: the other
+        # nodes could not renew their leases either, and are not lost for that.
+        self._sweep_after = 0.0
+        self._outage_since: float | None = None
+        self._aborted = False
+        self._subscriber_gate = asyncio.Event()
+        self._subscriber_gate.set()
+        self.health_changed = asyncio.Event()
+        """Set whenever :meth:`health` changes (clear it to wait for the next change)."""
+        self.last_error: str | None = None
+        # Read by the server's metrics.
+        self.rtt = 0.0
+        """Seconds of the last flush round trip."""
+        self.last_batch = 0
+        """Writes in the last flushed batch."""
+        self.nodes_alive = 0
+        """Nodes with a live lease, as of the last sweep."""
+
+    # ------------------------------------------------------------------ keys
+
+    def _base(self, owner: str) -> str:
+        return f"{self._p}:{{{lua.escape_owner(owner)}}}:"
+
+    def _task_keys(self, owner: str, task_id: str) -> list[str]:
+        base = self._base(owner)
+        return [f"{base}t:{task_id}", f"{base}e:{task_id}", f"{base}c:{task_id}", f"{base}active"]
+
+    def _node_key(self, node: str, kind: str = "") -> str:
+        return f"{self._p}:node:{node}{':' + kind if kind else ''}"
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def start(self) -> None:
+        """Connect, load the scripts, start the background work. Raises
+        :exc:`BackendUnavailable` when Redis cannot be reached. Called by the first call that
+        needs Redis if not before (a server calls it at startup to fail early)."""
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _ensure(self) -> None:
+        if not self._started:
+            await self.start()
+
+    async def _start(self) -> None:
+        try:
+            await self._redis.ping()
+            for script in self._scripts.values():
+                await self._redis.script_load(script.script)
+            for node in self._handlers:
+                await self._renew_lease(node)
+        except _UNREACHABLE as exc:
+            self._starting = None
+            raise BackendUnavailable(
+                f"cannot reach Redis at {_safe_url(self.config.url)}: {exc}"
+            ) from exc
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._flusher(), name="redis-flusher"),
+            loop.create_task(self._subscriber(), name="redis-subscriber"),
+            loop.create_task(self._lease_loop(), name="redis-lease"),
+        ]
+        self._started = True
+        await self._pubsub_up.wait()
+
+    def attach(self, node: str, handler: NodeHandler) -> None:
+        self._handlers[node] = handler
+        if self._started:
+            self._spawn(self._join(node))
+
+    async def _join(self, node: str) -> None:
+        with contextlib.suppress(RedisError, *_UNREACHABLE):
+            await self._renew_lease(node)
+        if self._pubsub is not None:
+            await self._send("SSUBSCRIBE", self._node_key(node, "ctl"))
+
+    # ------------------------------------------------------------------ threads (issue 12)
+    #
+    # One list per thread (``th:<id>``, its turns as MessagePack, expiring ``thread_ttl`` after
+    # its latest change) and a sorted set per owner (``thidx``, thread ids scored by their
+    # latest change) for listing and for dropping the least recently updated. Both live under
+    # the owner's hash tag. A node reads its own thread writes (they are awaited before its
+    # reads); across nodes a write becomes visible once stored.
+
+    def _thread_keys(self, owner: str, thread_id: str) -> tuple[str, str]:
+        base = self._base(owner)
+        return base + "th:" + thread_id, base + "thidx"
+
+    async def _thread_writes_done(self) -> None:
+        pending = [t for t in self._thread_writes if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def thread_add(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        await self._ensure()
+        await self._thread_writes_done()
+        key, idx = self._thread_keys(owner, thread_id)
+        r = self.retention
+        changed = max(turn.created, turn.updated)
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.rpush(key, _TURN_ENCODER.encode(turn))
+            pipe.ltrim(key, -r.max_turns_per_thread, -1)
+            pipe.pexpireat(key, int((changed + r.thread_ttl) * 1000))
+            pipe.zadd(idx, {thread_id: changed})
+            pipe.zremrangebyscore(idx, "-inf", time.time() - r.thread_ttl)
+            pipe.zrange(idx, 0, -(r.max_threads_per_owner + 1))
+            *_, dropped = await pipe.execute()
+            if dropped:
+                names = [d.decode() for d in dropped]
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.zrem(idx, *names)
+                pipe.delete(*(self._thread_keys(owner, n)[0] for n in names))
+                await pipe.execute()
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+
+    def thread_update(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        task = asyncio.get_running_loop().create_task(self._thread_update(owner, thread_id, turn))
+        self._thread_writes.add(task)
+        task.add_done_callback(self._thread_writes.discard)
+
+    async def _thread_update(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        key, idx = self._thread_keys(owner, thread_id)
+        try:
+            await self._ensure()
+            raws = await self._redis.lrange(key, 0, -1)
+            for i, raw in enumerate(raws):
+                if _TURN_DECODER.decode(raw).task_id == turn.task_id:
+                    pipe = self._redis.pipeline(transaction=True)
+                    pipe.lset(key, i, _TURN_ENCODER.encode(turn))
+                    pipe.pexpireat(key, int((turn.updated + self.retention.thread_ttl) * 1000))
+                    pipe.zadd(idx, {thread_id: turn.updated}, xx=True)
+                    await pipe.execute()
+                    return
+        except (*_UNREACHABLE, RedisError, BackendUnavailable) as exc:
+            log.warning("thread %s: a turn's update was not stored: %s", thread_id, exc)
+
+    async def thread_turns(self, owner: str, thread_id: str) -> list[ThreadTurn] | None:
+        await self._ensure()
+        await self._thread_writes_done()
+        try:
+            raws = await self._redis.lrange(self._thread_keys(owner, thread_id)[0], 0, -1)
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        return [_TURN_DECODER.decode(raw) for raw in raws] or None
+
+    async def list_threads(self, owner: str, limit: int) -> list[ThreadSummary]:
+        await self._ensure()
+        await self._thread_writes_done()
+        _, idx = self._thread_keys(owner, "")
+        try:
+            await self._redis.zremrangebyscore(idx, "-inf", time.time() - self.retention.thread_ttl)
+            ids = [i.decode() for i in await self._redis.zrevrange(idx, 0, limit - 1)]
+            pipe = self._redis.pipeline(transaction=False)
+            for thread_id in ids:
+                pipe.lrange(self._thread_keys(owner, thread_id)[0], 0, -1)
+            lists = await pipe.execute()
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        out: list[ThreadSummary] = []
+        for thread_id, raws in zip(ids, lists, strict=True):
+            turns = [_TURN_DECODER.decode(raw) for raw in raws]
+            if not turns:
+                continue  # expired meanwhile
+            first, last = turns[0], turns[-1]
+            out.append(
+                ThreadSummary(
+                    thread_id=thread_id,
+                    created=first.created,
+                    updated=max(t.updated for t in turns),
+                    task_count=len(turns),
+                    title=first.input[:80],
+                    last_task_id=last.task_id,
+                    last_state=last.state,
+                )
+            )
+        return out
+
+    async def send_input(self, owner: str, task_id: str, answer: Input) -> str | None:
+        handler = await self._running_handler(owner, task_id)
+        return handler if isinstance(handler, str) else handler.input_given(owner, task_id, answer)
+
+    async def send_message(self, owner: str, task_id: str, text: str) -> str:
+        handler = await self._running_handler(owner, task_id)
+        if isinstance(handler, str):
+            return "!" + handler
+        return handler.message_given(owner, task_id, text)
+
+    async def _running_handler(self, owner: str, task_id: str) -> NodeHandler | str:
+        record = await self.get(owner, task_id)
+        if record is None:
+            return f"unknown_task: no task {task_id!r}"
+        if record.final:
+            return f"task_finished: task {task_id!r} has ended ({record.state})"
+        handler = self._handlers.get(record.node)
+        if handler is None:
+            # Not yet: a request/reply to the running node over its control channel.
+            return (
+                f"internal: task {task_id!r} runs on another gateway; answer or steer it "
+                "through a connection to that gateway"
+            )
+        return handler
+
+    async def flush(self) -> None:
+        await self._ensure()
+        await self._thread_writes_done()
+        while self._ops:
+            if self._outage_since is not None:
+                raise BackendUnavailable(self.health() or "Redis is unreachable")
+            self._flushed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await self._flushed.wait()
+
+    async def close(self) -> None:
+        """Write what is queued (for up to ``lease`` seconds), leave, disconnect."""
+        if self._closing:
+            return
+        if self._thread_writes:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.lease):
+                    await self._thread_writes_done()
+        if self._ops and self._started:
+            with contextlib.suppress(TimeoutError, BackendUnavailable):
+                async with asyncio.timeout(self.config.lease):
+                    while self._ops:
+                        self._flushed.clear()
+                        await self._flushed.wait()
+        self._closing = True
+        if self._ops:
+            log.error(
+                "redis: %d queued writes lost at shutdown (Redis unreachable)", len(self._ops)
+            )
+        # redis-py may turn a cancellation inside a command into a connection error, which
+        # the loops survive by design: they also stop on _closing.
+        self._wake.set()
+        self._subscriber_gate.set()
+        for task in (*self._tasks, *self._background):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        if self._started:
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                async with asyncio.timeout(2):
+                    pipe = self._redis.pipeline(transaction=False)
+                    for node in self._handlers:
+                        # A clean exit: its tasks are all finished (the manager drained).
+                        pipe.delete(self._node_key(node))
+                    await pipe.execute()
+        await self._redis.aclose()
+        await self._pubsub_client.aclose()
+        await self._wire.close()
+
+    def health(self) -> str | None:
+        """``None`` when healthy, else why not (for ``/healthz``)."""
+        if self._outage_since is not None:
+            return (
+                f"Redis unreachable for {time.monotonic() - self._outage_since:.1f} s "
+                f"({self.last_error}); {len(self._ops)} writes queued"
+            )
+        return None
+
+    @property
+    def buffered(self) -> int:
+        """Writes not yet in Redis."""
+        return len(self._ops)
+
+    # -- fault injection (tests)
+
+    def stop_lease(self) -> None:
+        """Stop renewing the leases, as a frozen process would (its connections stay): other
+        processes take it for lost. For tests."""
+        self._tasks[2].cancel()
+
+    def pause_subscriber(self) -> None:
+        """Drop the subscriber connection and keep it down until :meth:`resume_subscriber`:
+        live events published meanwhile are lost to this process. For tests."""
+        self._subscriber_gate.clear()
+        pubsub = self._pubsub
+        if pubsub is not None and pubsub.connection is not None:
+            pubsub.connection._writer.transport.abort()
+
+    def resume_subscriber(self) -> None:
+        """Let the subscriber reconnect (see :meth:`pause_subscriber`)."""
+        self._subscriber_gate.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ registry
+
+    async def create(
+        self, record: TaskRecord, *, max_active: int | None = None
+    ) -> TaskRecord | None:
+        owner, task_id = record.owner, record.task_id
+        keys = self._task_keys(owner, task_id)
+        base = self._base(owner)
+        fields = [
+            *_fields(record, full=True),
+            "first_seq",
+            record.last_seq + 1,
+            "bytes",
+            0,
+        ]
+        member = _member(owner, task_id)
+        tasks_key = self._node_key(record.node, "tasks") if record.node else None
+        await self._ensure()
+        try:
+            if tasks_key is not None and not record.final:
+                # Named in the node's set first: if this process dies right after the create,
+                # the sweeper still finds the task.
+                await self._redis.sadd(tasks_key, member)
+            result = await self._scripts["CREATE"](
+                keys=[keys[0], base + "idx", keys[3]],
+                args=[
+                    task_id,
+                    record.created,
+                    max_active or 0,
+                    1 if record.final else 0,
+                    *fields,
+                ],
+            )
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        if result[0] == 1:
+            if not record.final:
+                key = (owner, task_id)
+                self._local[key] = self._new_local(record)
+                watch = self._watches.get(key)
+                if watch is not None and watch.remote:
+                    # Listened to before it existed (a start that subscribes): this process
+                    # writes it, so its listeners are fed by the flusher, not the channel.
+                    watch.remote = False
+                    self._unsubscribe(watch)
+            return None
+        if tasks_key is not None:
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                await self._redis.srem(tasks_key, member)
+        if result[0] == -1:
+            assert max_active is not None
+            raise ActiveLimitReached(max_active)
+        return _record_from(_pairs(result[1]))
+
+    async def get(self, owner: str, task_id: str) -> TaskRecord | None:
+        await self._ensure()
+        try:
+            raw = await self._redis.hgetall(self._task_keys(owner, task_id)[0])
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        return _record_from(raw) if raw else None
+
+    async def list_tasks(self, owner: str) -> list[TaskRecord]:
+        base = self._base(owner)
+        await self._ensure()
+        try:
+            ids = await self._redis.zrange(base + "idx", 0, -1)
+            pipe = self._redis.pipeline(transaction=False)
+            for tid in ids:
+                pipe.hgetall(base + "t:" + tid.decode())
+            raws = await pipe.execute()
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        records, gone = [], []
+        for tid, raw in zip(ids, raws, strict=True):
+            if raw:
+                records.append(_record_from(raw))
+            else:
+                gone.append(tid)
+        if gone:  # expired: drop them from the index too
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                await self._redis.zrem(base + "idx", *gone)
+        return records
+
+    async def active_count(self, owner: str) -> int:
+        await self._ensure()
+        try:
+            return int(await self._redis.scard(self._base(owner) + "active"))
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+
+    def _new_local(self, record: TaskRecord) -> _Local:
+        keys = self._task_keys(record.owner, record.task_id)
+        prefix = b"".join(map(wire.bulk, ("EVALSHA", self._scripts["APPEND"].sha, 4, *keys)))
+        tail = wire.bulk(record.task_id) + wire.bulk(self._base(record.owner))
+        return _Local(record, prefix, tail)
+
+    def update(self, record: TaskRecord) -> None:
+        key = (record.owner, record.task_id)
+        local = self._local.get(key)
+        if local is None or local.fenced:
+            return
+        local.record = record
+        local.sent = record
+        keys = self._task_keys(*key)
+        packed = wire.command(
+            "EVALSHA",
+            self._scripts["UPDATE"].sha,
+            2,
+            keys[0],
+            keys[3],
+            record.epoch,
+            1 if record.final else 0,
+            record.task_id,
+            self._base(record.owner),
+            *_fields(record),
+        )
+        self._queue(self._with_node_set(_Op(_UPDATE, key, packed), record))
+
+    def _with_node_set(self, op: _Op, record: TaskRecord) -> _Op:
+        """A final record also takes the task out of its node's set (swept no more)."""
+        op.node = record.node
+        if record.final and record.node:
+            op.final = True
+            op.packed += wire.command(
+                "SREM", self._node_key(record.node, "tasks"), _member(*op.key)
+            )
+            op.replies += 1
+        return op
+
+    # ------------------------------------------------------------------ event log
+
+    def append(self, record: TaskRecord, frame: EventFrame) -> None:
+        key = (record.owner, record.task_id)
+        local = self._local.get(key)
+        if local is None or local.fenced:
+            return
+        local.seq = frame.seq
+        if record is local.sent:  # the usual case: only the time moves
+            self._queue_append(local, key, record, frame, [])
+        else:
+            local.record = local.sent = record
+            self._queue_append(local, key, record, frame, _fields(record))
+
+    def _queue_append(
+        self, local: _Local, key: Key, record: TaskRecord, frame: EventFrame, fields: list[Any]
+    ) -> None:
+        # The hot path: packed by hand (see redis_wire); the task's keys, id and key base
+        # were packed once, in local.prefix and local.tail.
+        payload = _encoder.encode(frame)
+        seq = b"%d" % frame.seq
+        ts = repr(frame.ts).encode()
+        packed = b"".join(
+            (
+                b"*%d\r\n" % (17 + len(fields)),
+                local.prefix,
+                wire.bulk(record.epoch),
+                b"$%d\r\n%s\r\n" % (len(seq), seq),
+                b"$%d\r\n%s\r\n" % (len(payload), payload),
+                self._log_bounds,
+                b"$1\r\n1\r\n" if record.final else b"$1\r\n0\r\n",
+                local.tail,
+                *map(wire.bulk, fields),
+                b"$7\r\nupdated\r\n$%d\r\n%s\r\n" % (len(ts), ts),
+            )
+        )
+        self._queue(self._with_node_set(_Op(_APPEND, key, packed, frame=frame), record))
+
+    async def read(self, owner: str, task_id: str, after_seq: int) -> LogSlice | None:
+        keys = self._task_keys(owner, task_id)
+        await self._ensure()
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hmget(keys[0], "first_seq", "last_seq")
+            pipe.xrange(keys[1], min=f"{after_seq + 1}-0")
+            (first, last), entries = await pipe.execute()
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        if last is None:
+            return None
+        return LogSlice(int(first or 1), [_frame_decoder.decode(f[b"f"]) for _, f in entries])
+
+    async def listen(self, owner: str, task_id: str, listener: Listener) -> Callable[[], None]:
+        key = (owner, task_id)
+        await self._ensure()
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch(self._task_keys(owner, task_id)[2])
+            if key not in self._local:
+                self._subscribe(key, watch)
+        watch.listeners = (*watch.listeners, listener)
+
+        def undo() -> None:
+            watch.listeners = tuple(x for x in watch.listeners if x is not listener)
+            if not watch.listeners and self._watches.get(key) is watch:
+                del self._watches[key]
+                self._unsubscribe(watch)
+
+        subscribed = watch.subscribed
+        if subscribed is not None and not subscribed.done():
+            # Only events published after the subscription is in place reach this process:
+            # wait for it, so the caller's read of the log that follows misses nothing.
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.wait([subscribed])  # also ends if it is dropped (cancelled)
+            except TimeoutError:
+                undo()
+                raise BackendUnavailable(
+                    "cannot subscribe to the task's events: Redis is unreachable"
+                ) from None
+            except BaseException:
+                undo()
+                raise
+        return undo
+
+    def _dispatch(self, key: Key, frame: EventFrame) -> None:
+        watch = self._watches.get(key)
+        if watch is None:
+            return
+        if watch.filling:
+            watch.held.append(frame)
+        elif frame.seq > watch.last_seq + 1 and watch.last_seq and watch.remote:
+            # A live frame after a hole (the subscriber reconnected): read the hole first.
+            watch.held.append(frame)
+            self._fill(key, watch)
+        else:
+            self._deliver(key, watch, frame)
+
+    def _deliver(self, key: Key, watch: _Watch, item: EventFrame | Gap) -> None:
+        if isinstance(item, EventFrame):
+            if item.seq <= watch.last_seq:
+                return  # delivered already (a hole read overlapping live frames)
+            watch.last_seq = item.seq
+        for listener in watch.listeners:
+            try:
+                listener(item)
+            except Exception:  # one broken subscriber must not stop the others
+                log.exception("event listener of task %s failed", key[1])
+
+    def _fill(self, key: Key, watch: _Watch) -> None:
+        """Read the log after the last delivered seq, then deliver what was held."""
+        if not watch.filling:
+            watch.filling = True
+            self._spawn(self._read_hole(key, watch))
+
+    async def _read_hole(self, key: Key, watch: _Watch) -> None:
+        backoff = 0.05
+        after = watch.last_seq
+        found = None
+        while not self._closing and self._watches.get(key) is watch:
+            try:
+                found = await self.read(key[0], key[1], after)
+                break
+            except BackendUnavailable:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        held, watch.held = watch.held, []
+        watch.filling = False
+        if found is None:
+            return
+        if after and found.first_available_seq > after + 1:
+            # Retention dropped part of the hole: say so, as a subscribe would.
+            self._deliver(
+                key,
+                watch,
+                Gap(task_id=key[1], first_available_seq=found.first_available_seq, after_seq=after),
+            )
+            watch.last_seq = max(watch.last_seq, found.first_available_seq - 1)
+        for frame in sorted([*found.frames, *held], key=_seq):
+            self._deliver(key, watch, frame)
+
+    # ------------------------------------------------------------------ lifetime of a task
+
+    def expire(self, owner: str, task_id: str, after: float) -> None:
+        key = (owner, task_id)
+        local = self._local.pop(key, None)
+        if local is not None and local.fenced:
+            return  # another node ended it and decides
+        keys = self._task_keys(owner, task_id)
+        if after <= 0:
+            base = self._base(owner)
+            packed = wire.command(
+                "EVALSHA",
+                self._scripts["REMOVE"].sha,
+                7,
+                keys[0],
+                keys[1],
+                base + "idx",
+                keys[3],
+                base + "done",
+                base + "done_bytes",
+                base + "meta",
+                task_id,
+            )
+            self._queue(_Op(_REMOVE, key, packed))
+        elif math.isinf(after):
+            packed = wire.command("PERSIST", keys[0]) + wire.command("PERSIST", keys[1])
+            self._queue(_Op(_PERSIST, key, packed, 2))
+        else:
+            ms = max(1, int(after * 1000))
+            packed = wire.command("PEXPIRE", keys[0], ms) + wire.command("PEXPIRE", keys[1], ms)
+            self._queue(_Op(_EXPIRE, key, packed, 2))
+
+    # ------------------------------------------------------------------ cancel across nodes
+
+    async def request_cancel(self, owner: str, task_id: str, reason: str) -> CancelResult:
+        await self._ensure()
+        try:
+            result = await self._scripts["CANCEL"](
+                keys=[self._task_keys(owner, task_id)[0]], args=[reason]
+            )
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        verdict = result[0]
+        if verdict == b"unknown":
+            return "unknown"
+        if verdict == b"terminal":
+            return "already_terminal"
+        node = result[1].decode()
+        if node in self._handlers:  # this process runs it: no round trip
+            self._handlers[node].cancel_requested(owner, task_id, reason)
+        elif node:
+            message = _encoder.encode({"owner": owner, "task_id": task_id, "reason": reason})
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.execute_command("SPUBLISH", self._node_key(node, "ctl"), message)
+                pipe.sadd(self._node_key(node, "cancels"), message)
+                await pipe.execute()
+        return "accepted"
+
+    def _on_control(self, node: str, payload: bytes) -> None:
+        handler = self._handlers.get(node)
+        try:
+            msg = _ctl_decoder.decode(payload)
+            owner, task_id, reason = msg["owner"], msg["task_id"], msg["reason"]
+        except (msgspec.DecodeError, KeyError):
+            log.warning("redis: bad control message %r", payload[:200])
+            return
+        local = self._local.get((owner, task_id))
+        if handler is not None and local is not None and not local.fenced:
+            handler.cancel_requested(owner, task_id, reason)
+
+    # ------------------------------------------------------------------ the flusher
+
+    def _queue(self, op: _Op) -> None:
+        self._ops.append(op)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    async def _flusher(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            ops = self._ops
+            if not ops:
+                self._flushed.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [ops[i] for i in range(min(len(ops), self.config.batch))]
+            started = time.perf_counter()
+            try:
+                results = await self._execute(batch)
+            except _UNREACHABLE as exc:
+                self._note_outage(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self.rtt = time.perf_counter() - started
+            self.last_batch = len(batch)
+            if self._outage_since is not None:
+                log.warning(
+                    "redis: reachable again after %.1f s; writing %d queued writes",
+                    time.monotonic() - self._outage_since,
+                    len(self._ops),
+                )
+                self._outage_since = None
+                self._aborted = False
+                self.health_changed.set()
+            ops = self._ops  # _fenced may have replaced it
+            for op in batch:
+                if ops and ops[0] is op:
+                    ops.popleft()
+            for op, result in zip(batch, results, strict=True):
+                self._applied(op, result)
+            if self._untrimmed:
+                try:
+                    await self._trim()
+                except _UNREACHABLE as exc:
+                    self._note_outage(exc)
+
+    async def _execute(self, batch: list[_Op]) -> list[Any]:
+        raw = await self._wire.call(
+            b"".join(op.packed for op in batch), sum(op.replies for op in batch)
+        )
+        results: list[Any] = []
+        i = 0
+        for op in batch:
+            results.append(raw[i])
+            i += op.replies
+        for result in raw:
+            if not isinstance(result, ResponseError):
+                continue
+            message = str(result)
+            if message.startswith("OOM"):
+                # maxmemory reached (noeviction): keep the writes and retry, as in an outage.
+                raise RedisConnectionError(f"Redis refuses writes: {message}")
+            if message.startswith("NOSCRIPT"):  # Redis restarted without its script cache
+                for script in self._scripts.values():
+                    await self._redis.script_load(script.script)
+                raise RedisConnectionError("the scripts were reloaded (Redis restarted?)")
+        return results
+
+    def _applied(self, op: _Op, result: Any) -> None:
+        if isinstance(result, Exception):
+            log.error("redis: a write of task %s failed: %s", op.key[1], result)
+            return
+        if result == -1 and op.kind in (_APPEND, _UPDATE):
+            self._fenced(op.key, op.node)
+            return
+        if isinstance(result, list) and result[1]:  # the task ended: count it as finished
+            ended = op.frame.ts if op.frame is not None else time.time()
+            self._untrimmed.append((*op.key, int(result[1]), ended))
+        elif op.kind == _REMOVE and result:
+            self._untrimmed.append((*op.key, -1, 0.0))
+        if op.kind == _APPEND:
+            assert op.frame is not None
+            self._dispatch(op.key, op.frame)
+
+    async def _trim(self) -> None:
+        """Apply the bounds on finished tasks: the owners' in their slots, then all owners'
+        (see :data:`~gateway.tasks.redis_scripts.TRIM_ALL`)."""
+        finished, self._untrimmed = self._untrimmed, []
+        try:
+            await self._trim_finished(finished)
+        except BaseException:
+            self._untrimmed[:0] = finished  # counted again on the next try
+            raise
+
+    async def _trim_finished(self, finished: list[Finished]) -> None:
+        r = self.retention
+        forgotten = [_member(o, t) for o, t, size, _ in finished if size < 0]
+        added = [f for f in finished if f[2] >= 0]
+        for owner in {f[0] for f in added}:
+            base = self._base(owner)
+            removed = await self._scripts["TRIM_OWNER"](
+                keys=[base + "done", base + "done_bytes", base + "meta", base + "idx"],
+                args=[base, r.max_finished_per_owner, r.max_finished_bytes_per_owner],
+            )
+            forgotten += [_member(owner, tid.decode()) for tid in removed[::2]]
+        args: list[Any] = [r.max_finished, r.max_finished_bytes, len(added)]
+        for owner, task_id, size, ended in added:
+            args += [_member(owner, task_id), repr(ended), size]
+        p = self._p
+        popped = await self._scripts["TRIM_ALL"](
+            keys=[f"{p}:done", f"{p}:done_bytes", f"{p}:meta"], args=[*args, *forgotten]
+        )
+        for member in popped:
+            owner, _, task_id = member.decode().partition("\0")
+            keys = self._task_keys(owner, task_id)
+            base = self._base(owner)
+            await self._scripts["REMOVE"](
+                keys=[
+                    keys[0],
+                    keys[1],
+                    base + "idx",
+                    keys[3],
+                    base + "done",
+                    base + "done_bytes",
+                    base + "meta",
+                ],
+                args=[task_id],
+            )
+
+    def _fenced(self, key: Key, node: str) -> None:
+        local = self._local.get(key)
+        if local is None or local.fenced:
+            return
+        local.fenced = True
+        log.warning("redis: task %s was ended by another node; stopping it here", key[1])
+        self._ops = deque(op for op in self._ops if op.key != key or op.kind >= _EXPIRE)
+        watch = self._watches.get(key)
+        if watch is not None:  # the other node's terminal event is in the log already
+            watch.remote = True
+            self._fill(key, watch)
+        handler = self._handlers.get(node)
+        if handler is not None:
+            handler.task_lost(*key, "another gateway process took this task over")
+
+    def _note_outage(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("redis: unreachable (%s); queueing writes", self.last_error)
+            self.health_changed.set()
+        over = len(self._ops) > self.config.max_buffered or (
+            now - self._outage_since > self.config.buffer_seconds
+        )
+        if over and not self._aborted:
+            self._aborted = True
+            self._abort_running(
+                f"the task store (Redis) has been unreachable for {now - self._outage_since:.0f} s"
+                f" ({len(self._ops)} writes queued)"
+            )
+
+    def _abort_running(self, reason: str) -> None:
+        """Past the outage bound: stop every task this process runs; each ends with
+        ``task_failed`` (``store_unavailable``), queued after its events."""
+        log.error("redis: %s; stopping this process's running tasks", reason)
+        for key, local in list(self._local.items()):
+            if local.fenced or local.record.final:
+                continue
+            local.fenced = True  # nothing more from the run
+            record = local.record
+            handler = self._handlers.get(record.node)
+            if handler is not None:
+                handler.task_lost(*key, reason)
+            now = time.time()
+            final = msgspec.structs.replace(
+                record, state="failed", last_seq=local.seq + 1, updated=now
+            )
+            frame = EventFrame(
+                task_id=record.task_id,
+                seq=local.seq + 1,
+                ts=now,
+                event=TaskFailed(reason=reason, code="store_unavailable"),
+            )
+            self._queue_append(local, key, final, frame, _fields(final))
+
+    # ------------------------------------------------------------------ subscriber
+
+    def _subscribe(self, key: Key, watch: _Watch) -> None:
+        watch.remote = True
+        watch.subscribed = asyncio.get_running_loop().create_future()
+        self._by_channel[watch.channel] = key
+        if self._pubsub is not None:
+            self._spawn(self._send("SSUBSCRIBE", watch.channel))
+
+    def _unsubscribe(self, watch: _Watch) -> None:
+        if watch.subscribed is not None and not watch.subscribed.done():
+            watch.subscribed.cancel()
+        if self._by_channel.pop(watch.channel, None) is not None and self._pubsub is not None:
+            self._spawn(self._send("SUNSUBSCRIBE", watch.channel))
+
+    async def _send(self, *command: str) -> None:
+        pubsub = self._pubsub
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                await pubsub.execute_command(*command)
+
+    async def _subscriber(self) -> None:
+        backoff = 0.05
+        reconnected = False
+        while not self._closing:
+            pubsub = self._pubsub_client.pubsub()
+            try:
+                await pubsub.execute_command("SSUBSCRIBE", self._p + ":hello")  # connects
+                # From here on, a new watch subscribes itself; the ones made before are in
+                # the snapshot below (one twice at most, which is harmless).
+                self._pubsub = pubsub
+                channels = [
+                    *(self._node_key(n, "ctl") for n in self._handlers),
+                    *self._by_channel,
+                ]
+                # One channel per command: on a Cluster each may live on another shard.
+                for channel in channels:
+                    await pubsub.execute_command("SSUBSCRIBE", channel)
+                self._pubsub_up.set()
+                backoff = 0.05
+                while True:
+                    msg = await pubsub.parse_response(block=True)
+                    self._on_pubsub(msg, reconnected)
+            except _UNREACHABLE as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if not self._closing:
+                    log.warning("redis: subscriber connection lost (%s); reconnecting", exc)
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            self._pubsub_up.set()  # start() must not wait forever on a dead Redis
+            reconnected = True
+            await asyncio.sleep(backoff)
+            await self._subscriber_gate.wait()
+            backoff = min(backoff * 2, 2.0)
+
+    def _on_pubsub(self, msg: Any, reconnected: bool) -> None:
+        if not isinstance(msg, list) or len(msg) < 3:
+            return
+        kind = msg[0]
+        channel = msg[1].decode()
+        if kind == b"smessage":
+            key = self._by_channel.get(channel)
+            if key is not None:
+                self._dispatch(key, _frame_decoder.decode(msg[2]))
+            elif channel.endswith(":ctl"):
+                node = channel[len(self._p) + len(":node:") : -len(":ctl")]
+                self._on_control(node, msg[2])
+        elif kind == b"ssubscribe":
+            key = self._by_channel.get(channel)
+            watch = self._watches.get(key) if key is not None else None
+            if watch is None or key is None:
+                return
+            if watch.subscribed is not None and not watch.subscribed.done():
+                watch.subscribed.set_result(None)
+            elif reconnected:
+                # Subscribed again after a lost connection: read what was published meanwhile.
+                self._fill(key, watch)
+
+    # ------------------------------------------------------------------ lease and sweep
+
+    async def _renew_lease(self, node: str) -> None:
+        ms = max(1, int(self.config.lease * 1000))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._node_key(node), "1", px=ms, xx=True)
+        pipe.zadd(self._nodes_key, {node: time.time()})
+        renewed, added = await pipe.execute()
+        if not renewed:
+            if not added:  # known before, but its lease had run out
+                log.error("redis: node %s had lost its lease; its tasks were taken over", node)
+            await self._redis.set(self._node_key(node), "1", px=ms)
+
+    async def _lease_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.config.lease / 3)
+            try:
+                for node in list(self._handlers):
+                    await self._renew_lease(node)
+                    await self._take_cancels(node)
+                if self._sweep_after == math.inf:
+                    self._sweep_after = time.monotonic() + self.config.lease
+                await self._sweep()
+                if self._outage_since is not None and not self._ops:
+                    log.warning("redis: reachable again")
+                    self._outage_since = None
+                    self._aborted = False
+                    self.health_changed.set()
+            except _UNREACHABLE as exc:
+                self._sweep_after = math.inf
+                self._note_outage(exc)
+            except RedisError:
+                log.exception("redis: lease tick failed")
+
+    async def _take_cancels(self, node: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.smembers(self._node_key(node, "cancels"))
+        pipe.delete(self._node_key(node, "cancels"))
+        messages, _ = await pipe.execute()
+        for message in messages:
+            self._on_control(node, message)
+
+    async def _sweep(self) -> None:
+        nodes = [n.decode() for n in await self._redis.zrange(self._nodes_key, 0, -1)]
+        pipe = self._redis.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(self._node_key(node))
+        alive = await pipe.execute()
+        self.nodes_alive = sum(1 for a in alive if a)
+        if time.monotonic() < self._sweep_after:
+            return
+        for node, is_alive in zip(nodes, alive, strict=True):
+            if not is_alive and node not in self._handlers:
+                await self.sweep_node(node)
+
+    async def sweep_node(self, node: str) -> int:
+        """End (or adopt, when queued) every active task of a lost ``node``; returns how many
+        this call handled. Safe to run in several processes at once."""
+        tasks_key = self._node_key(node, "tasks")
+        handled = 0
+        for member in await self._redis.smembers(tasks_key):
+            owner, _, task_id = member.decode().partition("\0")
+            if await self._end_lost(node, owner, task_id):
+                handled += 1
+            await self._redis.srem(tasks_key, member)
+        if not await self._redis.exists(self._node_key(node)):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zrem(self._nodes_key, node)
+            pipe.delete(tasks_key, self._node_key(node, "cancels"))
+            await pipe.execute()
+        if handled:
+            log.warning("redis: node %s was lost; %d of its tasks ended or moved", node, handled)
+        return handled
+
+    async def _end_lost(self, node: str, owner: str, task_id: str) -> bool:
+        keys = self._task_keys(owner, task_id)
+        r = self.retention
+        for _ in range(100):  # compare-and-set, retried while the lost node still writes
+            raw = await self._redis.hgetall(keys[0])
+            if not raw or raw.get(b"node", b"").decode() != node:
+                return False
+            record = _record_from(raw)
+            if record.final:
+                return False
+            if record.state == "pending" and not raw.get(b"cancel"):
+                adopted = await self._adopt(node, record)
+                if adopted is None:
+                    continue
+                if adopted:
+                    return True
+            frame = EventFrame(
+                task_id=task_id,
+                seq=record.last_seq + 1,
+                ts=time.time(),
+                event=TaskFailed(
+                    reason=f"the gateway process running this task ({node}) was lost",
+                    code="node_lost",
+                ),
+            )
+            done = await self._scripts["END_LOST"](
+                keys=keys,
+                args=[
+                    node,
+                    record.epoch,
+                    record.last_seq,
+                    _encoder.encode(frame),
+                    task_id,
+                    repr(frame.ts),
+                    r.max_events,
+                    r.max_bytes,
+                    self._base(owner),
+                ],
+            )
+            if done:
+                self._untrimmed.append((owner, task_id, int(done), frame.ts))
+                await self._trim()
+                return True
+        return False
+
+    async def _adopt(self, lost: str, record: TaskRecord) -> bool | None:
+        """Move a queued task to a node of this process that can run it. True: moved; False:
+        no node here adopts tasks; None: the record changed meanwhile (read it again)."""
+        for node, handler in self._handlers.items():
+            adopt = getattr(handler, "task_adopted", None)
+            if adopt is None:
+                continue
+            epoch = await self._scripts["ADOPT"](
+                keys=[self._task_keys(record.owner, record.task_id)[0]],
+                args=[lost, record.epoch, node],
+            )
+            if not epoch:
+                return None
+            await self._redis.sadd(
+                self._node_key(node, "tasks"), _member(record.owner, record.task_id)
+            )
+            moved = msgspec.structs.replace(record, node=node, epoch=int(epoch))
+            key = (record.owner, record.task_id)
+            self._local[key] = self._new_local(moved)
+            watch = self._watches.get(key)
+            if watch is not None:
+                watch.remote = False  # this process writes it now; the channel echo is deduped
+            adopt(moved)
+            return True
+        return False
+
+
+# ---------------------------------------------------------------------- records
+
+
+def _seq(frame: EventFrame) -> int:
+    return frame.seq
+
+
+def _member(owner: str, task_id: str) -> str:
+    return f"{owner}\0{task_id}"
+
+
+def _fields(record: TaskRecord, *, full: bool = False) -> list[Any]:
+    """The record's mutable fields as hash field/value pairs (all of them with ``full``)."""
+    fields: list[Any] = [
+        "state",
+        record.state,
+        "progress",
+        record.progress or "",
+        "turn",
+        record.turn,
+        "updated",
+        repr(record.updated),
+    ]
+    if record.usage is not None:
+        fields += ["usage", _encoder.encode(record.usage)]
+    if full:
+        fields += [
+            "owner",
+            record.owner,
+            "task_id",
+            record.task_id,
+            "input",
+            record.input,
+            "options",
+            _encoder.encode(record.options),
+            "created",
+            repr(record.created),
+            "last_seq",
+            record.last_seq,
+            "node",
+            record.node,
+            "epoch",
+            record.epoch,
+        ]
+    return fields
+
+
+def _pairs(flat: Iterable[Any]) -> dict[bytes, bytes]:
+    items = list(flat)
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _record_from(raw: dict[bytes, bytes]) -> TaskRecord:
+    def text(name: str, default: str = "") -> str:
+        value = raw.get(name.encode())
+        return value.decode() if value is not None else default
+
+    usage = raw.get(b"usage")
+    state: TaskState = text("state", "pending")  # type: ignore[assignment]
+    return TaskRecord(
+        owner=text("owner"),
+        task_id=text("task_id"),
+        input=text("input"),
+        options=_options_decoder.decode(raw.get(b"options") or b"{}"),
+        created=float(text("created", "0")),
+        node=text("node"),
+        epoch=int(text("epoch", "0")),
+        state=state,
+        updated=float(text("updated", "0")),
+        last_seq=int(text("last_seq", "0")),
+        progress=text("progress") or None,
+        turn=int(text("turn", "0")),
+        usage=_usage_decoder.decode(usage) if usage else None,
+    )
+
+
+def _unavailable(exc: BaseException) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"the task store (Redis) is unreachable: {exc}; retry with backoff", retry_after=1.0
+    )
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

@@ -1,0 +1,293 @@
+"""The Lua scripts of the Redis backend, and its key layout.
+
+Keys (``P`` is the configured prefix, ``osp`` by default; ``O`` the owner, escaped so that it
+holds no ``{``, ``}`` or ``:``; ``T`` the task id):
+
+==============================  ==========================================================
+``P:{O}:t:T``                   hash: the task record, ``node`` running it, ``epoch``,
+                                ``cancel`` reason, ``first_seq``, ``bytes`` of the log
+``P:{O}:e:T``                   stream: the event log, entry id ``<seq>-0``, field ``f``
+``P:{O}:c:T``                   sharded pub/sub channel: each event once it is stored
+``P:{O}:idx``                   sorted set: the owner's tasks by creation time
+``P:{O}:active``                set: the owner's active tasks (the per-owner limit)
+``P:{O}:done``                  sorted set: the owner's finished tasks, by end time
+``P:{O}:done_bytes``            hash: the size counted for each finished task
+``P:{O}:meta``                  hash: ``finished_bytes`` of the owner
+``P:done``, ``P:done_bytes``,   the same for all owners (member ``O`` NUL ``T``), for the
+``P:meta``                      bounds on all finished tasks
+``P:node:N``                    string with a TTL: node ``N`` is alive (its lease)
+``P:nodes``                     sorted set: the nodes ever seen, for the sweeper
+``P:node:N:tasks``              set: unfinished tasks of node ``N`` (``O`` NUL ``T``)
+``P:node:N:cancels``            set: cancel requests for node ``N`` (the fallback of ``ctl``)
+``P:node:N:ctl``                sharded pub/sub channel: cancel requests for node ``N``
+==============================  ==========================================================
+
+Every script touches the keys of one owner only, whose hash tag ``{O}`` puts them in one
+Redis Cluster slot (the removal of an owner's oldest finished tasks names keys of that slot
+that the script builds itself), or only the keys of all owners (:data:`TRIM_ALL`); the
+per-node keys are written by separate commands.
+
+Fencing: the process running a task writes with the task's ``epoch``; :data:`APPEND` refuses a
+write whose epoch is not the stored one. A survivor that ends a lost node's task, or adopts a
+queued one, bumps the epoch first, so a zombie's late writes change nothing.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ADOPT",
+    "APPEND",
+    "CANCEL",
+    "CREATE",
+    "END_LOST",
+    "REMOVE",
+    "TRIM_ALL",
+    "TRIM_OWNER",
+    "UPDATE",
+    "escape_owner",
+]
+
+
+def escape_owner(owner: str) -> str:
+    """The owner as it appears in a hash tag: ``%``, ``{``, ``}`` and ``:`` percent-escaped,
+    so two different (owner, task id) pairs can never name the same key."""
+    return owner.replace("%", "%25").replace("{", "%7B").replace("}", "%7D").replace(":", "%3A")
+
+
+CREATE = """
+-- KEYS: hash, idx, active
+-- ARGV: task_id, created (idx score), max_active (0: no limit), final (0/1), field, value, ...
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then
+  return {-1}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if ARGV[4] == '0' then
+  redis.call('SADD', KEYS[3], ARGV[1])
+end
+return {1}
+"""
+"""Create a task unless one of that id exists (then return it): idempotent by task id, and
+atomic with the per-owner count of active tasks."""
+
+
+_FINISH = """
+local function finish(base, hash, active, task_id, updated)
+  -- The task ended: it no longer counts as active, and now counts as finished (its size:
+  -- its log, its input and a little more). Returns that size.
+  redis.call('SREM', active, task_id)
+  redis.call('HDEL', hash, 'node')
+  local size = tonumber(redis.call('HGET', hash, 'bytes') or '0')
+    + redis.call('HSTRLEN', hash, 'input') + 300
+  redis.call('ZADD', base .. 'done', updated, task_id)
+  redis.call('HSET', base .. 'done_bytes', task_id, size)
+  redis.call('HINCRBY', base .. 'meta', 'finished_bytes', size)
+  return size
+end
+"""
+
+_STORE = """
+local function store(hash, stream, seq, payload, max_events, max_bytes)
+  redis.call('XADD', stream, seq .. '-0', 'f', payload)
+  local bytes = redis.call('HINCRBY', hash, 'bytes', #payload)
+  local n = redis.call('XLEN', stream)
+  if n > max_events or bytes > max_bytes then
+    while n > 1 and (n > max_events or bytes > max_bytes) do
+      local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+      redis.call('XDEL', stream, oldest[1])
+      bytes = bytes - #oldest[2][2]
+      n = n - 1
+    end
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
+    redis.call('HSET', hash, 'bytes', bytes, 'first_seq', string.match(first, '^%d+'))
+  end
+end
+"""
+
+APPEND = (
+    _STORE
+    + _FINISH
+    + """
+-- KEYS: hash, stream, channel, active
+-- ARGV: epoch, seq, payload, max_events, max_bytes, final (0/1), task_id, key base,
+--       field, value, ...
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'last_seq', 'state')
+if cur[1] ~= ARGV[1] then
+  return -1
+end
+local seq = tonumber(ARGV[2])
+if seq <= tonumber(cur[2] or '0') then
+  return 0
+end
+store(KEYS[1], KEYS[2], seq, ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
+redis.call('HSET', KEYS[1], 'last_seq', seq, unpack(ARGV, 9))
+local size = 0
+if ARGV[6] == '1' and cur[3] ~= 'completed' and cur[3] ~= 'failed' and cur[3] ~= 'cancelled' then
+  size = finish(ARGV[8], KEYS[1], KEYS[4], ARGV[7], redis.call('HGET', KEYS[1], 'updated'))
+end
+redis.call('SPUBLISH', KEYS[3], ARGV[3])
+return {1, size}
+"""
+)
+"""Store one event (entry id = its seq), trim the log to its bounds, update the record and
+publish the event; a final record ends the task. Returns ``{1, size}`` (the size counted for
+the task if it ended here, else 0); 0 when that seq is stored already (a retried batch); -1
+when the epoch does not match (fenced out, or removed)."""
+
+
+UPDATE = (
+    _FINISH
+    + """
+-- KEYS: hash, active
+-- ARGV: epoch, final (0/1), task_id, key base, field, value, ...
+local cur = redis.call('HMGET', KEYS[1], 'epoch', 'state')
+if cur[1] ~= ARGV[1] then
+  return -1
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local size = 0
+if ARGV[2] == '1' and cur[2] ~= 'completed' and cur[2] ~= 'failed' and cur[2] ~= 'cancelled' then
+  size = finish(ARGV[4], KEYS[1], KEYS[2], ARGV[3], redis.call('HGET', KEYS[1], 'updated'))
+end
+return {1, size}
+"""
+)
+"""Set record fields under the epoch check (a final record ends the task)."""
+
+
+END_LOST = (
+    _STORE
+    + _FINISH
+    + """
+-- KEYS: hash, stream, channel, active
+-- ARGV: lost node, expected epoch, expected last_seq, payload, task_id, updated, max_events,
+--       max_bytes, key base
+local cur = redis.call('HMGET', KEYS[1], 'node', 'epoch', 'last_seq')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] or (cur[3] or '0') ~= ARGV[3] then
+  return 0
+end
+local seq = tonumber(ARGV[3]) + 1
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+store(KEYS[1], KEYS[2], seq, ARGV[4], tonumber(ARGV[7]), tonumber(ARGV[8]))
+redis.call('HSET', KEYS[1], 'last_seq', seq, 'state', 'failed', 'updated', ARGV[6])
+local size = finish(ARGV[9], KEYS[1], KEYS[4], ARGV[5], ARGV[6])
+redis.call('SPUBLISH', KEYS[3], ARGV[4])
+return size
+"""
+)
+"""End a lost node's task with its terminal event, under a bumped epoch. A compare-and-set:
+returns 0 (nothing written) unless the node, epoch and last seq are still the ones read, else
+the size counted for the finished task."""
+
+
+ADOPT = """
+-- KEYS: hash
+-- ARGV: lost node, expected epoch, new node
+local cur = redis.call('HMGET', KEYS[1], 'node', 'epoch', 'state')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] or cur[3] ~= 'pending' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'node', ARGV[3])
+return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+"""
+"""Take over a lost node's queued task (no work done yet): bump its epoch, name the new node.
+Returns the new epoch, or 0 when someone else got there first."""
+
+
+CANCEL = """
+-- KEYS: hash
+-- ARGV: reason
+local cur = redis.call('HMGET', KEYS[1], 'state', 'node')
+if not cur[1] then
+  return {'unknown'}
+end
+if cur[1] == 'completed' or cur[1] == 'failed' or cur[1] == 'cancelled' then
+  return {'terminal'}
+end
+redis.call('HSETNX', KEYS[1], 'cancel', ARGV[1])
+return {'accepted', cur[2] or ''}
+"""
+"""Mark an active task as cancelled and name the node running it."""
+
+
+REMOVE = """
+-- KEYS: hash, stream, idx, active, done, done_bytes, meta
+-- ARGV: task_id
+local size = tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or '0')
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+if redis.call('ZREM', KEYS[5], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[6], ARGV[1])
+  redis.call('HINCRBY', KEYS[7], 'finished_bytes', -size)
+  return size
+end
+return 0
+"""
+"""Remove one task of an owner now. Returns the size it counted as finished (0: it was not
+counted, e.g. removed already), so the count of all owners can be corrected once."""
+
+
+TRIM_OWNER = """
+-- KEYS: done, done_bytes, meta, idx
+-- ARGV: key base, max finished, max finished bytes
+-- Remove the owner's oldest finished tasks past the bounds; returns {task_id, size, ...}.
+local removed = {}
+local n = redis.call('ZCARD', KEYS[1])
+local total = tonumber(redis.call('HGET', KEYS[3], 'finished_bytes') or '0')
+while n > 1 and (n > tonumber(ARGV[2]) or total > tonumber(ARGV[3])) do
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+  local size = tonumber(redis.call('HGET', KEYS[2], oldest) or '0')
+  total = redis.call('HINCRBY', KEYS[3], 'finished_bytes', -size)
+  redis.call('HDEL', KEYS[2], oldest)
+  redis.call('ZREM', KEYS[1], oldest)
+  redis.call('ZREM', KEYS[4], oldest)
+  redis.call('DEL', ARGV[1] .. 't:' .. oldest, ARGV[1] .. 'e:' .. oldest)
+  removed[#removed + 1] = oldest
+  removed[#removed + 1] = size
+  n = n - 1
+end
+return removed
+"""
+"""Apply the per-owner bounds of finished tasks (count and bytes), oldest first."""
+
+
+TRIM_ALL = """
+-- KEYS: done, done_bytes, meta (of all owners)
+-- ARGV: max finished, max finished bytes, n_add, (member, score, size) * n_add,
+--       member * (forgotten: removed by their owner's bounds)
+local n_add = tonumber(ARGV[3])
+for i = 0, n_add - 1 do
+  local member, score, size = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  if redis.call('ZADD', KEYS[1], 'NX', score, member) == 1 then
+    redis.call('HSET', KEYS[2], member, size)
+    redis.call('HINCRBY', KEYS[3], 'finished_bytes', size)
+  end
+end
+for i = 4 + 3 * n_add, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    local size = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    redis.call('HINCRBY', KEYS[3], 'finished_bytes', -size)
+  end
+end
+local popped = {}
+local n = redis.call('ZCARD', KEYS[1])
+local total = tonumber(redis.call('HGET', KEYS[3], 'finished_bytes') or '0')
+while n > 1 and (n > tonumber(ARGV[1]) or total > tonumber(ARGV[2])) do
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+  total = redis.call('HINCRBY', KEYS[3], 'finished_bytes',
+    -tonumber(redis.call('HGET', KEYS[2], oldest) or '0'))
+  redis.call('HDEL', KEYS[2], oldest)
+  redis.call('ZREM', KEYS[1], oldest)
+  popped[#popped + 1] = oldest
+  n = n - 1
+end
+return popped
+"""
+"""The bounds on the finished tasks of all owners: count them in (and out), and pop the
+oldest past the bounds (whoever pops a task removes it, so each is removed once)."""

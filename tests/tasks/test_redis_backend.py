@@ -1,0 +1,372 @@
+"""What only the Redis backend has: several processes on one task space.
+
+Each ``RedisBackend`` here plays one gateway process (its own connections, flusher, lease and
+subscriber) on the test session's real ``redis-server``. The behaviour every backend shares is
+in the contract suite (``test_backend.py``), which runs over this backend too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from gateway.tasks.backend import BackendUnavailable, Retention, TaskRecord
+from gateway.tasks.redis_backend import RedisBackend, RedisConfig
+from protocol.events import LlmResponse, TaskCompleted, TaskFailed, TaskStarted
+from protocol.frames import EventFrame, Gap, StartOptions
+from tests.redis_server import RedisServer
+
+LEASE = 0.6  # seconds: a lost node is noticed within 0.8 s
+
+
+class Handler:
+    """A node's handler that records what the backend told it."""
+
+    def __init__(self, adopts: bool = False) -> None:
+        self.cancels: list[tuple[str, str, str]] = []
+        self.lost: list[tuple[str, str, str]] = []
+        self.adopted: list[TaskRecord] = []
+        self.changed = asyncio.Event()
+        if adopts:
+            self.task_adopted = self._adopt
+
+    def cancel_requested(self, owner: str, task_id: str, reason: str) -> None:
+        self.cancels.append((owner, task_id, reason))
+        self.changed.set()
+
+    def task_lost(self, owner: str, task_id: str, reason: str) -> None:
+        self.lost.append((owner, task_id, reason))
+        self.changed.set()
+
+    def _adopt(self, record: TaskRecord) -> None:
+        self.adopted.append(record)
+        self.changed.set()
+
+    async def wait(self, check: Callable[[], object]) -> None:
+        while not check():
+            self.changed.clear()
+            await self.changed.wait()
+
+
+class Collector:
+    """A listener keeping what it got, with a wait for a condition."""
+
+    def __init__(self) -> None:
+        self.items: list[EventFrame | Gap] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, item: EventFrame | Gap) -> None:
+        self.items.append(item)
+        self.changed.set()
+
+    @property
+    def seqs(self) -> list[int]:
+        return [i.seq for i in self.items if isinstance(i, EventFrame)]
+
+    async def wait(self, check: Callable[[], object]) -> None:
+        while not check():
+            self.changed.clear()
+            await self.changed.wait()
+
+
+Factory = Callable[..., Awaitable[RedisBackend]]
+
+
+@pytest.fixture
+async def backends(redis_url: str) -> AsyncIterator[Factory]:
+    made: list[RedisBackend] = []
+
+    async def make(
+        node: str | None = None,
+        handler: Handler | None = None,
+        url: str = redis_url,
+        **config: object,
+    ) -> RedisBackend:
+        retention = config.pop("retention", None)
+        backend = RedisBackend(
+            RedisConfig(url=url, lease=LEASE, **config),  # type: ignore[arg-type]
+            retention,  # type: ignore[arg-type]
+        )
+        if node is not None:
+            backend.attach(node, handler or Handler())
+        await backend.start()
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await backend.close()
+
+
+def record(task_id: str = "t1", owner: str = "alice", node: str = "a", **kw: object) -> TaskRecord:
+    return TaskRecord(
+        owner=owner,
+        task_id=task_id,
+        input="hello",
+        options=StartOptions(),
+        created=time.time(),
+        node=node,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def frame(task_id: str, seq: int, final: bool = False) -> EventFrame:
+    event = TaskCompleted(final_answer="42") if final else LlmResponse(delta=f"w{seq} ")
+    if seq == 1 and not final:
+        event = TaskStarted(input="hello", model="m")
+    return EventFrame(task_id=task_id, seq=seq, ts=time.time(), event=event)
+
+
+def run(backend: RedisBackend, rec: TaskRecord, first: int, last: int) -> TaskRecord:
+    rec = TaskRecord(**{**_asdict(rec), "state": "running"})
+    for seq in range(first, last + 1):
+        backend.append(rec, frame(rec.task_id, seq))
+    return rec
+
+
+def _asdict(rec: TaskRecord) -> dict[str, object]:
+    return {f: getattr(rec, f) for f in rec.__struct_fields__}
+
+
+async def test_events_from_one_process_reach_listeners_in_another(backends: Factory) -> None:
+    a = await backends("a")
+    b = await backends("b")
+    rec = record()
+    assert await a.create(rec) is None
+    seen = Collector()
+    await b.listen("alice", "t1", seen)
+    rec = run(a, rec, 1, 50)
+    a.append(TaskRecord(**{**_asdict(rec), "state": "completed"}), frame("t1", 51, final=True))
+    await seen.wait(lambda: 51 in seen.seqs)
+    assert seen.seqs == list(range(1, 52))
+    stored = await b.get("alice", "t1")
+    assert stored is not None and stored.state == "completed" and stored.last_seq == 51
+    assert await b.active_count("alice") == 0
+    found = await b.read("alice", "t1", 40)
+    assert found is not None and [f.seq for f in found.frames] == list(range(41, 52))
+
+
+async def test_durable_before_visible(backends: Factory, redis_url: str) -> None:
+    a = await backends("a")
+    rec = record()
+    await a.create(rec)
+    check = redis.Redis.from_url(redis_url)
+    stored_when_seen: list[bool] = []
+
+    def listener(item: EventFrame | Gap) -> None:
+        # A blocking read in a listener is a test's privilege: is the event in Redis already?
+        assert isinstance(item, EventFrame)
+        entries = check.xrange(a._task_keys("alice", "t1")[1], min=f"{item.seq}-0", count=1)
+        stored_when_seen.append(bool(entries) and entries[0][0] == f"{item.seq}-0".encode())
+
+    await a.listen("alice", "t1", listener)
+    run(a, rec, 1, 20)
+    await a.flush()
+    check.close()
+    assert stored_when_seen == [True] * 20
+
+
+async def test_another_owner_sees_nothing_in_any_process(backends: Factory) -> None:
+    a = await backends("a")
+    b = await backends("b")
+    await a.create(record())
+    run(a, record(), 1, 3)
+    await a.flush()
+    assert await b.get("mallory", "t1") is None
+    assert await b.read("mallory", "t1", 0) is None
+    assert await b.request_cancel("mallory", "t1", "no") == "unknown"
+    assert await b.list_tasks("mallory") == []
+
+
+async def test_create_is_idempotent_and_counts_across_processes(backends: Factory) -> None:
+    a = await backends("a")
+    b = await backends("b")
+    results = await asyncio.gather(a.create(record(node="a")), b.create(record(node="b")))
+    assert sorted(r is None for r in results) == [False, True]  # exactly one won
+    await a.create(record("t2"))
+    from gateway.tasks.backend import ActiveLimitReached
+
+    with pytest.raises(ActiveLimitReached):
+        await b.create(record("t3", node="b"), max_active=2)
+    assert await b.active_count("alice") == 2
+
+
+async def test_cancel_through_another_process_reaches_the_running_node(backends: Factory) -> None:
+    handler = Handler()
+    a = await backends("a", handler)
+    b = await backends("b")
+    await a.create(record())
+    assert await b.request_cancel("alice", "t1", "stop it") == "accepted"
+    await handler.wait(lambda: handler.cancels)
+    assert handler.cancels[0] == ("alice", "t1", "stop it")
+
+
+async def test_cancel_without_the_publish_arrives_on_the_lease_tick(
+    backends: Factory, redis_url: str
+) -> None:
+    handler = Handler()
+    a = await backends("a", handler)
+    await a.create(record())
+    # Only the fallback: the request in node a's set, no message on its control channel.
+    client = aredis.Redis.from_url(redis_url)
+    await client.sadd(
+        "osp:node:a:cancels", b'{"owner":"alice","task_id":"t1","reason":"by the set"}'
+    )
+    await client.aclose()
+    await handler.wait(lambda: handler.cancels)
+    assert handler.cancels == [("alice", "t1", "by the set")]
+
+
+async def test_a_lost_node_s_tasks_end_with_node_lost_and_its_late_writes_are_refused(
+    backends: Factory,
+) -> None:
+    zombie = Handler()
+    a = await backends("a", zombie)
+    b = await backends("b")
+    rec = record()
+    await a.create(rec)
+    rec = run(a, rec, 1, 5)
+    await a.flush()
+    seen = Collector()
+    await b.listen("alice", "t1", seen)
+    a.stop_lease()  # process a freezes: its lease runs out, its connections stay
+    await seen.wait(lambda: any(isinstance(i, EventFrame) and i.seq == 6 for i in seen.items))
+    last = seen.items[-1]
+    assert isinstance(last, EventFrame) and isinstance(last.event, TaskFailed)
+    assert last.event.code == "node_lost"
+    stored = await b.get("alice", "t1")
+    assert stored is not None and stored.state == "failed" and stored.epoch == rec.epoch + 1
+    # The zombie wakes up and writes: refused, and told so.
+    run(a, rec, 6, 8)
+    await zombie.wait(lambda: zombie.lost)
+    assert zombie.lost[0][:2] == ("alice", "t1")
+    found = await b.read("alice", "t1", 0)
+    assert found is not None and [f.seq for f in found.frames] == [1, 2, 3, 4, 5, 6]
+    assert seen.seqs == [6]  # b listened after 1-5 were stored
+    assert await b.active_count("alice") == 0
+
+
+async def test_a_lost_node_s_queued_task_is_adopted(backends: Factory) -> None:
+    a = await backends("a")
+    survivor = Handler(adopts=True)
+    b = await backends("b", survivor)
+    await a.create(record())  # pending: queued on a, no work done
+    a.stop_lease()
+    await survivor.wait(lambda: survivor.adopted)
+    moved = survivor.adopted[0]
+    assert (moved.task_id, moved.node, moved.state) == ("t1", "b", "pending")
+    assert moved.epoch == 1
+    run(b, moved, 1, 3)
+    await b.flush()
+    found = await b.read("alice", "t1", 0)
+    assert found is not None and [f.seq for f in found.frames] == [1, 2, 3]
+
+
+async def test_a_lost_subscriber_connection_reads_the_hole(
+    backends: Factory, redis_url: str
+) -> None:
+    a = await backends("a")
+    b = await backends("b")
+    rec = record()
+    await a.create(rec)
+    seen = Collector()
+    await b.listen("alice", "t1", seen)
+    rec = run(a, rec, 1, 3)
+    await seen.wait(lambda: 3 in seen.seqs)
+    client = aredis.Redis.from_url(redis_url)
+    await client.client_kill_filter(_type="pubsub")
+    await client.aclose()
+    run(a, rec, 4, 30)
+    await seen.wait(lambda: 30 in seen.seqs)
+    assert seen.seqs == list(range(1, 31))
+
+
+async def test_a_hole_that_retention_trimmed_is_a_gap(backends: Factory, redis_url: str) -> None:
+    small = Retention(max_events=5)
+    a = await backends("a", retention=small)
+    b = await backends("b", retention=small)
+    rec = record()
+    await a.create(rec)
+    seen = Collector()
+    await b.listen("alice", "t1", seen)
+    rec = run(a, rec, 1, 2)
+    await seen.wait(lambda: 2 in seen.seqs)
+    b.pause_subscriber()
+    rec = run(a, rec, 3, 20)
+    await a.flush()
+    b.resume_subscriber()
+    run(a, rec, 21, 21)
+    await seen.wait(lambda: 21 in seen.seqs)
+    gaps = [i for i in seen.items if isinstance(i, Gap)]
+    assert len(gaps) == 1 and gaps[0].after_seq == 2
+    assert seen.seqs == [1, 2, *range(gaps[0].first_available_seq, 22)]
+
+
+async def test_redis_restart_loses_no_acknowledged_event(backends: Factory, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, aof=True)
+    server.start()
+    try:
+        handler = Handler()
+        a = await backends("a", handler, url=server.url)
+        rec = record()
+        await a.create(rec)
+        seen = Collector()
+        await a.listen("alice", "t1", seen)
+        rec = run(a, rec, 1, 10)
+        await seen.wait(lambda: 10 in seen.seqs)
+        server.stop()
+        rec = run(a, rec, 11, 40)  # buffered while Redis is away
+        with pytest.raises(BackendUnavailable):
+            await a.create(record("t2"))
+        while a.health() is None:
+            a.health_changed.clear()
+            await a.health_changed.wait()
+        assert "unreachable" in (a.health() or "")
+        assert seen.seqs == list(range(1, 11))  # nothing visible that is not stored
+        server.start()
+        await seen.wait(lambda: 40 in seen.seqs)
+        assert seen.seqs == list(range(1, 41))
+        found = await a.read("alice", "t1", 0)
+        assert found is not None and [f.seq for f in found.frames] == list(range(1, 41))
+        assert handler.lost == []
+    finally:
+        server.stop()
+
+
+async def test_past_the_outage_bound_running_tasks_end_with_store_unavailable(
+    backends: Factory, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path, aof=True)
+    server.start()
+    try:
+        handler = Handler()
+        a = await backends("a", handler, url=server.url, max_buffered=20)
+        rec = record()
+        await a.create(rec)
+        rec = run(a, rec, 1, 5)
+        await a.flush()
+        server.stop()
+        run(a, rec, 6, 30)  # past max_buffered
+        await handler.wait(lambda: handler.lost)
+        assert handler.lost[0][:2] == ("alice", "t1")
+        assert "unreachable" in handler.lost[0][2]
+        server.start()
+        while a.health() is not None:
+            a.health_changed.clear()
+            await a.health_changed.wait()
+        await a.flush()
+        found = await a.read("alice", "t1", 0)
+        assert found is not None
+        last = found.frames[-1]
+        assert isinstance(last.event, TaskFailed) and last.event.code == "store_unavailable"
+        assert [f.seq for f in found.frames] == list(range(1, 32))
+        stored = await a.get("alice", "t1")
+        assert stored is not None and stored.state == "failed"
+    finally:
+        server.stop()
