@@ -64,7 +64,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol.events import TaskFailed, Usage
+from protocol.events import InputRequest, TaskFailed, Usage
 from protocol.frames import EventFrame, Gap, Input, StartOptions, TaskState, ThreadSummary
 
 from . import redis_scripts as lua
@@ -94,6 +94,7 @@ _encoder = msgspec.json.Encoder()
 _frame_decoder = msgspec.json.Decoder(EventFrame)
 _options_decoder = msgspec.json.Decoder(StartOptions)
 _usage_decoder = msgspec.json.Decoder(Usage)
+_input_request_decoder = msgspec.json.Decoder(InputRequest)
 _ctl_decoder = msgspec.json.Decoder(dict[str, str])
 
 Key = tuple[str, str]
@@ -220,6 +221,7 @@ class RedisBackend:
         self._by_channel: dict[str, Key] = {}
         self._ops: deque[_Op] = deque()
         self._thread_writes: set[asyncio.Task[None]] = set()
+        self._thread_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -353,6 +355,10 @@ class RedisBackend:
         task.add_done_callback(self._thread_writes.discard)
 
     async def _thread_update(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        async with self._thread_lock:  # FIFO: the updates are stored in the order made
+            await self._thread_update_now(owner, thread_id, turn)
+
+    async def _thread_update_now(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
         key, idx = self._thread_keys(owner, thread_id)
         try:
             await self._ensure()
@@ -1302,6 +1308,8 @@ def _fields(record: TaskRecord, *, full: bool = False) -> list[Any]:
     ]
     if record.usage is not None:
         fields += ["usage", _encoder.encode(record.usage)]
+    pending = record.pending_input
+    fields += ["pending_input", _encoder.encode(pending) if pending is not None else ""]
     if full:
         fields += [
             "owner",
@@ -1321,6 +1329,8 @@ def _fields(record: TaskRecord, *, full: bool = False) -> list[Any]:
             "epoch",
             record.epoch,
         ]
+        if record.thread_id is not None:
+            fields += ["thread_id", record.thread_id]
     return fields
 
 
@@ -1335,6 +1345,7 @@ def _record_from(raw: dict[bytes, bytes]) -> TaskRecord:
         return value.decode() if value is not None else default
 
     usage = raw.get(b"usage")
+    pending = raw.get(b"pending_input")
     state: TaskState = text("state", "pending")  # type: ignore[assignment]
     return TaskRecord(
         owner=text("owner"),
@@ -1350,6 +1361,8 @@ def _record_from(raw: dict[bytes, bytes]) -> TaskRecord:
         progress=text("progress") or None,
         turn=int(text("turn", "0")),
         usage=_usage_decoder.decode(usage) if usage else None,
+        thread_id=text("thread_id") or None,
+        pending_input=_input_request_decoder.decode(pending) if pending else None,
     )
 
 

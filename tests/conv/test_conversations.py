@@ -355,3 +355,33 @@ async def test_pending_messages_are_bounded(tmp_path: Path) -> None:
         await alice.until_finished([task.task_id])
         assert [m.text for m in events(alice, task.task_id, UserMessage)] == ["note 0", "note 1"]
         await alice.close()
+
+
+async def test_conversation_and_question_with_the_redis_backend(
+    tmp_path: Path, redis_url: str
+) -> None:
+    s = settings(tmp_path)
+    s.redis_url = redis_url
+    async with serve_in_background(s) as gw:
+        alice = await Client.connect(gw.url + f"?token={ALICE}")
+        first = await started(alice, "What is 17*23+4?", thread_id="r-1")
+        await alice.until_finished([first.task_id])
+        second = await started(alice, "Add 5 to that", thread_id="r-1")
+        await alice.until_finished([second.task_id])
+        assert alice.events[second.task_id][-1].event.final_answer == "400"  # type: ignore[union-attr]
+        asking = await started(alice, ASK, thread_id="r-1")
+        request = (await waiting(alice, asking.task_id)).request
+        await alice.send(StatusRequest(id="s", task_id=asking.task_id))
+        (status,) = (await alice.reply("s", StatusReply)).tasks
+        assert status.state == "input_required" and status.pending_input == request
+        reply = await answer(alice, task_id=asking.task_id, request_id=request.request_id, text="5")
+        assert isinstance(reply, InputAck)
+        await alice.until_finished([asking.task_id])
+        await alice.send(ThreadRequest(id="t", thread_id="r-1"))
+        thread = await alice.reply("t", ThreadReply)
+        assert [(t.state, t.final_answer) for t in thread.tasks] == [
+            ("completed", "395"),
+            ("completed", "400"),
+            ("completed", "10"),
+        ]
+        await alice.close()
