@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test lint typecheck pytest bench bench-smoke soak schema sysdeps clean
+.PHONY: serve test lint typecheck pytest bench bench-smoke soak schema sysdeps nodedeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check protocol gateway bench tests
 	$(BIN)/ruff format --check protocol gateway bench tests
 
-pytest: $(STAMP) sysdeps
+# The official AG-UI client (npm) for the AG-UI adapter's tests, pinned by its package-lock.
+NODE_TESTS := tests/adapters/node
+nodedeps: $(NODE_TESTS)/node_modules/.package-lock.json
+$(NODE_TESTS)/node_modules/.package-lock.json: $(NODE_TESTS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian nodejs and npm for the AG-UI client tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	cd $(NODE_TESTS) && npm ci --no-audit --no-fund --loglevel=error
+
+pytest: $(STAMP) sysdeps nodedeps
 	$(BIN)/pytest -q
 
 test: typecheck lint pytest

@@ -17,7 +17,6 @@ from gateway.tasks import TaskManager, TaskSpec
 from gateway.testing import HOLD, ScriptedRunner, Step
 from protocol import (
     JSON,
-    Batch,
     ClientSession,
     CloseCode,
     Event,
@@ -26,7 +25,6 @@ from protocol import (
     LlmResponse,
     ProtocolError,
     ServerSession,
-    Start,
     TaskCompleted,
     TaskStarted,
     ToolCallStart,
@@ -217,11 +215,6 @@ async def test_accepted_comes_before_replayed_events(gate: asyncio.Semaphore) ->
     assert type(received[0]).__name__ == "Accepted" and received[0].existing  # type: ignore[attr-defined]
     assert [f.seq for f in received[1:]] == [1, 2]  # type: ignore[attr-defined]
     await finish(manager, conn, writer)
-
-
-def test_batch_frame_type() -> None:
-    assert Batch(events=[]).__struct_config__.tag == "batch"
-    assert Start(id=1, input="x").__struct_config__.tag == "start"
 
 
 async def test_resubscribing_never_detaches_the_task(gate: asyncio.Semaphore) -> None:

@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import gateway
+from gateway.adapters import adapter_routes
 from gateway.agent import TraceStore
 from gateway.connection import Connection, ConnectionStats
 from gateway.server.auth import HostGuard, authenticate
@@ -386,6 +387,7 @@ def create_app(
         Route("/metrics", _metrics),
         *file_routes(),
         *trace_routes(),
+        *adapter_routes(settings),  # A2A and AG-UI over the same tasks
     ]
     if settings.web_root is not None and settings.web_root.is_dir():
         routes.append(Mount("/", StaticFiles(directory=settings.web_root, html=True)))

@@ -8,7 +8,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,15 +111,13 @@ async def test_cancel_while_the_demo_streams() -> None:
     assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing left running
 
 
-async def test_a_thousand_concurrent_demo_tasks_are_cheap() -> None:
+async def test_a_thousand_concurrent_demo_tasks_all_answer() -> None:
+    # How long it takes is a benchmark figure (make bench), not a test assertion.
     config = load_config(None, FAST)
-    started = time.perf_counter()
     results = await asyncio.gather(
         *(Orchestrator(config).run_main_agent("What is 17*23+4?") for _ in range(1000))
     )
-    elapsed = time.perf_counter() - started
-    assert {answer for _, answer in results} == {"395"}
-    assert elapsed < 15, elapsed  # ~1.5 s on a laptop; generous for slow CI machines
+    assert [answer for _, answer in results] == ["395"] * 1000
 
 
 def test_cli_prints_the_streamed_run(capsys: pytest.CaptureFixture[str]) -> None:

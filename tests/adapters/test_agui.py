@@ -1,0 +1,231 @@
+"""The AG-UI adapter, driven by the official ``@ag-ui/client`` HttpAgent (Node) against a real
+gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.server import Settings, serve_in_background
+from gateway.testing.held import Held
+from protocol.events import TaskCancelled
+from protocol.frames import EventFrame
+
+NODE_DIR = Path(__file__).parent / "node"
+QUESTION = "What is 17*23+4?"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_DIR / "node_modules" / "@ag-ui" / "client").is_dir(),
+    reason="node and @ag-ui/client (make test installs them with npm ci)",
+)
+
+
+async def _node(*args: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(NODE_DIR / "agui_client.mjs"),
+        *args,
+        cwd=NODE_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def test_http_agent_runs_the_calculator_question() -> None:
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=Held().runner()
+    ) as gw:
+        seen = await _node(f"http://127.0.0.1:{gw.port}/agui", "run", QUESTION)
+    assert seen["error"] is None
+    types = [e["type"] for e in seen["events"]]
+    assert types[0] == "RUN_STARTED" and types[-1] == "RUN_FINISHED"
+    assert seen["events"][0]["runId"] == seen["runId"]
+    assert seen["result"]["final_answer"] == "395"
+    # the calculator call, its arguments and its result, in order
+    start = types.index("TOOL_CALL_START")
+    assert types[start : start + 4] == [
+        "TOOL_CALL_START",
+        "TOOL_CALL_ARGS",
+        "TOOL_CALL_END",
+        "TOOL_CALL_RESULT",
+    ]
+    call = seen["events"][start]
+    assert call["toolCallName"] == "calculator__calculate"
+    assert json.loads(seen["events"][start + 1]["delta"]) == {"expression": "17*23+4"}
+    assert seen["events"][start + 3]["content"] == "395"
+    # reasoning, steps and text
+    for kind in ("REASONING_START", "REASONING_MESSAGE_CONTENT", "REASONING_END"):
+        assert kind in types
+    steps = [e["stepName"] for e in seen["events"] if e["type"] == "STEP_STARTED"]
+    assert steps == ["turn 1", "turn 2", "summary"]
+    assert types.count("STEP_STARTED") == types.count("STEP_FINISHED")
+    assert types.count("TEXT_MESSAGE_START") == types.count("TEXT_MESSAGE_END") >= 1
+    # the client built the conversation: the user's question, the answer with \\boxed{395}
+    assert seen["messages"][0] == {"role": "user", "content": QUESTION}
+    assert any(
+        m["role"] == "assistant" and "\\boxed{395}" in (m["content"] or "")
+        for m in seen["messages"]
+    )
+
+
+async def test_aborting_the_request_cancels_the_run() -> None:
+    held = Held("turn 2")
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=held.runner()
+    ) as gw:
+        seen = await _node(f"http://127.0.0.1:{gw.port}/agui", "abort", QUESTION)
+        types = [e["type"] for e in seen["events"]]
+        assert "TOOL_CALL_RESULT" in types and "RUN_FINISHED" not in types
+        assert seen["events"][-1]["code"] == "abort"  # the client's own note of its abort
+        manager = gw.gateway.manager
+        assert manager is not None
+        # Wait for the end without subscribing (a subscriber would keep the run watched).
+        ended: list[EventFrame] = []
+        done = asyncio.Event()
+
+        def listener(item: object) -> None:
+            if isinstance(item, EventFrame) and isinstance(item.event, TaskCancelled):
+                ended.append(item)
+                done.set()
+
+        undo = await manager.backend.listen("local", seen["runId"], listener)
+        try:
+            status = await manager.status("local", seen["runId"])
+            if status.state != "cancelled":
+                await done.wait()
+        finally:
+            undo()
+        status = await manager.status("local", seen["runId"])
+        assert status.state == "cancelled"
+        assert held.arrivals("summary") == 0  # the work stopped before its summary
+
+
+async def test_refusals_are_run_errors() -> None:
+    settings = Settings(port=0, web_root=None, tokens={"secret": "alice"})
+    async with serve_in_background(settings, runner_factory=Held().runner()) as gw:
+        url = f"http://127.0.0.1:{gw.port}/agui"
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(url, json={})
+            assert refused.status_code == 401
+            assert refused.json()["type"] == "RUN_ERROR"
+            auth = {"Authorization": "Bearer secret"}
+            bad = await http.post(url, headers=auth, json={"threadId": "t"})
+            assert bad.status_code == 400
+            assert bad.json()["code"] == "invalid_input"
+            assert "runId" in bad.json()["message"] or "run_id" in bad.json()["message"]
+
+
+async def test_sub_agents_are_mapped() -> None:
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=Held().runner()
+    ) as gw:
+        seen = await _node(f"http://127.0.0.1:{gw.port}/agui", "run", "delegate: what is 2+3?")
+    assert seen["error"] is None
+    events = seen["events"]
+    types = [e["type"] for e in events]
+    call = next(
+        e
+        for e in events
+        if e["type"] == "TOOL_CALL_START" and e["toolCallName"].startswith("agents")
+    )
+    started = events[types.index("SUBAGENT_STARTED")]
+    assert started["parentToolCallId"] == call["toolCallId"]
+    sub = started["subagentRunId"]
+    assert sub.startswith("main/")
+    inner = [
+        e for e in events if e.get("subagentRunId") == sub and e["type"].startswith("TOOL_CALL")
+    ]
+    assert inner, "the sub-agent's own tool calls carry its subagentRunId"
+    assert types.index("SUBAGENT_STARTED") < types.index("SUBAGENT_FINISHED") < len(types) - 1
+    assert types[-1] == "RUN_FINISHED"
+
+
+def _sse(lines: list[str]) -> list[tuple[int | None, dict[str, Any]]]:
+    """(id, event) pairs of an SSE body's lines."""
+    out: list[tuple[int | None, dict[str, Any]]] = []
+    event_id: int | None = None
+    for line in lines:
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("data: "):
+            out.append((event_id, json.loads(line[6:])))
+        elif not line:
+            event_id = None
+    return out
+
+
+async def test_last_event_id_resumes_a_dropped_stream() -> None:
+    held = Held("turn 2")
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=held.runner()
+    ) as gw:
+        url = f"http://127.0.0.1:{gw.port}/agui"
+        body = {
+            "threadId": "thread-1",
+            "runId": "run-resume",
+            "messages": [{"id": "u1", "role": "user", "content": QUESTION}],
+            "state": {},
+            "tools": [],
+            "context": [],
+            "forwardedProps": {"ospark": {"detach_ttl": 60}},
+        }
+        first: list[str] = []
+        async with httpx.AsyncClient(timeout=30) as http:
+            async with http.stream("POST", url, json=body) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                async for line in response.aiter_lines():
+                    first.append(line)
+                    if line.startswith("data: ") and '"TOOL_CALL_RESULT"' in line:
+                        break  # drop the connection here
+            await held.reached("turn 2")
+            held.release()  # the run goes on (detach_ttl 60) with nobody connected
+            before = _sse([*first, ""])
+            last = max(i for i, _ in before if i is not None)
+            resumed = await http.post(url, json=body, headers={"Last-Event-ID": str(last)})
+        after = _sse(resumed.text.splitlines())
+    assert before[0][1]["type"] == "RUN_STARTED"
+    assert after[0][1]["type"] != "RUN_STARTED" and after[-1][1]["type"] == "RUN_FINISHED"
+    assert after[-1][1]["result"]["final_answer"] == "395"
+    ids = [i for i, _ in before + after if i is not None]
+    assert ids == list(range(1, ids[-1] + 1))  # every seq once, in order
+
+
+async def test_a_cancel_through_a2a_ends_the_agui_run() -> None:
+    from a2a.client import ClientConfig, create_client
+    from a2a.types.a2a_pb2 import CancelTaskRequest, TaskState
+
+    held = Held("summary")
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=held.runner()
+    ) as gw:
+        body = {
+            "threadId": "thread-1",
+            "runId": "run-cancelled-elsewhere",
+            "messages": [{"id": "u1", "role": "user", "content": QUESTION}],
+        }
+        lines: list[str] = []
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            http.stream("POST", f"{gw.http_url}/agui", json=body) as response,
+        ):
+            async for line in response.aiter_lines():
+                lines.append(line)
+                if '"STEP_STARTED"' in line and '"summary"' in line:
+                    await held.reached("summary")
+                    client = await create_client(gw.http_url, ClientConfig(httpx_client=http))
+                    task = await client.cancel_task(CancelTaskRequest(id=body["runId"]))
+                    assert task.status.state == TaskState.TASK_STATE_CANCELED
+    events = [e for _, e in _sse([*lines, ""])]
+    assert events[-1]["type"] == "RUN_FINISHED"
+    assert events[-1]["outcome"] == {"type": "cancelled"}
+    assert events[-1]["result"] == {"cancelled": "cancelled by an A2A client"}
