@@ -1,13 +1,15 @@
 """The terminal client: ``ospark run``, ``ospark status``, ``ospark cancel``.
 
 ``ospark run "question"`` starts a task over :class:`gateway.client.GatewayClient` and shows it
-live with rich: a spinner with the elapsed time, the progress steps, the reasoning (dimmed),
-each tool call as it starts and finishes, the streamed answer, and the final answer. With
+live with rich: a spinner with the elapsed time, the progress steps, then what the agents did in
+the order it happened: reasoning (dimmed), streamed text, each tool call as it starts and
+finishes, a sub-agent's output labelled with its path; then the final answer. When a model call
+is made again (step ``retrying``), the text it had streamed is replaced by the new copy. With
 ``--json`` it prints every event frame as one JSON object per line instead, for scripts.
 
 Ctrl-C sends ``cancel`` and keeps showing events until the terminal one arrives (a second
 Ctrl-C quits at once). Exit status: 0 completed, 1 failed, 130 cancelled, 2 when the gateway
-cannot be reached or refuses the request.
+cannot be reached or refuses the request. Output closed early (``| head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -19,19 +21,28 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from gateway.client import DEFAULT_URL, GatewayClient, GatewayError, Task, TaskFrame, Terminal
+from gateway.client import (
+    DEFAULT_URL,
+    GatewayClient,
+    GatewayError,
+    TaskFrame,
+    TaskHandle,
+    Terminal,
+)
 from protocol import (
     TERMINAL_STATES,
     ErrorEvent,
@@ -50,6 +61,7 @@ from protocol import (
 __all__ = ["add_parsers", "cancel_main", "run_main", "status_main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+Handler = Callable[[argparse.Namespace], int]
 _JSON = msgspec.json.Encoder()
 
 
@@ -90,19 +102,42 @@ def _client(args: argparse.Namespace) -> GatewayClient:
 
 
 def _fail(command: str, error: BaseException, url: str) -> int:
-    print(f"ospark {command}: {url}: {error}", file=sys.stderr)
+    message = str(error)
+    if url not in message:
+        message = f"{url}: {message}"
+    print(f"ospark {command}: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (``ospark status --json | head``): stop quietly.
+    Whatever is still buffered for stdout goes to /dev/null, so that Python's final flush
+    does not print a second traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_OK
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError  # handled like everywhere else: quietly, exit status 0
+
+
+def _main(command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Handler:
+    def main(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(command(args))
+        except BrokenPipeError:
+            return _quiet_broken_pipe()
+        except KeyboardInterrupt:  # a second Ctrl-C during `run`
+            return EXIT_CANCELLED
+
+    main.__doc__ = f"``ospark {command.__name__.strip('_')}``."
+    return main
+
+
 # ---------------------------------------------------------------------------------- run
-
-
-def run_main(args: argparse.Namespace) -> int:
-    """``ospark run``."""
-    try:
-        return asyncio.run(_run(args))
-    except KeyboardInterrupt:  # a second Ctrl-C
-        return EXIT_CANCELLED
 
 
 def _frame_json(frame: TaskFrame) -> bytes:
@@ -114,7 +149,7 @@ def _frame_json(frame: TaskFrame) -> bytes:
 
 async def _run(args: argparse.Namespace) -> int:
     options = {"max_turns": args.max_turns} if args.max_turns is not None else None
-    console = Console(stderr=args.json, highlight=False)
+    console = _Console(stderr=args.json, highlight=False)
     try:
         async with _client(args) as client:
             task = await client.start(args.input, task_id=args.task_id, options=options)
@@ -148,9 +183,8 @@ async def _run(args: argparse.Namespace) -> int:
             finally:
                 loop.remove_signal_handler(signal.SIGINT)
     except BrokenPipeError:  # `ospark run --json ... | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    except (GatewayError, OSError, TimeoutError) as exc:
+        return _quiet_broken_pipe()
+    except GatewayError as exc:
         return _fail("run", exc, args.url)
     result = task.result
     if isinstance(result, TaskCompleted):
@@ -160,14 +194,14 @@ async def _run(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-async def _print_json(task: Task) -> None:
+async def _print_json(task: TaskHandle) -> None:
     out = sys.stdout.buffer
     async for frame in task.frames():
         out.write(_frame_json(frame) + b"\n")
         out.flush()
 
 
-async def _watch(task: Task, view: TaskView, console: Console) -> None:
+async def _watch(task: TaskHandle, view: TaskView, console: Console) -> None:
     with Live(view, console=console, refresh_per_second=12, transient=False) as live:
         async for frame in task.frames():
             view.apply(frame)
@@ -188,8 +222,33 @@ class _ToolCall:
 
 
 @dataclass
+class _Output:
+    """Consecutive ``llm_response`` deltas of one agent on one channel and phase."""
+
+    channel: Literal["reasoning", "text"]
+    agent: str
+    phase: str
+    text: str = ""
+
+
+@dataclass
+class _Note:
+    text: str
+    style: str
+    agent: str = "main"
+
+
+_Item = _Output | _ToolCall | _Note
+_REASONING_LINES = 6  # the last lines of each reasoning block that the view shows
+
+
+@dataclass
 class TaskView:
-    """What ``ospark run`` shows of one task; ``apply`` feeds it, rich renders it."""
+    """What ``ospark run`` shows of one task; ``apply`` feeds it, rich renders it.
+
+    ``items`` is what the agents did, in the order it happened: model output (per agent,
+    channel and phase), tool calls, errors. A ``retrying`` step drops the output of the agent's
+    model call that is being made again, so only the final copy is shown."""
 
     task_id: str
     input: str
@@ -199,64 +258,127 @@ class TaskView:
     finished: float | None = None
     note: str = ""
     steps: list[str] = field(default_factory=list)
-    reasoning: str = ""
-    text: str = ""
+    items: list[_Item] = field(default_factory=list)
     tools: dict[tuple[str, str], _ToolCall] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
     outcome: Terminal | None = None
+    _call: dict[str, list[_Output]] = field(default_factory=dict)  # agent -> its model call
+
+    def text(self, channel: str = "text", agent: str = "main") -> str:
+        """The output shown for ``agent`` on ``channel``, joined."""
+        return "".join(
+            item.text
+            for item in self.items
+            if isinstance(item, _Output) and item.channel == channel and item.agent == agent
+        )
+
+    def _end_call(self, agent: str) -> None:
+        self._call.pop(agent, None)
 
     def apply(self, frame: TaskFrame) -> None:
         if isinstance(frame, Gap):
-            self.errors.append(
-                f"events {frame.after_seq + 1}–{frame.first_available_seq - 1} were no longer "
-                "available on the gateway"
+            self.items.append(
+                _Note(
+                    f"! events {frame.after_seq + 1}–{frame.first_available_seq - 1} were no "
+                    "longer available on the gateway",
+                    "red",
+                )
             )
             return
         event = frame.event
-        sub = getattr(event, "agent", "main") != "main"
-        prefix = f"[{event.agent}] " if sub else ""
+        agent = event.agent
+        prefix = f"[{agent}] " if agent != "main" else ""
         match event:
             case TaskStarted(model=model, provider=provider):
                 self.model = model
                 self.demo = provider == "demo" or model == "ospark-demo"
+            case LlmResponse(delta=delta, channel=channel, phase=phase):
+                call = self._call.setdefault(agent, [])
+                out = call[-1] if call else None
+                kind: Literal["reasoning", "text"] = (
+                    "reasoning" if channel == "reasoning" else "text"
+                )
+                if out is None or out.channel != kind or out.phase != phase:
+                    out = _Output(kind, agent, phase)
+                    call.append(out)
+                    self.items.append(out)
+                out.text += delta
+            case TaskProgress(step="retrying", message=message):
+                self.steps.append(prefix + "retrying")
+                for out in self._call.pop(agent, ()):
+                    self.items.remove(out)
+                self.items.append(
+                    _Note(f"↻ {prefix}model call made again ({message})", "yellow", agent)
+                )
             case TaskProgress(step=step, turn=turn):
+                self._end_call(agent)
                 label = f"{step} {turn}" if step == "turn_started" and turn else step
                 self.steps.append(prefix + label)
-            case LlmResponse(delta=delta, channel="reasoning"):
-                self.reasoning += delta
-            case LlmResponse(delta=delta):
-                if not sub:
-                    self.text += delta
-                else:
-                    self.reasoning += delta
             case ToolCallStart(call_id=cid, server=server, tool=tool, arguments=arguments):
+                self._end_call(agent)
                 # Call ids are unique per agent only: a sub-agent numbers its own calls.
-                self.tools[event.agent, cid] = _ToolCall(
+                call_item = self.tools[agent, cid] = _ToolCall(
                     f"sub-agent {tool}" if server == "agents" else f"{server}.{tool}",
                     json.dumps(arguments, ensure_ascii=False),
-                    event.agent,
+                    agent,
                     time.monotonic(),
                 )
+                self.items.append(call_item)
             case ToolCallComplete(call_id=cid):
-                call = self.tools.get((event.agent, cid))
-                if call is None:
-                    call = self.tools[event.agent, cid] = _ToolCall(
-                        f"{event.server}.{event.tool}", "", event.agent, time.monotonic()
+                self._end_call(agent)
+                found = self.tools.get((agent, cid))
+                if found is None:
+                    found = self.tools[agent, cid] = _ToolCall(
+                        f"{event.server}.{event.tool}", "", agent, time.monotonic()
                     )
-                call.result, call.error, call.duration_ms = (
+                    self.items.append(found)
+                found.result, found.error, found.duration_ms = (
                     event.result,
                     event.error,
                     event.duration_ms,
                 )
-            case ErrorEvent(code=code, message=message):
-                self.errors.append(f"{prefix}{code}: {message}")
+            case ErrorEvent(code=code, message=message, retryable=retryable):
+                if not retryable:  # (a retryable one announces the `retrying` step)
+                    self._end_call(agent)
+                self.items.append(_Note(f"! {prefix}{code}: {message}", "red", agent))
             case TaskCompleted() | TaskFailed() | TaskCancelled():
                 self.outcome = event
             case _:
+                self._end_call(agent)
                 self.steps.append(prefix + str(getattr(event, "kind", "event")))
 
     def elapsed(self) -> float:
         return (self.finished or time.monotonic()) - self.started
+
+    def _render_item(self, item: _Item) -> RenderableType:
+        match item:
+            case _Output(channel="reasoning", agent=agent, text=text):
+                lines = text.strip().splitlines()[-_REASONING_LINES:]
+                label = "reasoning" if agent == "main" else f"[{agent}] reasoning"
+                body = Text(f"{label}: ", style="dim cyan")
+                body.append("\n".join(lines), style="dim italic")
+                return body
+            case _Output(agent="main", text=text):
+                return Text(text.strip())
+            case _Output(agent=agent, text=text):
+                body = Text(f"[{agent}] ", style="cyan")
+                body.append(text.strip(), style="dim")
+                return body
+            case _ToolCall():
+                where = f"[{item.agent}] " if item.agent != "main" else ""
+                head = f"{where}{item.label}({item.arguments})"
+                if item.duration_ms is None:
+                    return Spinner("dots", Text(f" {head}", style="yellow"))
+                if item.error is not None:
+                    line = f"✗ {head} → error: {item.error} ({item.duration_ms:.1f} ms)"
+                    return Text(line, style="red")
+                result = (item.result or "").strip().replace("\n", " ")
+                if len(result) > 120:
+                    result = result[:117] + "…"
+                line = f"✓ {head} → {result} ({item.duration_ms:.1f} ms)"
+                return Text(line, style="green")
+            case _Note(text=text, style=style):
+                return Text(text, style=style)
+        raise AssertionError(item)  # pragma: no cover
 
     def __rich__(self) -> RenderableType:
         parts: list[RenderableType] = []
@@ -271,27 +393,11 @@ class TaskView:
         parts.append(Text(f"› {self.input}", style="bold"))
         if self.steps:
             parts.append(Text(" → ".join(self.steps[-8:]), style="dim cyan"))
-        if self.reasoning:
-            lines = self.reasoning.strip().splitlines()[-6:]
-            parts.append(Text("\n".join(lines), style="dim italic"))
-        for call in self.tools.values():
-            where = f"[{call.agent}] " if call.agent != "main" else ""
-            head = f"{where}{call.label}({call.arguments})"
-            if call.duration_ms is None:
-                parts.append(Spinner("dots", Text(f" {head}", style="yellow")))
-            elif call.error is not None:
-                line = f"✗ {head} → error: {call.error} ({call.duration_ms:.1f} ms)"
-                parts.append(Text(line, style="red"))
-            else:
-                result = (call.result or "").strip().replace("\n", " ")
-                if len(result) > 120:
-                    result = result[:117] + "…"
-                line = f"✓ {head} → {result} ({call.duration_ms:.1f} ms)"
-                parts.append(Text(line, style="green"))
-        if self.text:
-            parts.append(Text(self.text.strip()))
-        for error in self.errors:
-            parts.append(Text(f"! {error}", style="red"))
+        for item in self.items:
+            if not (isinstance(item, _Output) and not item.text.strip()):
+                depth = item.agent.count("/")  # a sub-agent's work sits under its call
+                rendered = self._render_item(item)
+                parts.append(Padding(rendered, (0, 0, 0, 2 * depth)) if depth else rendered)
         if self.note and self.outcome is None:
             parts.append(Text(self.note, style="yellow"))
         match self.outcome:
@@ -316,23 +422,18 @@ class TaskView:
 # ---------------------------------------------------------------------------------- status
 
 
-def status_main(args: argparse.Namespace) -> int:
-    """``ospark status``."""
-    return asyncio.run(_status(args))
-
-
 async def _status(args: argparse.Namespace) -> int:
     try:
         async with _client(args) as client:
             tasks = await client.status(args.task_id)
-    except (GatewayError, OSError, TimeoutError) as exc:
+    except GatewayError as exc:
         return _fail("status", exc, args.url)
     if args.json:
         for status in tasks:
             sys.stdout.buffer.write(_JSON.encode(status) + b"\n")
         sys.stdout.flush()
         return EXIT_OK
-    console = Console(highlight=False)
+    console = _Console(highlight=False)
     if not tasks:
         console.print("no tasks")
         return EXIT_OK
@@ -347,19 +448,19 @@ async def _status(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- cancel
 
 
-def cancel_main(args: argparse.Namespace) -> int:
-    """``ospark cancel TASK_ID``."""
-    return asyncio.run(_cancel(args))
-
-
 async def _cancel(args: argparse.Namespace) -> int:
     try:
         async with _client(args) as client:
             result = await client.cancel(args.task_id)
-    except (GatewayError, OSError, TimeoutError) as exc:
+    except GatewayError as exc:
         return _fail("cancel", exc, args.url)
     if args.json:
         print(json.dumps({"task_id": args.task_id, "result": result}))
     else:
         print(f"{args.task_id}: {result.replace('_', ' ')}")
     return EXIT_FAILED if result == "unknown" else EXIT_OK
+
+
+run_main = _main(_run)
+status_main = _main(_status)
+cancel_main = _main(_cancel)

@@ -100,12 +100,14 @@ class TaskFailedError(AgentError):
 
     Raised by :meth:`Orchestrator.run_main_agent` when the summary could only be produced after
     dropping part of the history (``summary`` is that summary), or could not be produced at all
-    (``summary`` is an explanatory text).
+    (``summary`` is an explanatory text). ``failure_code`` is the ``task_failed`` event's code
+    (``context_limit`` when the context window was the cause).
     """
 
     code = "task_failed"
 
-    def __init__(self, reason: str, summary: str = "") -> None:
+    def __init__(self, reason: str, summary: str = "", *, failure_code: str = "failed") -> None:
         super().__init__(reason)
         self.reason = reason
         self.summary = summary
+        self.failure_code = failure_code

@@ -130,7 +130,8 @@ class Orchestrator:
                     await provider.aclose()
         if failed is not None:
             self.failed_reason = failed
-            raise TaskFailedError(failed, summary)
+            # The summary is the only step that fails a task: it lost history to the context.
+            raise TaskFailedError(failed, summary, failure_code="context_limit")
         return summary, extract_boxed(summary)
 
     # --- one agent ---------------------------------------------------------------------------

@@ -37,12 +37,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.bench.replay import frames, replay_factory
+from gateway.streaming.runner import Runner, TaskStream
 from protocol import Batch, EventFrame, Hello, codec_for_subprotocol, select_subprotocol
 from protocol.events import TERMINAL_KINDS
 
 __all__ = ["main"]
-
-Runner = Callable[[Any], Any]
 
 
 def _announce(port: int) -> None:
@@ -218,7 +217,7 @@ async def _raw_agents(request: Request) -> Response:
     started = asyncio.Semaphore(0)
 
     async def consume(i: int) -> None:
-        run = factory(_spec(f"a{i}", text))
+        run = TaskStream(factory, _spec(f"a{i}", text))
         first = True
         async for _ in run:
             if first:
@@ -270,7 +269,7 @@ def _socketio_app(runner: Runner) -> Any:
     async def start(sid: str, data: dict[str, Any]) -> dict[str, Any]:
         task_id = data["task_id"]
         await sio.enter_room(sid, task_id)
-        run = runner(_spec(task_id, data["input"]))
+        run = TaskStream(runner, _spec(task_id, data["input"]))
         runs[task_id] = run
         drivers.add(task := asyncio.create_task(drive(task_id, run)))
         task.add_done_callback(drivers.discard)
@@ -296,7 +295,7 @@ def _sse_app(runner: Runner) -> Starlette:
 
     async def stream(request: Request) -> Response:
         task_id = request.path_params["task_id"]
-        run = runner(_spec(task_id, request.query_params.get("input", "")))
+        run = TaskStream(runner, _spec(task_id, request.query_params.get("input", "")))
         runs[task_id] = run
 
         async def body() -> AsyncIterator[dict[str, str]]:

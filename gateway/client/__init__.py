@@ -7,21 +7,23 @@ async with GatewayClient("ws://127.0.0.1:8000/ws") as client:
         ...
 ```
 
-Depends only on :mod:`protocol` and ``websockets``. See :mod:`gateway.client.client` for the
+Depends only on :mod:`protocol` (msgspec) and ``websockets``: importing it loads nothing of
+the server. See :mod:`gateway.client.client` for the
 reconnect and resume policy and :mod:`gateway.client.errors` for the exceptions.
 """
 
-from .client import DEFAULT_URL, GatewayClient, Task, TaskFrame, Terminal
-from .errors import ConnectionLost, GatewayError, ProtocolMismatch, RequestError
+from .client import DEFAULT_URL, GatewayClient, TaskFrame, TaskHandle, Terminal
+from .errors import CannotConnect, ConnectionLost, GatewayError, ProtocolMismatch, RequestError
 
 __all__ = [
     "DEFAULT_URL",
+    "CannotConnect",
     "ConnectionLost",
     "GatewayClient",
     "GatewayError",
     "ProtocolMismatch",
     "RequestError",
-    "Task",
     "TaskFrame",
+    "TaskHandle",
     "Terminal",
 ]

@@ -2,22 +2,32 @@
 
 One background reader per connection decodes every frame with the sans-I/O
 :class:`protocol.ClientSession` and dispatches it: replies by request ``id`` to the coroutine
-waiting for them, events by ``task_id`` to their :class:`Task`. A task keeps every event it
-received, so any number of consumers can iterate :meth:`Task.events`, each from the start.
+waiting for them, events by ``task_id`` to their :class:`TaskHandle`. A task keeps every event it
+received, so any number of consumers can iterate :meth:`TaskHandle.events`, each from the start.
 
 Reconnect and resume. When the socket drops (anything but a close that must not be retried:
 4001 unauthorized, 4002 policy violation, or :meth:`GatewayClient.close`), the client
-reconnects with exponential backoff, then sends ``subscribe {task_id, after_seq}`` with the
-last ``seq`` seen for every unfinished task it follows, and resends the requests that had no
-reply yet. This is safe because every request is idempotent: ``start`` always carries a
+reconnects with exponential backoff, resends the requests that had no reply yet, then sends
+``subscribe {task_id, after_seq}`` with the last ``seq`` seen for every unfinished task it
+follows. This is safe because every request is idempotent: ``start`` always carries a
 ``task_id`` (the client picks one when the caller does not), so a retried ``start`` returns the
 existing task. Events are de-duplicated by ``seq``, so nothing is seen twice; a ``gap`` (events
-dropped by the server's retention) is recorded in :attr:`Task.gaps` and yielded by
-:meth:`Task.frames`, never silently skipped.
+dropped by the server's retention) is recorded in :attr:`TaskHandle.gaps` and yielded by
+:meth:`TaskHandle.frames`, never silently skipped.
+
+Resubscription is paced: ``resume_batch`` subscribes at a time, each batch followed by a
+``ping`` whose ``pong`` comes back only after the batch's replay (a connection's replies and
+events leave in order), so the next batch is sent only once the previous replay has left the
+gateway. Hundreds of tasks resume without the gateway's "too much to replay at once" close.
+
+Retried model calls. When the agent's model call breaks mid-stream and is made again, the
+gateway sends a ``task_progress`` step ``retrying``, and the text that call streamed so far
+comes again. :attr:`TaskHandle.superseded` holds the ``seq`` of every ``llm_response`` of such
+a call, and :meth:`TaskHandle.text` returns the streamed text without them.
 
 Cancellation: every public coroutine may be cancelled; a cancelled request is forgotten (its
-reply, if any, is dropped). :meth:`Task.cancel` asks the *gateway* to cancel the task; the
-task's ``task_cancelled`` event follows in :meth:`Task.events`.
+reply, if any, is dropped). :meth:`TaskHandle.cancel` asks the *gateway* to cancel the task;
+the task's ``task_cancelled`` event follows in :meth:`TaskHandle.events`.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -34,7 +45,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from protocol import (
     JSON,
@@ -49,11 +60,13 @@ from protocol import (
     ClientSession,
     CloseCode,
     Closing,
+    ErrorEvent,
     ErrorFrame,
     Event,
     EventFrame,
     Gap,
     Hello,
+    LlmResponse,
     Ping,
     Pong,
     ProtocolError,
@@ -65,15 +78,16 @@ from protocol import (
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
+    TaskProgress,
     TaskStatus,
     UnknownEvent,
     UnknownEventFrame,
     Unsubscribe,
 )
 
-from .errors import ConnectionLost, GatewayError, ProtocolMismatch, RequestError
+from .errors import CannotConnect, ConnectionLost, GatewayError, ProtocolMismatch, RequestError
 
-__all__ = ["DEFAULT_URL", "GatewayClient", "Task", "TaskFrame", "Terminal"]
+__all__ = ["DEFAULT_URL", "GatewayClient", "TaskFrame", "TaskHandle", "Terminal"]
 
 log = logging.getLogger("gateway.client")
 
@@ -81,14 +95,15 @@ DEFAULT_URL = "ws://127.0.0.1:8000/ws"
 
 Terminal = TaskCompleted | TaskFailed | TaskCancelled
 TaskFrame = EventFrame | UnknownEventFrame | Gap
-"""What :meth:`Task.frames` yields: events with their ``seq``/``ts``, and ``gap`` notices."""
+"""What :meth:`TaskHandle.frames` yields: events with their ``seq``/``ts``, and ``gap`` notices."""
 
 _R = TypeVar("_R")
 
 _NO_RETRY = frozenset({CloseCode.UNAUTHORIZED, CloseCode.POLICY_VIOLATION})
+_REFUSED = frozenset({401, 403})  # HTTP statuses of a handshake that must not be retried
 
 
-class Task:
+class TaskHandle:
     """One task followed by a :class:`GatewayClient`. Made by :meth:`GatewayClient.start` or
     :meth:`GatewayClient.attach`; not constructed directly."""
 
@@ -107,6 +122,10 @@ class Task:
         """The terminal event, once received."""
         self.gaps: list[Gap] = []
         """Events the gateway could no longer replay (dropped by its retention)."""
+        self.superseded: set[int] = set()
+        """``seq`` of the ``llm_response`` events of model calls that were made again (after a
+        ``task_progress`` step ``retrying``): their text comes again in later events."""
+        self._call: dict[str, list[int]] = {}  # agent -> llm_response seqs of its current call
         self._frames: list[TaskFrame] = []
         self._changed: asyncio.Event | None = None  # made only when a consumer waits
         self._error: GatewayError | None = None
@@ -114,7 +133,7 @@ class Task:
         self._accepted = False
 
     def __repr__(self) -> str:
-        return f"<Task {self.task_id} {self.state} seq={self.last_seq}>"
+        return f"<TaskHandle {self.task_id} {self.state} seq={self.last_seq}>"
 
     @property
     def done(self) -> bool:
@@ -153,6 +172,25 @@ class Task:
         assert self.result is not None
         return self.result
 
+    def text(
+        self, channel: str = "text", *, agent: str | None = "main", phase: str | None = None
+    ) -> str:
+        """The text streamed so far on ``channel`` (``text`` or ``reasoning``) by ``agent``
+        (``None``: every agent) in ``phase`` (``turn``, ``summary``; ``None``: both), without
+        the copies superseded by a retried model call (:attr:`superseded`)."""
+        parts: list[str] = []
+        for frame in self._frames:
+            if isinstance(frame, EventFrame) and isinstance(frame.event, LlmResponse):
+                event = frame.event
+                if (
+                    event.channel == channel
+                    and (agent is None or event.agent == agent)
+                    and (phase is None or event.phase == phase)
+                    and frame.seq not in self.superseded
+                ):
+                    parts.append(event.delta)
+        return "".join(parts)
+
     async def cancel(self) -> str:
         """Ask the gateway to cancel the task. Returns the ``cancel_ack`` result (``accepted``,
         ``already_terminal`` or ``unknown``); the ``task_cancelled`` event follows in
@@ -172,6 +210,15 @@ class Task:
         self.last_seq = frame.seq
         self._frames.append(frame)
         event = frame.event
+        match event:
+            case LlmResponse(agent=agent):
+                self._call.setdefault(agent, []).append(frame.seq)
+            case TaskProgress(step="retrying", agent=agent):
+                self.superseded.update(self._call.pop(agent, ()))
+            case ErrorEvent(retryable=True):
+                pass  # announces the retry that follows; the call's output is still open
+            case _:
+                self._call.pop(event.agent, None)  # the agent's model call, if any, ended
         state = TERMINAL_STATES.get(type(event))
         if state is not None:
             self.state = state
@@ -202,10 +249,12 @@ class GatewayClient:
     """A connection to an OSpark gateway carrying any number of tasks.
 
     ``async with GatewayClient(url, token=...) as client:`` connects (raising
-    :class:`ConnectionLost` when the gateway refuses the token), and closes on exit.
-    ``encoding`` is ``"msgpack"`` (the default, smaller and faster) or ``"json"``.
+    :class:`CannotConnect` when the gateway cannot be reached or refuses the token), and closes
+    on exit. ``encoding`` is ``"msgpack"`` (the default, smaller and faster) or ``"json"``.
+    ``open_timeout`` bounds opening a connection (TCP, TLS, handshake and ``hello``).
     With ``reconnect`` (the default) a dropped socket is re-opened for up to
-    ``reconnect_timeout`` seconds and every followed task resumes where it stopped."""
+    ``reconnect_timeout`` seconds and every followed task resumes where it stopped, at most
+    ``resume_batch`` tasks at a time."""
 
     def __init__(
         self,
@@ -217,9 +266,12 @@ class GatewayClient:
         reconnect_timeout: float = 60.0,
         max_backoff: float = 2.0,
         open_timeout: float = 10.0,
+        resume_batch: int = 32,
     ) -> None:
         if encoding not in ("msgpack", "json"):
             raise ValueError(f"encoding must be 'msgpack' or 'json', not {encoding!r}")
+        if resume_batch < 1:
+            raise ValueError(f"resume_batch must be at least 1, not {resume_batch}")
         self.url = url
         self.token = token
         self.codec = MSGPACK if encoding == "msgpack" else JSON
@@ -227,6 +279,7 @@ class GatewayClient:
         self.reconnect_timeout = reconnect_timeout
         self.max_backoff = max_backoff
         self.open_timeout = open_timeout
+        self.resume_batch = resume_batch
         self.hello: Hello | None = None
         """The gateway's ``hello`` on the current connection."""
         self.closing: Closing | None = None
@@ -237,7 +290,7 @@ class GatewayClient:
         """How many times the connection was re-established."""
         self._ws: ClientConnection | None = None
         self._session = ClientSession(self.codec)
-        self._tasks: dict[str, Task] = {}
+        self._tasks: dict[str, TaskHandle] = {}
         self._pending: dict[str | int, _Pending] = {}
         self._subscribes: dict[str | int, str] = {}
         self._ids = itertools.count(1)
@@ -245,6 +298,8 @@ class GatewayClient:
         self._lost: GatewayError | None = None
         self._closed = False
         self._reader: asyncio.Task[None] | None = None
+        self._resumer: asyncio.Task[None] | None = None
+        self._probes: dict[str | int, asyncio.Future[None]] = {}
 
     # ------------------------------------------------------------------ lifetime
 
@@ -261,8 +316,9 @@ class GatewayClient:
         await self.close()
 
     async def connect(self) -> None:
-        """Open the connection and read ``hello``. Raises :class:`ConnectionLost` when the
-        gateway refuses the connection, ``OSError`` when it cannot be reached."""
+        """Open the connection and read ``hello``. Raises :class:`CannotConnect` when the
+        gateway cannot be reached or refuses the handshake, :class:`ConnectionLost` when it
+        closes the connection at once (4001: bad token), :class:`ProtocolMismatch`."""
         if self._reader is not None:
             raise RuntimeError("already connected")
         self._ws, self._session = await self._open()
@@ -275,6 +331,7 @@ class GatewayClient:
         if self._closed:
             return
         self._closed = True
+        self._stop_resume()
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close()
@@ -298,8 +355,8 @@ class GatewayClient:
         task_id: str | None = None,
         options: StartOptions | Mapping[str, Any] | None = None,
         subscribe: bool = True,
-    ) -> Task:
-        """Start a task and return it (its events follow in :meth:`Task.events`).
+    ) -> TaskHandle:
+        """Start a task and return it (its events follow in :meth:`TaskHandle.events`).
 
         ``task_id`` defaults to a fresh random id, so a start resent after a reconnect is an
         idempotent retry. ``options`` is a :class:`~protocol.StartOptions` or a dict of its
@@ -310,7 +367,7 @@ class GatewayClient:
         task = self._tasks.get(task_id)
         created = task is None or task._error is not None
         if task is None or created:
-            task = Task(self, task_id, follow=subscribe)
+            task = TaskHandle(self, task_id, follow=subscribe)
             self._tasks[task_id] = task
         frame = Start(
             id=self._next_id(), input=input, task_id=task_id, options=options, subscribe=subscribe
@@ -327,21 +384,21 @@ class GatewayClient:
             task.state = reply.state
         return task
 
-    async def attach(self, task_id: str, *, after_seq: int = 0) -> Task:
+    async def attach(self, task_id: str, *, after_seq: int = 0) -> TaskHandle:
         """Follow an existing task (e.g. one started by another connection of the same
         principal): its events with ``seq > after_seq``, then live ones. An unknown task
-        makes :meth:`Task.events` raise :class:`RequestError` (``unknown_task``)."""
+        makes :meth:`TaskHandle.events` raise :class:`RequestError` (``unknown_task``)."""
         task = self._tasks.get(task_id)
         if task is not None and not task.done and task._error is None:
             return task
-        task = Task(self, task_id)
+        task = TaskHandle(self, task_id)
         task.last_seq = after_seq
         task._accepted = True
         self._tasks[task_id] = task
         await self._subscribe(task)
         return task
 
-    async def detach(self, task: Task | str) -> None:
+    async def detach(self, task: TaskHandle | str) -> None:
         """Stop following a task (``unsubscribe``); it keeps running on the gateway."""
         task_id = task if isinstance(task, str) else task.task_id
         found = self._tasks.pop(task_id, None)
@@ -364,7 +421,7 @@ class GatewayClient:
         """An application-level round trip."""
         return await self._request(Ping(id=self._next_id(), payload=payload), Pong)
 
-    def task(self, task_id: str) -> Task | None:
+    def task(self, task_id: str) -> TaskHandle | None:
         """The followed task with this id, if any."""
         return self._tasks.get(task_id)
 
@@ -408,12 +465,13 @@ class GatewayClient:
                     return  # the reconnect resends every pending request
                 await asyncio.sleep(0.01)  # let the reader notice and start reconnecting
 
-    async def _subscribe(self, task: Task) -> None:
+    async def _subscribe(self, task: TaskHandle) -> None:
         rid = self._next_id()
         self._subscribes[rid] = task.task_id
         await self._send(Subscribe(id=rid, task_id=task.task_id, after_seq=task.last_seq))
 
     async def _open(self) -> tuple[ClientConnection, ClientSession]:
+        """Open a connection and read ``hello``; every failure becomes a :class:`GatewayError`."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
             ws = await connect(
@@ -427,10 +485,33 @@ class GatewayClient:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            raise ConnectionLost(f"the gateway refused the connection: HTTP {status}") from exc
+            body = exc.response.body or b""
+            said = " ".join(body.decode(errors="replace").split())[:200]  # the server's reason
+            raise CannotConnect(
+                self.url,
+                f"the gateway refused the connection: HTTP {status}"
+                + (f": {said}" if said else ""),
+                status=status,
+                retryable=status not in _REFUSED,
+            ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise CannotConnect(
+                self.url, f"TLS: {exc.verify_message or exc}", retryable=False
+            ) from exc
+        except ssl.SSLError as exc:
+            raise CannotConnect(self.url, f"TLS: {exc.reason or exc}", retryable=False) from exc
+        except TimeoutError as exc:
+            raise CannotConnect(self.url, f"no answer within {self.open_timeout:g}s") from exc
+        except ConnectionRefusedError as exc:
+            raise CannotConnect(self.url, "connection refused (is the gateway running?)") from exc
+        except OSError as exc:
+            raise CannotConnect(self.url, exc.strerror or str(exc) or type(exc).__name__) from exc
+        except WebSocketException as exc:  # a bad URI, an invalid or cut-off handshake
+            raise CannotConnect(self.url, str(exc) or type(exc).__name__) from exc
         session = ClientSession(self.codec)
         try:
-            first = await ws.recv()
+            async with asyncio.timeout(self.open_timeout):
+                first = await ws.recv()
             frames = session.receive(first)
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else None
@@ -440,11 +521,16 @@ class GatewayClient:
                 code=code,
                 reason=reason,
             ) from exc
+        except TimeoutError as exc:
+            await ws.close()
+            raise CannotConnect(self.url, f"no hello within {self.open_timeout:g}s") from exc
         except ProtocolError as exc:
             await ws.close()
             raise ProtocolMismatch(f"not an OSpark gateway: {exc.message}") from exc
-        hello = frames[0]
-        assert isinstance(hello, Hello)
+        hello = frames[0] if frames else None
+        if not isinstance(hello, Hello):
+            await ws.close()
+            raise ProtocolMismatch(f"not an OSpark gateway: the first frame is {hello!r}")
         if hello.protocol != PROTOCOL_NAME or hello.version != PROTOCOL_VERSION:
             await ws.close()
             raise ProtocolMismatch(
@@ -475,6 +561,7 @@ class GatewayClient:
             if self._closed:
                 return
             self._connected.clear()
+            self._stop_resume()
             code, reason = ws.close_code, ws.close_reason or ""
             log.info("connection closed (%s %s)", code, reason)
             if not self.reconnect or code in _NO_RETRY:
@@ -500,33 +587,64 @@ class GatewayClient:
             try:
                 ws, session = await self._open()
                 break
+            except CannotConnect as exc:
+                if not exc.retryable:
+                    raise
+                error: GatewayError = exc
             except ConnectionLost as exc:
                 if exc.code in _NO_RETRY:
                     raise
-                error: Exception = exc
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
                 error = exc
             if loop.time() + delay > deadline:
                 raise ConnectionLost(
                     f"could not reconnect within {self.reconnect_timeout:g}s: {error}"
-                )
+                ) from error
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
         self._ws, self._session = ws, session
         self.reconnects += 1
         self._subscribes.clear()
         try:
-            for task in list(self._tasks.values()):
-                if task._follow and task._accepted and not task.done and task._error is None:
-                    rid = self._next_id()
-                    self._subscribes[rid] = task.task_id
-                    frame = Subscribe(id=rid, task_id=task.task_id, after_seq=task.last_seq)
-                    await ws.send(session.send(frame))
             for pending in list(self._pending.values()):
                 await ws.send(session.send(pending.frame))
         except ConnectionClosed:
             pass  # the reader sees the close and reconnects again
         self._connected.set()
+        self._resumer = asyncio.create_task(self._resume(ws, session), name="ospark-resume")
+
+    async def _resume(self, ws: ClientConnection, session: ClientSession) -> None:
+        """Resubscribe to every followed unfinished task, ``resume_batch`` at a time: after
+        each batch a ``ping``, whose ``pong`` the gateway sends after the batch's replay."""
+        tasks = [t for t in self._tasks.values() if t._follow and t._accepted]
+        loop = asyncio.get_running_loop()
+        try:
+            for first in range(0, len(tasks), self.resume_batch):
+                if first:
+                    rid = self._next_id()
+                    probe = self._probes[rid] = loop.create_future()
+                    try:
+                        await ws.send(session.send(Ping(id=rid, payload="resume")))
+                        await probe
+                    finally:
+                        self._probes.pop(rid, None)
+                for task in tasks[first : first + self.resume_batch]:
+                    if (
+                        task.done
+                        or task._error is not None
+                        or self._tasks.get(task.task_id) is not task
+                    ):
+                        continue  # ended, failed or detached meanwhile
+                    rid = self._next_id()
+                    self._subscribes[rid] = task.task_id
+                    frame = Subscribe(id=rid, task_id=task.task_id, after_seq=task.last_seq)
+                    await ws.send(session.send(frame))
+        except ConnectionClosed:
+            pass  # the reader sees the close, reconnects, and resumes again
+
+    def _stop_resume(self) -> None:
+        resumer, self._resumer = self._resumer, None
+        if resumer is not None:
+            resumer.cancel()
 
     def _dispatch(self, frame: object) -> None:
         match frame:
@@ -538,6 +656,10 @@ class GatewayClient:
                 task = self._tasks.get(frame.task_id)
                 if task is not None:
                     task._gap(frame)
+            case Pong(id=rid) if rid in self._probes:
+                probe = self._probes.pop(rid)
+                if not probe.done():
+                    probe.set_result(None)
             case Accepted() | CancelAck() | StatusReply() | Pong():
                 self._resolve(frame.id, frame)
             case ErrorFrame():

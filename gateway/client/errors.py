@@ -1,16 +1,26 @@
 """The client's exceptions: one root, :class:`GatewayError`.
 
-- :class:`RequestError` — the gateway refused a request with an ``error`` frame; ``code``
-  is the stable protocol error code (``unknown_task``, ``too_many_tasks``, …).
-- :class:`ConnectionLost` — the connection is gone for good: a close that must not be retried
-  (4001 unauthorized, 4002 policy violation), the reconnect budget ran out, or the client was
-  closed while something still waited on it. ``code`` is the WebSocket close code, if any.
-- :class:`ProtocolMismatch` — the server speaks a protocol version this client does not know.
+::
+
+    GatewayError
+    ├── RequestError       the gateway refused a request with an ``error`` frame; ``code`` is the
+    │                      stable protocol error code (``unknown_task``, ``too_many_tasks``, …)
+    ├── ConnectionLost     the connection is gone for good: a close that must not be retried
+    │   │                  (4001 unauthorized, 4002 policy violation), the reconnect budget ran
+    │   │                  out, or the client was closed while something still waited on it;
+    │   │                  ``code`` is the WebSocket close code, if any
+    │   └── CannotConnect  no connection could be opened: refused, unknown host, TLS failure,
+    │                      timeout, or the handshake was refused with an HTTP ``status``
+    │                      (401/403: bad token or origin)
+    └── ProtocolMismatch   the server speaks a protocol version this client does not know
+
+No other exception escapes the client's coroutines, except ``asyncio.CancelledError`` when the
+caller's own task is cancelled.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConnectionLost", "GatewayError", "ProtocolMismatch", "RequestError"]
+__all__ = ["CannotConnect", "ConnectionLost", "GatewayError", "ProtocolMismatch", "RequestError"]
 
 
 class GatewayError(Exception):
@@ -44,6 +54,23 @@ class ConnectionLost(GatewayError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class CannotConnect(ConnectionLost):
+    """No connection to the gateway could be opened.
+
+    ``status`` is the HTTP status when the gateway refused the WebSocket handshake (401: no or
+    bad token; 403: origin or host not allowed; 503: shutting down), else ``None`` (refused,
+    unknown host, TLS error, timeout; the original exception is ``__cause__``). ``retryable``
+    says whether trying again later may succeed (not for 401/403 or a certificate error)."""
+
+    def __init__(
+        self, url: str, message: str, *, status: int | None = None, retryable: bool = True
+    ) -> None:
+        super().__init__(f"cannot connect to {url}: {message}")
+        self.url = url
+        self.status = status
+        self.retryable = retryable
 
 
 class ProtocolMismatch(GatewayError):

@@ -1,19 +1,52 @@
-"""Streaming: the core Orchestrator's hooks as a stream of wire events.
+"""Streaming: the runner contract, and the agent core as a runner.
 
-:class:`StreamingOrchestrator` makes one core Orchestrator per task and exposes
-``execute_task_streaming(task, options) -> TaskStream`` (an async generator of
-:mod:`protocol.events` with an idempotent ``cancel``); :mod:`.translate` is the only place
-where core events become wire events. See :mod:`.orchestrator` for the cancellation policy.
+:mod:`.runner` holds the contract every task's work follows — ``async (spec, emit) -> terminal
+event`` — with :class:`TaskSpec`, the one place where a run's end becomes its terminal event
+(:func:`outcome`) and :class:`TaskStream`, an async iterator over one run for scripts. It
+imports only :mod:`protocol`, so the task manager builds on it without loading the agent.
+
+:class:`StreamingOrchestrator` runs tasks on the core Orchestrator (``run`` is its runner;
+``execute_task_streaming(task, options) -> TaskStream``); :mod:`.translate` is the only place
+where core events become wire events. Those two load the agent stack, on first use.
 """
 
-from .orchestrator import MERGE_LIMIT, StreamingOrchestrator, TaskStream, runner_factory
-from .translate import DEFAULT_RESULT_PREVIEW_CHARS, Translator
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .runner import Emit, Runner, TaskSpec, TaskStream, outcome
+
+if TYPE_CHECKING:
+    from .orchestrator import StreamingOrchestrator, agent_runner, runner_factory
+    from .translate import DEFAULT_RESULT_PREVIEW_CHARS, Translator
 
 __all__ = [
     "DEFAULT_RESULT_PREVIEW_CHARS",
-    "MERGE_LIMIT",
+    "Emit",
+    "Runner",
     "StreamingOrchestrator",
+    "TaskSpec",
     "TaskStream",
     "Translator",
+    "agent_runner",
+    "outcome",
     "runner_factory",
 ]
+
+_LAZY = {
+    "StreamingOrchestrator": ".orchestrator",
+    "agent_runner": ".orchestrator",
+    "runner_factory": ".orchestrator",
+    "DEFAULT_RESULT_PREVIEW_CHARS": ".translate",
+    "Translator": ".translate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

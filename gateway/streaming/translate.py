@@ -9,19 +9,22 @@ core                          protocol
 ``ToolStart``                 ``tool_call_start``
 ``ToolEnd``                   ``tool_call_complete`` (``duration_ms``; result cut to a preview)
 ``AgentErrorEvent``           ``error`` (non-terminal)
-``UsageEvent``                nothing: summed into the terminal event's ``usage``
+``UsageEvent``                a ``Usage`` report (the sum so far; not a wire event), and summed
+                              into the terminal event's ``usage``
 returned ``(summary, answer)``  ``task_completed``
-``TaskFailedError``           ``task_failed`` (``context_limit`` or ``failed``, with summary)
+``TaskFailedError``           ``task_failed`` (its ``failure_code``: ``context_limit``, ``failed``;
+                              with the summary)
 ``LLMError``                  ``task_failed`` (``provider_error``)
 other ``AgentError``          ``task_failed`` (its own code, e.g. ``invalid_config``)
 anything else                 ``task_failed`` (``internal``)
-cancelled                     ``task_cancelled``
 ============================  ================================================================
+
+Cancellation is not translated here: the run's caller turns a requested cancel into
+``task_cancelled`` (:func:`gateway.streaming.runner.outcome`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +44,6 @@ from protocol.events import (
     ErrorEvent,
     Event,
     LlmResponse,
-    TaskCancelled,
-    TaskCompleted,
     TaskFailed,
     TaskProgress,
     TaskStarted,
@@ -67,7 +68,7 @@ class Translator:
         self.input_tokens = 0
         self.output_tokens = 0
         # Exact-type dispatch: one dict lookup per event on the hot path.
-        self._dispatch: dict[type, Callable[[Any], Event | None]] = {
+        self._dispatch: dict[type, Callable[[Any], Event | Usage | None]] = {
             LLMDelta: self._delta,
             StepEvent: self._step,
             ToolStart: self._tool_start,
@@ -80,8 +81,9 @@ class Translator:
     def usage(self) -> Usage:
         return Usage(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
 
-    def __call__(self, event: CoreEvent) -> Event | None:
-        """The wire event for a core event, or ``None`` when it has none (usage)."""
+    def __call__(self, event: CoreEvent) -> Event | Usage | None:
+        """The wire event for a core event, the usage so far for a usage report, or ``None``
+        for a core event with no wire form."""
         handler = self._dispatch.get(type(event))
         return handler(event) if handler is not None else None
 
@@ -123,9 +125,10 @@ class Translator:
             duration_ms=round(e.duration_s * 1000.0, 3),
         )
 
-    def _usage(self, e: UsageEvent) -> None:
+    def _usage(self, e: UsageEvent) -> Usage:
         self.input_tokens += e.input_tokens
         self.output_tokens += e.output_tokens
+        return self.usage
 
     @staticmethod
     def _error(e: AgentErrorEvent) -> Event:
@@ -137,21 +140,12 @@ class Translator:
     def started(task: str, agent_name: str, model: str, provider: str = "") -> TaskStarted:
         return TaskStarted(input=task, agent_name=agent_name, model=model, provider=provider)
 
-    def terminal(self, run: asyncio.Task[tuple[str, str]], cancel_reason: str | None) -> Event:
-        """The terminal event for a finished run task."""
-        if run.cancelled():
-            return TaskCancelled(reason=cancel_reason or "cancelled")
-        exc = run.exception()
-        if exc is None:
-            summary, final_answer = run.result()
-            return TaskCompleted(final_answer=final_answer, summary=summary, usage=self.usage)
-        return self.failure(exc)
-
     def failure(self, exc: BaseException) -> TaskFailed:
         """``task_failed`` for an exception that ended a run."""
         if isinstance(exc, TaskFailedError):
-            code = "context_limit" if exc.reason.startswith("context limit") else "failed"
-            return TaskFailed(reason=exc.reason, code=code, summary=exc.summary, usage=self.usage)
+            return TaskFailed(
+                reason=exc.reason, code=exc.failure_code, summary=exc.summary, usage=self.usage
+            )
         if isinstance(exc, LLMError):
             provider = f"{exc.provider}: " if exc.provider else ""
             return TaskFailed(

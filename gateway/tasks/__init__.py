@@ -1,29 +1,45 @@
 """Tasks: registry, lifecycle, cancellation, status, per-task event logs and subscriptions.
 
-See :mod:`gateway.tasks.manager` for the lifecycle, cancellation, detach and limit policies,
-:mod:`gateway.tasks.subscription` for replay/live delivery, and :mod:`gateway.tasks.backend`
-for the storage interface (in-memory by default).
+See :mod:`gateway.tasks.manager` for the lifecycle, cancellation and limit policies,
+:mod:`gateway.tasks.admission` for the run queue, :mod:`gateway.tasks.detach` for detached
+tasks, :mod:`gateway.tasks.subscription` for replay/live delivery,
+:mod:`gateway.tasks.observer` for the lifecycle hooks metrics use, and
+:mod:`gateway.tasks.backend` for the storage contract (in-memory by default). The runner
+contract the manager drives is :mod:`gateway.streaming.runner`.
 """
 
-from .backend import InMemoryBackend, LogSlice, TaskBackend, TaskRecord
-from .errors import TaskError
-from .manager import (
+from gateway.streaming.runner import Emit, Runner, TaskSpec
+
+from .backend import (
+    ActiveLimitReached,
+    BackendError,
+    BackendUnavailable,
     CancelResult,
-    RunnerFactory,
-    StartResult,
-    TaskManager,
-    TaskManagerConfig,
-    TaskRun,
-    TaskSpec,
+    InMemoryBackend,
+    LogSlice,
+    NodeHandler,
+    Retention,
+    TaskBackend,
+    TaskRecord,
 )
+from .errors import TaskError
+from .manager import RunnerFactory, StartResult, TaskManager, TaskManagerConfig
+from .observer import TaskObserver, TerminalObserver
 from .subscription import Deliver, Delivery, Subscription
 
 __all__ = [
+    "ActiveLimitReached",
+    "BackendError",
+    "BackendUnavailable",
     "CancelResult",
     "Deliver",
     "Delivery",
+    "Emit",
     "InMemoryBackend",
     "LogSlice",
+    "NodeHandler",
+    "Retention",
+    "Runner",
     "RunnerFactory",
     "StartResult",
     "Subscription",
@@ -31,7 +47,8 @@ __all__ = [
     "TaskError",
     "TaskManager",
     "TaskManagerConfig",
+    "TaskObserver",
     "TaskRecord",
-    "TaskRun",
     "TaskSpec",
+    "TerminalObserver",
 ]

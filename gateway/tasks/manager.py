@@ -1,63 +1,63 @@
-"""The task manager: registry, lifecycle, cancellation, status, event log, subscriptions.
+"""The task manager: runs tasks for owners and serves their events.
 
-A task is a run of a *runner* (see :class:`TaskRun`; in the gateway it is
-:meth:`gateway.streaming.StreamingOrchestrator.execute_task_streaming`) owned by a principal.
-The manager gives each event of the run a ``seq`` (1, 2, 3, … without gaps), wraps it in a
-ready :class:`protocol.frames.EventFrame`, appends it to the task's log in the backend and fans
-it out to the subscribers.
+A task is one call of a *runner* (:data:`gateway.streaming.Runner`: ``async (spec, emit) ->
+terminal event``; in the gateway, :meth:`gateway.streaming.StreamingOrchestrator.run`). The
+manager drives each call in a *driver* task of its own, gives each event a ``seq`` (1, 2, 3, …
+without gaps), wraps it in a ready :class:`protocol.frames.EventFrame` and hands it to the
+backend, which stores it and then passes it to the subscribers. What the manager keeps is the
+process-local part: the drivers, the run slots (:mod:`.admission`), the detach clocks
+(:mod:`.detach`); records and logs live in the backend (:mod:`.backend`), and every change of a
+record goes through it.
 
-Lifecycle: ``pending`` (created, possibly waiting in the queue for a run slot) → ``running``
-(the runner was started) → ``completed`` | ``failed`` | ``cancelled``, set by the terminal event.
-Every task ends with exactly one terminal event, whatever happens: the runner's own, or one the
-manager writes when the runner stopped without one (``task_cancelled`` after a cancel,
-``task_failed`` with code ``internal`` otherwise). Events a runner yields after its terminal
-one are discarded.
+Lifecycle: ``pending`` (created, possibly waiting for a run slot) → ``running`` (the runner was
+called) → ``completed`` | ``failed`` | ``cancelled``, set by the terminal event. Every task ends
+with exactly one terminal event: the one its runner returned, ``task_cancelled`` after an
+accepted cancel (whatever state the task was in when it arrived), or ``task_failed`` with code
+``internal`` when the runner raised or returned something else (:func:`gateway.streaming.outcome`).
 
 Cancellation policy:
 
-- :meth:`TaskManager.cancel` is idempotent and never waits: it asks the run to stop
-  (:meth:`TaskRun.cancel`); the run's ``task_cancelled`` arrives once the work has really
-  stopped. A pending task is taken out of the queue and gets its ``task_cancelled`` at once.
-  If a run ignores the request for ``cancel_grace`` seconds, its driver task is cancelled.
-- An external ``CancelledError`` (e.g. the event loop shutting down) propagates; the manager
-  still writes the terminal event on the way out.
+- :meth:`TaskManager.cancel` is idempotent and never waits. A cancel is accepted while the task
+  has not ended, and is carried out by cancelling its driver (queued, let out of the queue but
+  not started yet, or running: one mechanism); ``task_cancelled`` is written once the work has
+  stopped. If the work ignores it for ``cancel_grace`` seconds the driver is cancelled again,
+  and after another ``cancel_grace`` the task is ended anyway (the stuck work is logged).
+- A task this process does not run is cancelled through the backend, which forwards the request
+  to the node that runs it.
+- An external ``CancelledError`` of a driver propagates; the terminal event is still written.
 - :meth:`TaskManager.shutdown` lets tasks finish until a deadline, then cancels the rest and
   waits for their terminal events.
 
 Owner isolation: every call takes the owner (principal); another owner's task is reported as
-``unknown_task``, exactly like a task that does not exist, and task ids are per owner, so two
-owners may both use ``task_id="job-1"`` without noticing each other.
+``unknown_task``, exactly like a task that does not exist, and task ids are per owner.
 
-Detach: a task with no subscriber (never subscribed, or after the last one left) keeps running
-for its detach TTL, then is cancelled (reason ``detached``); with ``on_detach="cancel"`` it is
-cancelled as soon as its last subscriber leaves. Subscribing again stops the clock.
-
-Limits (:class:`TaskManagerConfig`): active (pending + running) tasks per owner and in total,
-refused with ``too_many_tasks``; at most ``max_running`` runs at a time, the others wait as
-``pending`` in FIFO order with a ``task_progress`` step ``queued`` carrying their position.
+Limits (:class:`TaskManagerConfig`): active tasks per owner (counted by the backend, across
+every node) and in this process, refused with ``too_many_tasks``; at most ``max_running`` runs
+at a time, the others wait as ``pending`` in FIFO order with a ``task_progress`` step ``queued``
+carrying their position. What finished tasks keep is bounded by the backend's
+:class:`~gateway.tasks.backend.Retention`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
 import time
 import uuid
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Literal, Protocol
 
+import msgspec
+
+from gateway.streaming.runner import Runner, TaskSpec, outcome
 from protocol.errors import ErrorCode
 from protocol.events import (
     TERMINAL_STATES,
     Event,
     LlmResponse,
     TaskCancelled,
-    TaskFailed,
     TaskProgress,
     Usage,
 )
@@ -71,8 +71,18 @@ from protocol.frames import (
     TaskStatus,
 )
 
-from .backend import InMemoryBackend, TaskBackend, TaskRecord
+from .admission import RunSlots
+from .backend import (
+    ActiveLimitReached,
+    BackendUnavailable,
+    CancelResult,
+    InMemoryBackend,
+    TaskBackend,
+    TaskRecord,
+)
+from .detach import DetachClocks
 from .errors import TaskError
+from .observer import TaskObserver, TerminalObserver, TimingObserver
 from .subscription import Deliver, Subscription
 
 __all__ = [
@@ -81,18 +91,15 @@ __all__ = [
     "StartResult",
     "TaskManager",
     "TaskManagerConfig",
-    "TaskRun",
     "TaskSpec",
 ]
 
 log = logging.getLogger(__name__)
 
-CancelResult = Literal["accepted", "already_terminal", "unknown"]
+RunnerFactory = Runner
+"""The former name of :data:`gateway.streaming.Runner`, kept for callers."""
 
-TerminalObserver = Callable[[TaskRecord, "float | None", "float | None"], None]
-"""Told of every task's end (the record has the final state) with the seconds since its
-cancel was requested, if it was, and the seconds from its run's start to its first streamed
-token, if any (metrics)."""
+_replace = msgspec.structs.replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +107,9 @@ class TaskManagerConfig:
     """Limits and timings of a :class:`TaskManager` (the defaults are the gateway's)."""
 
     max_tasks_per_owner: int = 1000
-    """Active (pending + running) tasks of one owner; more → ``too_many_tasks``."""
+    """Active (pending + running) tasks of one owner, on every node; more → ``too_many_tasks``."""
     max_tasks_total: int = 10_000
-    """Active tasks of the whole manager; more → ``too_many_tasks``."""
+    """Active tasks of this manager; more → ``too_many_tasks``."""
     max_running: int = 256
     """Runs (LLM-driving agent loops) at once; further tasks wait as ``pending`` (FIFO)."""
     detach_ttl: float = 600.0
@@ -111,42 +118,11 @@ class TaskManagerConfig:
     on_detach: DetachPolicy = "keep"
     """Default detach policy: ``keep`` (for ``detach_ttl``) or ``cancel`` at once."""
     retain_finished: float = 3600.0
-    """Seconds a finished task (its status and event log) is kept before removal."""
+    """Seconds a finished task (its status and event log) is kept before removal (sooner when
+    the backend's finished-task bounds need the room)."""
     cancel_grace: float = 10.0
-    """Seconds a run may take to honour a cancel before its driver task is cancelled."""
-
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """What a runner is asked to run."""
-
-    owner: str
-    task_id: str
-    input: str
-    options: StartOptions
-
-
-class TaskRun(Protocol):
-    """One running task as the manager drives it: an async iterator of events ending with a
-    terminal event, with an idempotent ``cancel`` (the run then ends with ``task_cancelled``
-    once its work has stopped), ``aclose`` and the token usage so far.
-
-    :class:`gateway.streaming.TaskStream` is the implementation used by the gateway."""
-
-    def __aiter__(self) -> AsyncIterator[Event]: ...
-
-    def __anext__(self) -> Awaitable[Event]: ...
-
-    def cancel(self, reason: str = ...) -> None: ...
-
-    def aclose(self) -> Awaitable[None]: ...
-
-    @property
-    def usage(self) -> Usage: ...
-
-
-RunnerFactory = Callable[[TaskSpec], TaskRun]
-"""Makes the run of a task; called when the task leaves the queue."""
+    """Seconds a run may take to honour a cancel before its driver is cancelled again (and,
+    after as long again, the task is ended without waiting for it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,46 +138,41 @@ class StartResult:
     """The subscription made with ``deliver``, if one was passed."""
 
 
-_FINAL_STATES = frozenset(TERMINAL_STATES.values())
-
-
-class _Runtime:
-    """Process-local state of an active task."""
+class _Task:
+    """The process-local part of an active task."""
 
     __slots__ = (
-        "admitted",
         "cancel_reason",
-        "cancel_requested",
-        "detach_timer",
         "driver",
-        "first_token",
+        "emit",
         "hard_timer",
-        "holds_slot",
+        "key",
+        "last_seq",
+        "output_seen",
         "record",
-        "run",
-        "started",
-        "subscribers",
+        "slot",
         "terminal",
     )
 
     def __init__(self, record: TaskRecord) -> None:
+        self.key = (record.owner, record.task_id)
         self.record = record
+        """The latest record handed to the backend (its ``last_seq`` is the backend's)."""
+        self.last_seq = 0
         self.driver: asyncio.Task[None] | None = None
-        self.run: TaskRun | None = None
-        self.admitted: asyncio.Future[bool] | None = None
+        self.emit: Callable[[Event | Usage], None] = _discard
         self.cancel_reason: str | None = None
-        self.cancel_requested: float | None = None
-        self.started = 0.0  # perf_counter() when the run began
-        self.first_token = 0.0  # perf_counter() of the first llm_response
-        self.subscribers = 0
-        self.detach_timer: asyncio.TimerHandle | None = None
         self.hard_timer: asyncio.TimerHandle | None = None
+        self.output_seen = False
+        self.slot = False
         self.terminal = False
-        self.holds_slot = False
+
+    def reason(self) -> str | None:
+        return self.cancel_reason
 
 
 class TaskManager:
-    """Runs tasks for owners, keeps their event logs, and serves subscriptions.
+    """Runs tasks for owners, keeps their event logs in a backend, and serves subscriptions.
 
     Every public coroutine is safe to cancel: it changes nothing after its last ``await``.
     Use it as ``async with TaskManager(runner) as tasks: ...`` or call :meth:`shutdown`.
@@ -209,21 +180,31 @@ class TaskManager:
 
     def __init__(
         self,
-        runner_factory: RunnerFactory,
+        runner: Runner,
         *,
         config: TaskManagerConfig | None = None,
         backend: TaskBackend | None = None,
         on_terminal: TerminalObserver | None = None,
+        observer: TaskObserver | None = None,
+        node: str | None = None,
     ) -> None:
         self.config = config or TaskManagerConfig()
-        self._runner_factory = runner_factory
-        self._on_terminal = on_terminal
+        self.node = node or uuid.uuid4().hex
+        """This manager's id in the backend's records."""
+        self._runner = runner
+        if observer is None:
+            observer = TimingObserver(on_terminal) if on_terminal is not None else TaskObserver()
+        elif on_terminal is not None:
+            raise ValueError("pass either on_terminal or observer")
+        self._observer = observer
+        self._owns_backend = backend is None
         self._backend: TaskBackend = backend if backend is not None else InMemoryBackend()
-        self._active: dict[tuple[str, str], _Runtime] = {}
-        self._active_by_owner: Counter[str] = Counter()
-        self._queue: deque[_Runtime] = deque()
-        self._running = 0
+        self._active: dict[tuple[str, str], _Task] = {}
+        self._drivers: set[asyncio.Task[None]] = set()
+        self._slots = RunSlots(self.config.max_running)
+        self._detach = DetachClocks(self._detached)
         self._closing = False
+        self._backend.attach(self.node, _Handler(self))
 
     # ------------------------------------------------------------------ introspection
 
@@ -233,18 +214,18 @@ class TaskManager:
 
     @property
     def active_count(self) -> int:
-        """Tasks pending or running."""
+        """Tasks of this manager pending or running."""
         return len(self._active)
 
     @property
     def running_count(self) -> int:
         """Tasks holding a run slot."""
-        return self._running
+        return self._slots.running
 
     @property
     def pending_count(self) -> int:
         """Tasks waiting in the queue for a run slot."""
-        return len(self._queue)
+        return self._slots.waiting
 
     # ------------------------------------------------------------------ start
 
@@ -264,52 +245,80 @@ class TaskManager:
         state); different input or options → ``task_exists``. With ``deliver`` the task is
         subscribed from its first event (for an existing task, from ``seq`` 1 on), before any
         detach clock can start. Raises :class:`TaskError` (``too_many_tasks``, ``task_exists``,
-        ``internal`` while shutting down)."""
+        ``internal`` while shutting down or when the backend is unavailable)."""
         options = options if options is not None else StartOptions()
-        if task_id is not None:
-            found = await self._backend.get(owner, task_id)
-            if found is not None:
-                return await self._existing(found, input, options, deliver)
+        with _unavailable_refuses("start"):
+            if task_id is not None:
+                found = await self._backend.get(owner, task_id)
+                if found is not None:
+                    return await self._existing(found, input, options, deliver)
+            self._check_open(task_id)
+            now = time.time()
+            record = TaskRecord(
+                owner=owner,
+                task_id=task_id if task_id is not None else uuid.uuid4().hex,
+                input=input,
+                options=options,
+                created=now,
+                updated=now,
+                node=self.node,
+            )
+            sub = None
+            undo = _noop
+            if deliver is not None:
+                sub = Subscription(owner, record.task_id, 0, deliver)
+                undo = await self._backend.listen(owner, record.task_id, sub._on_live)
+            try:
+                self._check_open(task_id)
+                found = await self._backend.create(
+                    record, max_active=self.config.max_tasks_per_owner
+                )
+            except ActiveLimitReached as exc:
+                undo()
+                raise TaskError(
+                    ErrorCode.TOO_MANY_TASKS,
+                    f"you already have {exc.limit} active tasks (the limit); "
+                    "retry after one of them ends",
+                    task_id=task_id,
+                ) from None
+            except BaseException:
+                undo()
+                raise
+        if found is not None:  # lost a race with an identical start
+            undo()
+            return await self._existing(found, input, options, deliver)
+        task = _Task(record)
+        self._active[task.key] = task
+        cfg = self.config
+        self._detach.track(
+            task.key,
+            options.on_detach or cfg.on_detach,
+            options.detach_ttl if options.detach_ttl is not None else cfg.detach_ttl,
+        )
+        if sub is not None:
+            sub._start(None, [], _both(undo, self._detach.watch(task.key)))
+        task.emit = functools.partial(self._emit, task)
+        driver = asyncio.get_running_loop().create_task(
+            self._drive(task), name=f"task:{record.task_id}"
+        )
+        task.driver = driver
+        self._drivers.add(driver)
+        driver.add_done_callback(functools.partial(self._driver_done, task))
+        self._detach.settle(task.key)
+        if self._closing:  # shutdown began while the backend created it
+            self._cancel(task, "server shutdown")
+        return StartResult(record.task_id, record.state, False, sub)
+
+    def _check_open(self, task_id: str | None) -> None:
         if self._closing:
             raise TaskError(ErrorCode.INTERNAL, "the server is shutting down; start refused")
-        cfg = self.config
-        if self._active_by_owner[owner] >= cfg.max_tasks_per_owner:
+        if len(self._active) >= self.config.max_tasks_total:
             raise TaskError(
                 ErrorCode.TOO_MANY_TASKS,
-                f"you already have {cfg.max_tasks_per_owner} active tasks (the limit); "
-                "retry after one of them ends",
+                f"the server runs its maximum of {self.config.max_tasks_total} active tasks; "
+                "retry later",
                 task_id=task_id,
             )
-        if len(self._active) >= cfg.max_tasks_total:
-            raise TaskError(
-                ErrorCode.TOO_MANY_TASKS,
-                f"the server runs its maximum of {cfg.max_tasks_total} active tasks; retry later",
-                task_id=task_id,
-            )
-        now = time.time()
-        record = TaskRecord(
-            owner=owner,
-            task_id=task_id if task_id is not None else uuid.uuid4().hex,
-            input=input,
-            options=options,
-            created=now,
-            updated=now,
-        )
-        found = await self._backend.create(record)
-        if found is not None:  # lost a race with an identical start
-            return await self._existing(found, input, options, deliver)
-        rt = _Runtime(record)
-        self._active[(owner, record.task_id)] = rt
-        self._active_by_owner[owner] += 1
-        subscription = None
-        if deliver is not None:
-            subscription = self._attach(rt, deliver)
-        else:
-            self._arm_detach(rt)
-        rt.driver = asyncio.get_running_loop().create_task(
-            self._drive(rt), name=f"task:{record.task_id}"
-        )
-        return StartResult(record.task_id, record.state, False, subscription)
 
     async def _existing(
         self, found: TaskRecord, input: str, options: StartOptions, deliver: Deliver | None
@@ -330,81 +339,70 @@ class TaskManager:
     async def cancel(
         self, owner: str, task_id: str, reason: str = "cancelled by client"
     ) -> CancelResult:
-        """Ask a task to stop. ``accepted``: its ``task_cancelled`` (or, if it finished first,
-        its other terminal event) follows; ``already_terminal``; ``unknown`` (also for another
-        owner's task). Idempotent; returns without waiting for the work to stop."""
-        rt = self._active.get((owner, task_id))
-        if rt is None:
-            found = await self._backend.get(owner, task_id)
-            if found is None:
-                return "unknown"
-            # Not running here. With the in-memory backend that means it has ended; a shared
-            # backend would forward the cancel to the process running it (not implemented).
+        """Ask a task to stop. ``accepted``: its ``task_cancelled`` follows once the work has
+        stopped; ``already_terminal``; ``unknown`` (also for another owner's task). A task run
+        by another node is cancelled through the backend. Idempotent; never waits for the work
+        to stop."""
+        task = self._active.get((owner, task_id))
+        if task is not None:
+            return self._cancel(task, reason)
+        with _unavailable_refuses("cancel"):
+            return await self._backend.request_cancel(owner, task_id, reason)
+
+    def _cancel(self, task: _Task, reason: str) -> CancelResult:
+        if task.terminal:
             return "already_terminal"
-        if rt.terminal:
-            return "already_terminal"
-        self._cancel(rt, reason)
+        if task.cancel_reason is not None:
+            return "accepted"
+        task.cancel_reason = reason
+        self._detach.forget(task.key)
+        self._observer.cancel_requested(task.record, reason)
+        driver = task.driver
+        if driver is not None and not driver.done():
+            driver.cancel(reason)
+            grace = self.config.cancel_grace
+            if math.isfinite(grace):
+                task.hard_timer = asyncio.get_running_loop().call_later(
+                    grace, self._hard_cancel, task, 1
+                )
         return "accepted"
 
-    def _cancel(self, rt: _Runtime, reason: str) -> None:
-        if rt.terminal or rt.cancel_reason is not None:
+    def _hard_cancel(self, task: _Task, attempt: int) -> None:
+        task.hard_timer = None
+        if task.terminal or task.driver is None:
             return
-        rt.cancel_reason = reason
-        rt.cancel_requested = time.perf_counter()
-        self._disarm_detach(rt)
-        admitted = rt.admitted
-        if admitted is not None and not admitted.done():  # still queued
-            self._queue.remove(rt)
-            admitted.set_result(False)
-        elif rt.run is not None:
-            rt.run.cancel(reason)
-            if math.isfinite(self.config.cancel_grace):
-                rt.hard_timer = asyncio.get_running_loop().call_later(
-                    self.config.cancel_grace, self._hard_cancel, rt
-                )
-        # else: the driver has not begun; it sees cancel_reason before starting the run.
+        if attempt == 1:
+            log.warning("task %s ignored its cancel; cancelling it again", task.record.task_id)
+            task.driver.cancel(task.cancel_reason)
+            task.hard_timer = asyncio.get_running_loop().call_later(
+                self.config.cancel_grace, self._hard_cancel, task, 2
+            )
+        else:
+            log.error("task %s did not stop; ending it without its work", task.record.task_id)
+            self._end(task, TaskCancelled(reason=f"{task.cancel_reason} (the work did not stop)"))
 
-    def _hard_cancel(self, rt: _Runtime) -> None:
-        rt.hard_timer = None
-        if not rt.terminal and rt.driver is not None:
-            log.warning("task %s ignored its cancel; cancelling its driver", rt.record.task_id)
-            rt.driver.cancel()
+    def _detached(self, key: Hashable, reason: str) -> None:
+        task = self._active.get(key)  # type: ignore[call-overload]
+        if task is not None:
+            self._cancel(task, reason)
 
     # ------------------------------------------------------------------ status
 
     async def status(self, owner: str, task_id: str) -> TaskStatus:
         """The state of one task; ``unknown_task`` if the owner has no such task."""
-        record = await self._backend.get(owner, task_id)
+        with _unavailable_refuses("status"):
+            record = await self._backend.get(owner, task_id)
         if record is None:
             raise TaskError(ErrorCode.UNKNOWN_TASK, f"no task {task_id!r}", task_id=task_id)
-        positions = self._queue_positions() if record.state == "pending" else {}
-        return self._status(record, positions)
+        position = self._slots.position((owner, task_id)) if record.state == "pending" else None
+        return _status(record, position)
 
     async def list_tasks(self, owner: str) -> list[TaskStatus]:
         """The state of every retained task of ``owner``, oldest first."""
-        records = await self._backend.list_tasks(owner)
-        positions = self._queue_positions() if self._queue else {}
-        return [self._status(r, positions) for r in records]
-
-    def _queue_positions(self) -> dict[int, int]:
-        return {id(rt.record): i for i, rt in enumerate(self._queue, 1)}
-
-    def _status(self, record: TaskRecord, positions: dict[int, int]) -> TaskStatus:
-        usage = record.usage
-        rt = self._active.get((record.owner, record.task_id))
-        if rt is not None and rt.run is not None and not rt.terminal:
-            usage = rt.run.usage
-        return TaskStatus(
-            task_id=record.task_id,
-            state=record.state,
-            last_seq=record.last_seq,
-            created=record.created,
-            updated=record.updated,
-            progress=record.progress,
-            turn=record.turn,
-            usage=usage,
-            queue_position=positions.get(id(record)),
-        )
+        with _unavailable_refuses("status"):
+            records = await self._backend.list_tasks(owner)
+        positions = self._slots.positions() if self._slots.waiting else {}
+        return [_status(r, positions.get((r.owner, r.task_id))) for r in records]
 
     # ------------------------------------------------------------------ subscribe
 
@@ -423,13 +421,15 @@ class TaskManager:
         ``deliver`` receives them synchronously; without it, iterate the subscription.
         ``request_id`` is copied into the ``Gap``. Raises ``unknown_task``."""
         key = (owner, task_id)
+        backend = self._backend
         sub = Subscription(owner, task_id, after_seq, deliver)
-        undo = self._backend.listen(owner, task_id, sub._on_live)
-        try:
-            found = await self._backend.read(owner, task_id, after_seq)
-        except BaseException:
-            undo()
-            raise
+        with _unavailable_refuses("subscribe"):
+            undo = await backend.listen(owner, task_id, sub._on_live)
+            try:
+                found = await backend.read(owner, task_id, after_seq)
+            except BaseException:
+                undo()
+                raise
         if found is None:
             undo()
             raise TaskError(ErrorCode.UNKNOWN_TASK, f"no task {task_id!r}", task_id=task_id)
@@ -441,210 +441,150 @@ class TaskManager:
                 id=request_id,
                 after_seq=after_seq,
             )
-        rt = self._active.get(key)
-        on_close = undo
-        if rt is not None and not rt.terminal:
-            on_close = self._counted(rt, undo)
+        task = self._active.get(key)
+        local = task is not None and not task.terminal
+        on_close = _both(undo, self._detach.watch(key)) if local else undo
         sub._start(gap, found.frames, on_close)
-        if not sub.closed and (rt is None or rt.terminal):
-            # Over already (its terminal event was at or before after_seq), or it runs in
-            # another process: ask the registry.
-            record = await self._backend.get(owner, task_id)
-            if record is None or record.state in _FINAL_STATES:
+        if not sub.closed and not local:
+            # Over already (its terminal event was at or before after_seq), or run by another
+            # node: ask the registry.
+            with _unavailable_refuses("subscribe"):
+                record = await backend.get(owner, task_id)
+            if record is None or (record.final and record.last_seq <= sub.last_seq):
                 sub.close()
         return sub
-
-    def _attach(self, rt: _Runtime, deliver: Deliver) -> Subscription:
-        """Subscribe to a task that has no event yet (synchronously, from ``start``)."""
-        record = rt.record
-        sub = Subscription(record.owner, record.task_id, 0, deliver)
-        undo = self._backend.listen(record.owner, record.task_id, sub._on_live)
-        sub._start(None, [], self._counted(rt, undo))
-        return sub
-
-    def _counted(self, rt: _Runtime, undo: Callable[[], None]) -> Callable[[], None]:
-        rt.subscribers += 1
-        self._disarm_detach(rt)
-
-        def on_close() -> None:
-            undo()
-            rt.subscribers -= 1
-            if rt.subscribers == 0:
-                self._arm_detach(rt)
-
-        return on_close
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Same as ``subscription.close()``. The task keeps running under its detach policy."""
         subscription.close()
 
-    # ------------------------------------------------------------------ detach
-
-    def _arm_detach(self, rt: _Runtime) -> None:
-        if rt.terminal or rt.cancel_reason is not None or self._closing:
-            return
-        options = rt.record.options
-        policy = options.on_detach or self.config.on_detach
-        ttl = options.detach_ttl if options.detach_ttl is not None else self.config.detach_ttl
-        if policy == "cancel" or ttl <= 0:
-            self._cancel(rt, "detached: no subscriber left")
-        elif math.isfinite(ttl):
-            rt.detach_timer = asyncio.get_running_loop().call_later(
-                ttl, self._cancel, rt, f"detached: no subscriber for {ttl:g} s"
-            )
-
-    @staticmethod
-    def _disarm_detach(rt: _Runtime) -> None:
-        if rt.detach_timer is not None:
-            rt.detach_timer.cancel()
-            rt.detach_timer = None
-
     # ------------------------------------------------------------------ the run
 
-    async def _drive(self, rt: _Runtime) -> None:
-        record = rt.record
-        run: TaskRun | None = None
+    async def _drive(self, task: _Task) -> None:
         try:
-            if rt.cancel_reason is not None:
-                return
-            if self._running >= self.config.max_running:
-                rt.admitted = asyncio.get_running_loop().create_future()
-                self._queue.append(rt)
-                position = len(self._queue)
-                self._emit(
-                    rt,
-                    TaskProgress(
-                        step="queued",
-                        message=f"waiting for a free slot (position {position})",
-                        queue_position=position,
-                    ),
-                )
-                if not await rt.admitted:
-                    return
-            else:
-                self._running += 1
-                rt.holds_slot = True
-            record.state = "running"
-            self._backend.update(record)
-            run = self._runner_factory(
-                TaskSpec(record.owner, record.task_id, record.input, record.options)
-            )
-            rt.run = run
-            rt.started = time.perf_counter()
-            push_to = getattr(run, "push_to", None)
-            if push_to is not None:
-                # The run hands its events over as they happen, in its producer's own call:
-                # no hop through this driver task per event. Iteration below then yields only
-                # what the run produces itself (its first and its terminal event).
-                push_to(functools.partial(self._emit, rt))
-            async for event in run:
-                self._emit(rt, event)
-                if rt.terminal:
-                    break
-        except Exception as exc:
-            log.exception("task %s: the run raised", record.task_id)
-            self._emit(rt, TaskFailed(reason=f"internal error: {exc!r}", code="internal"))
-        finally:
-            try:
-                if run is not None:
-                    with contextlib.suppress(Exception):
-                        await run.aclose()
-            finally:
-                admitted = rt.admitted
-                if admitted is not None and not admitted.done():  # cancelled while queued
-                    self._queue.remove(rt)
-                    admitted.cancel()
-                if rt.holds_slot:
-                    rt.holds_slot = False
-                    self._release_slot()
-                if not rt.terminal:
-                    if rt.cancel_reason is not None or run is None:
-                        self._emit(rt, TaskCancelled(reason=rt.cancel_reason or "cancelled"))
-                    else:
-                        self._emit(
-                            rt,
-                            TaskFailed(reason="the run ended without a result", code="internal"),
-                        )
-                self._finish(rt)
+            terminal = await outcome(functools.partial(self._run, task), task.reason)
+        except asyncio.CancelledError:  # not a cancel of ours: the loop is going down
+            self._end(task, TaskCancelled(reason=task.cancel_reason or "cancelled"))
+            raise
+        self._end(task, terminal)
 
-    def _release_slot(self) -> None:
-        self._running -= 1
-        queue = self._queue
-        while queue and self._running < self.config.max_running:
-            rt = queue.popleft()
-            assert rt.admitted is not None
-            self._running += 1
-            rt.holds_slot = True
-            rt.admitted.set_result(True)
-
-    def _emit(self, rt: _Runtime, event: Event) -> None:
-        """Sequence one event and hand it to the log (the hot path: keep it lean)."""
-        if rt.terminal:
-            return  # exactly one terminal event, and it is the last one
-        record = rt.record
-        seq = record.last_seq + 1
-        record.last_seq = seq
-        now = time.time()
-        record.updated = now
-        cls = type(event)
-        if cls is LlmResponse:
-            if rt.first_token == 0.0:
-                rt.first_token = time.perf_counter()
-        elif cls is TaskProgress:
-            assert isinstance(event, TaskProgress)
-            record.progress = event.step
-            if event.turn is not None and event.agent == "main":
-                record.turn = event.turn
-        else:
-            state = TERMINAL_STATES.get(cls)
-            if state is not None:
-                rt.terminal = True
-                record.state = state
-                usage = getattr(event, "usage", None)
-                if usage is None and rt.run is not None:
-                    usage = rt.run.usage
-                record.usage = usage
-                self._backend.update(record)
-                if self._on_terminal is not None:
-                    requested = rt.cancel_requested
-                    first = rt.first_token
-                    self._on_terminal(
-                        record,
-                        None if requested is None else time.perf_counter() - requested,
-                        first - rt.started if first and rt.started else None,
-                    )
-        self._backend.append(
-            record, EventFrame(task_id=record.task_id, seq=seq, ts=now, event=event)
+    async def _run(self, task: _Task) -> Event:
+        await self._slots.acquire(task.key, functools.partial(self._queued, task))
+        task.slot = True
+        record = _replace(task.record, state="running", updated=time.time())
+        task.record = record
+        self._backend.update(record)
+        self._observer.run_started(record)
+        return await self._runner(
+            TaskSpec(record.owner, record.task_id, record.input, record.options), task.emit
         )
 
-    def _finish(self, rt: _Runtime) -> None:
-        record = rt.record
-        key = (record.owner, record.task_id)
-        if self._active.pop(key, None) is None:
+    def _queued(self, task: _Task, position: int) -> None:
+        self._emit(
+            task,
+            TaskProgress(
+                step="queued",
+                message=f"waiting for a free slot (position {position})",
+                queue_position=position,
+            ),
+        )
+
+    def _driver_done(self, task: _Task, driver: asyncio.Task[None]) -> None:
+        self._drivers.discard(driver)
+        if not task.terminal:  # cancelled before its first step: nothing else wrote the end
+            self._end(task, TaskCancelled(reason=task.cancel_reason or "cancelled"))
+        if not driver.cancelled() and driver.exception() is not None:
+            log.error("driver of task %s failed", task.record.task_id, exc_info=driver.exception())
+
+    def _emit(self, task: _Task, event: Event | Usage) -> None:
+        """Sequence one event and hand it to the backend (the hot path: keep it lean)."""
+        if task.terminal:
+            return  # exactly one terminal event, and it is the last one
+        cls = type(event)
+        if cls is LlmResponse:
+            if not task.output_seen:
+                task.output_seen = True
+                self._observer.first_output(task.record)
+        elif cls is TaskProgress:
+            progress: TaskProgress = event  # type: ignore[assignment]
+            record = task.record
+            turn = progress.turn if progress.turn is not None and progress.agent == "main" else None
+            task.record = _replace(
+                record, progress=progress.step, turn=record.turn if turn is None else turn
+            )
+        elif cls is Usage:
+            task.record = _replace(task.record, usage=event, updated=time.time())
+            self._backend.update(task.record)
             return
-        self._active_by_owner[record.owner] -= 1
-        if self._active_by_owner[record.owner] <= 0:
-            del self._active_by_owner[record.owner]
-        self._disarm_detach(rt)
-        if rt.hard_timer is not None:
-            rt.hard_timer.cancel()
-            rt.hard_timer = None
-        rt.run = None
+        elif cls in TERMINAL_STATES:
+            # A runner returns its terminal event; one emitted ends the task all the same.
+            self._end(task, event)  # type: ignore[arg-type]
+            driver = task.driver
+            if driver is not None and not driver.done():
+                driver.cancel()
+            return
+        seq = task.last_seq + 1
+        task.last_seq = seq
+        self._backend.append(
+            task.record,
+            EventFrame(task_id=task.record.task_id, seq=seq, ts=time.time(), event=event),  # type: ignore[arg-type]
+        )
+
+    def _end(self, task: _Task, terminal: Event) -> None:
+        """Write the task's one terminal event and let go of it."""
+        if task.terminal:
+            return
+        task.terminal = True
+        now = time.time()
+        usage = getattr(terminal, "usage", None) or task.record.usage
+        record = _replace(
+            task.record, state=TERMINAL_STATES[type(terminal)], usage=usage, updated=now
+        )
+        task.record = record
+        seq = task.last_seq + 1
+        task.last_seq = seq
+        self._backend.append(
+            record, EventFrame(task_id=record.task_id, seq=seq, ts=now, event=terminal)
+        )
+        self._observer.task_ended(record)
+        self._release(task)
         self._backend.expire(record.owner, record.task_id, self.config.retain_finished)
+
+    def _release(self, task: _Task) -> None:
+        """Drop the process-local state of a task that ended (or was taken away)."""
+        self._active.pop(task.key, None)
+        self._detach.forget(task.key)
+        if task.hard_timer is not None:
+            task.hard_timer.cancel()
+            task.hard_timer = None
+        if task.slot:
+            task.slot = False
+            self._slots.release()
+
+    def _lost(self, task: _Task, reason: str) -> None:
+        """Another node ended the task (this one was taken for dead): stop, write nothing."""
+        if task.terminal:
+            return
+        log.warning("task %s was taken over: %s", task.record.task_id, reason)
+        task.terminal = True
+        self._release(task)
+        driver = task.driver
+        if driver is not None and not driver.done():
+            driver.cancel()
 
     # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self, deadline: float = 30.0) -> None:
         """Refuse new tasks, let active ones run for up to ``deadline`` seconds, then cancel the
         rest (reason ``server shutdown``) and wait until each has written its terminal event.
-        Safe to call twice."""
+        Safe to call twice. Closes the backend if the manager made it."""
         self._closing = True
-        drivers = [rt.driver for rt in self._active.values() if rt.driver is not None]
+        drivers = list(self._drivers)
         if drivers and deadline > 0:
             await asyncio.wait(drivers, timeout=deadline)
-        for rt in list(self._active.values()):
-            self._cancel(rt, "server shutdown")
-        remaining = [d for d in drivers if not d.done()]
+        for task in list(self._active.values()):
+            self._cancel(task, "server shutdown")
+        remaining = [d for d in self._drivers if not d.done()]
         if remaining:
             grace = self.config.cancel_grace
             _, late = await asyncio.wait(remaining, timeout=grace)
@@ -654,15 +594,90 @@ class TaskManager:
                 _, stuck = await asyncio.wait(late, timeout=grace)
                 if stuck:
                     log.error("shutdown: %d task(s) did not stop; ending them anyway", len(stuck))
-        for rt in list(self._active.values()):
+        for task in list(self._active.values()):
             # Work that would not stop even when its driver was cancelled: its clients still
             # get their terminal event (the driver, if it ever ends, adds nothing).
-            self._emit(rt, TaskCancelled(reason="server shutdown (the work did not stop)"))
-            self._finish(rt)
-        await self._backend.close()
+            self._end(task, TaskCancelled(reason="server shutdown (the work did not stop)"))
+        try:
+            await self._backend.flush()
+        except BackendUnavailable as exc:
+            log.error("shutdown: the backend could not store everything: %s", exc.message)
+        if self._owns_backend:
+            await self._backend.close()
 
     async def __aenter__(self) -> TaskManager:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.shutdown(0)
+
+
+class _Handler:
+    """What the backend tells this manager (:class:`~gateway.tasks.backend.NodeHandler`)."""
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: TaskManager) -> None:
+        self._manager = manager
+
+    def cancel_requested(self, owner: str, task_id: str, reason: str) -> None:
+        task = self._manager._active.get((owner, task_id))
+        if task is not None:
+            self._manager._cancel(task, reason)
+
+    def task_lost(self, owner: str, task_id: str, reason: str) -> None:
+        task = self._manager._active.get((owner, task_id))
+        if task is not None:
+            self._manager._lost(task, reason)
+
+
+def _status(record: TaskRecord, queue_position: int | None) -> TaskStatus:
+    return TaskStatus(
+        task_id=record.task_id,
+        state=record.state,
+        last_seq=record.last_seq,
+        created=record.created,
+        updated=record.updated,
+        progress=record.progress,
+        turn=record.turn,
+        usage=record.usage,
+        queue_position=queue_position,
+    )
+
+
+class _unavailable_refuses:
+    """Turns :exc:`BackendUnavailable` into a clear, retryable refusal of the request."""
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, BackendUnavailable):
+            raise TaskError(
+                ErrorCode.INTERNAL,
+                f"{self._what} refused: the task store is unavailable ({exc.message}); "
+                "retry shortly",
+            ) from exc
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both
+
+
+def _noop() -> None:
+    pass
+
+
+def _discard(event: Event | Usage) -> None:
+    pass

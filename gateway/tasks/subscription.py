@@ -6,7 +6,8 @@ and exactly once each:
 1. a :class:`protocol.frames.Gap` when events after ``after_seq`` were already dropped by
    retention (``first_available_seq`` says where the replay starts), never a silent loss;
 2. the retained :class:`protocol.frames.EventFrame` s with ``seq > after_seq``;
-3. the live ones, until the terminal event, after which the subscription closes itself.
+3. the live ones, until the terminal event, after which the subscription closes itself (a
+   ``Gap`` among them if the backend lost live events that its log no longer has).
 
 The join point between replay and live is race-free for any backend: the live listener is
 attached *before* the log is read, live events that arrive while the replay is being read are
@@ -77,16 +78,18 @@ class Subscription:
             self._queue = deque()
             deliver = self._enqueue
         self._deliver: Deliver = deliver
-        self._buffer: list[EventFrame] | None = []  # live events held back during the replay
+        self._buffer: list[EventFrame | Gap] | None = []  # live items held back during the replay
         self._on_close: Callable[[], None] | None = None
 
     # -- called by the TaskManager
 
-    def _on_live(self, frame: EventFrame) -> None:
+    def _on_live(self, item: EventFrame | Gap) -> None:
         if self._buffer is not None:
-            self._buffer.append(frame)
+            self._buffer.append(item)
+        elif type(item) is Gap:
+            self._skip(item)
         else:
-            self._push(frame)
+            self._push(item)  # type: ignore[arg-type]
 
     def _start(
         self, gap: Gap | None, replay: list[EventFrame], on_close: Callable[[], None]
@@ -100,8 +103,11 @@ class Subscription:
             self._push(frame)
         buffered, self._buffer = self._buffer, None
         if buffered:
-            for frame in buffered:
-                self._push(frame)
+            for item in buffered:
+                if type(item) is Gap:
+                    self._skip(item)
+                else:
+                    self._push(item)  # type: ignore[arg-type]
         if self.finished:
             self.close()
 
@@ -116,6 +122,18 @@ class Subscription:
                 self.close()
             return
         self._deliver(frame)
+
+    def _skip(self, gap: Gap) -> None:
+        """The backend lost live events its log no longer has: say so, go on after them."""
+        if self.closed or gap.first_available_seq <= self.last_seq + 1:
+            return
+        gap = Gap(
+            task_id=self.task_id,
+            first_available_seq=gap.first_available_seq,
+            after_seq=self.last_seq,
+        )
+        self.last_seq = gap.first_available_seq - 1
+        self._deliver(gap)
 
     # -- public
 

@@ -1,17 +1,17 @@
 """The multiplexer on its own: a fake socket, a real TaskManager, scripted task runs.
 
-The scripted runs stand in for the agent (this file is about flow control, not agents): each
-yields the events it is given, waiting on a gate where the test wants to hold it."""
+The scripted runner stands in for the agent (this file is about flow control, not agents): each
+run emits the events it is given, waiting on a shared gate at each ``None`` of its script."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.connection import Connection, ConnectionSettings
 from gateway.tasks import TaskManager, TaskSpec
+from gateway.testing import HOLD, ScriptedRunner, Step
 from protocol import (
     JSON,
     Batch,
@@ -23,47 +23,11 @@ from protocol import (
     LlmResponse,
     ServerSession,
     Start,
-    TaskCancelled,
     TaskCompleted,
     TaskStarted,
     ToolCallStart,
     Usage,
 )
-
-
-class ScriptedRun:
-    """Yields ``script`` events; each ``None`` in the script waits for one release of ``gate``."""
-
-    def __init__(self, script: list[Event | None], gate: asyncio.Semaphore) -> None:
-        self._script = script
-        self._gate = gate
-        self._cancel: str | None = None
-        self._gen = self._run()
-        self.usage = Usage()
-
-    async def _run(self) -> AsyncIterator[Event]:
-        for item in self._script:
-            if self._cancel is not None:
-                yield TaskCancelled(reason=self._cancel)
-                return
-            if item is None:
-                await self._gate.acquire()
-                continue
-            yield item
-        yield TaskCompleted(final_answer="ok")
-
-    def __aiter__(self) -> ScriptedRun:
-        return self
-
-    def __anext__(self) -> asyncio.Future[Event]:  # type: ignore[override]
-        return self._gen.__anext__()  # type: ignore[return-value]
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        self._cancel = reason
-        self._gate.release()
-
-    async def aclose(self) -> None:
-        await self._gen.aclose()
 
 
 class FakeSocket:
@@ -106,10 +70,11 @@ def open_gate(gate: asyncio.Semaphore) -> None:
 async def setup(
     scripts: dict[str, list[Event | None]], gate: asyncio.Semaphore, **settings: int
 ) -> tuple[TaskManager, Connection, FakeSocket, asyncio.Task[None]]:
-    def factory(spec: TaskSpec) -> ScriptedRun:
-        return ScriptedRun(scripts[spec.input], gate)
+    def script(spec: TaskSpec) -> list[Step]:
+        return [HOLD if e is None else e for e in scripts[spec.input]]
 
-    manager = TaskManager(factory)  # type: ignore[arg-type]
+    runner = ScriptedRunner(script, gate=gate, usage=Usage())
+    manager = TaskManager(runner)
     session = ServerSession(JSON)
     conn = Connection(manager, session, principal="p", settings=ConnectionSettings(**settings))
     sock = FakeSocket()

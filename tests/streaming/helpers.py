@@ -8,6 +8,40 @@ from typing import Any
 from gateway.agent import AgentConfig, load_config
 from protocol.events import TERMINAL_KINDS, Event, LlmResponse
 
+RESEARCH = "Please research what 17*23+4 is"
+W = "main/agent-worker#1"
+
+EXPECTED_RESEARCH_SHAPE = [
+    ("task_started", "main"),
+    ("task_progress", "main", "tools_listed"),
+    ("task_progress", "main", "turn_started"),
+    ("llm_response", "main", "reasoning", "turn", 1),
+    ("llm_response", "main", "text", "turn", 1),
+    ("tool_call_start", "main", "agents", "agent-worker"),
+    ("task_progress", W, "subagent_started"),
+    ("task_progress", W, "tools_listed"),
+    ("task_progress", W, "turn_started"),
+    ("llm_response", W, "reasoning", "turn", 1),
+    ("llm_response", W, "text", "turn", 1),
+    ("tool_call_start", W, "calculator", "calculate"),
+    ("tool_call_complete", W, "calculator", "calculate"),
+    ("task_progress", W, "turn_started"),
+    ("llm_response", W, "reasoning", "turn", 2),
+    ("llm_response", W, "text", "turn", 2),
+    ("task_progress", W, "summarising"),
+    ("llm_response", W, "reasoning", "summary", 0),
+    ("llm_response", W, "text", "summary", 0),
+    ("task_progress", W, "subagent_finished"),
+    ("tool_call_complete", "main", "agents", "agent-worker"),
+    ("task_progress", "main", "turn_started"),
+    ("llm_response", "main", "reasoning", "turn", 2),
+    ("llm_response", "main", "text", "turn", 2),
+    ("task_progress", "main", "summarising"),
+    ("llm_response", "main", "reasoning", "summary", 0),
+    ("llm_response", "main", "text", "summary", 0),
+    ("task_completed", "main"),
+]
+
 
 def demo_config(pace_ms: float = 0.0, **overrides: Any) -> AgentConfig:
     """The built-in demo config; ``pace_ms=0`` never sleeps."""

@@ -1,77 +1,40 @@
-"""TaskManager mechanics with a scripted runner: lifecycle, idempotency, cancel, queueing,
-limits, owner isolation, retention and gaps, detach, shutdown, misbehaving runners."""
+"""TaskManager mechanics with the scripted runner: lifecycle, idempotency, cancel in every
+state, queueing, limits, owner isolation, retention and gaps, detach, shutdown, misbehaving
+runners, several nodes on one backend, an unavailable backend, bounded finished tasks."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
+from gateway.streaming import Emit, TaskSpec
 from gateway.tasks import (
+    BackendUnavailable,
     Delivery,
     InMemoryBackend,
+    Retention,
     Subscription,
     TaskError,
     TaskManager,
     TaskManagerConfig,
-    TaskSpec,
+    TaskRecord,
 )
+from gateway.testing import HOLD, ScriptedRunner, Step
 from protocol.errors import ErrorCode
-from protocol.events import Event, LlmResponse, TaskCompleted, TaskStarted, Usage
+from protocol.events import (
+    Event,
+    LlmResponse,
+    TaskCancelled,
+    TaskCompleted,
+    TaskStarted,
+    Usage,
+)
 from protocol.frames import EventFrame, Gap, StartOptions
-from tests.tasks.conftest import Script, ScriptedRun
+from tests.tasks.helpers import Recorder, collect, kinds, seqs, terminal_of
 
 
-async def collect(sub: Subscription) -> list[Delivery]:
-    return [item async for item in sub]
-
-
-def kinds(items: list[Delivery]) -> list[str]:
-    out = []
-    for item in items:
-        if isinstance(item, Gap):
-            out.append("gap")
-        else:
-            out.append(type(item.event).__struct_config__.tag)  # type: ignore[union-attr]
-    return out
-
-
-def seqs(items: list[Delivery]) -> list[int]:
-    return [item.seq for item in items if isinstance(item, EventFrame)]
-
-
-async def until(predicate: object, *, rounds: int = 1000) -> None:
-    """Let the loop run until ``predicate()`` holds (no wall-clock waiting)."""
-    for _ in range(rounds):
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
-
-
-def terminal_waiter(tm: TaskManager, owner: str, task_id: str) -> asyncio.Future[EventFrame]:
-    """A future resolved by the terminal event, via a raw backend listener (not a subscriber,
-    so it does not stop a detach clock)."""
-    fut: asyncio.Future[EventFrame] = asyncio.get_running_loop().create_future()
-
-    def listener(frame: EventFrame) -> None:
-        if (
-            frame.event.__struct_config__.tag
-            in {
-                "task_completed",
-                "task_failed",
-                "task_cancelled",
-            }
-            and not fut.done()
-        ):
-            fut.set_result(frame)
-
-    tm.backend.listen(owner, task_id, listener)
-    return fut
-
-
-async def test_run_to_completion_seq_and_status(script: Script) -> None:
+async def test_run_to_completion_seq_and_status(script: ScriptedRunner) -> None:
     async with TaskManager(script) as tm:
         started = await tm.start("alice", "what is 6*7?")
         assert started.state == "pending" and not started.existing
@@ -86,22 +49,33 @@ async def test_run_to_completion_seq_and_status(script: Script) -> None:
         assert status.created <= status.updated
         assert [s.task_id for s in await tm.list_tasks("alice")] == [started.task_id]
         assert sub.closed and sub.finished
+        assert tm.active_count == 0
 
 
-async def test_deliver_callback_at_start_gets_every_event(script: Script) -> None:
-    got: list[Delivery] = []
+async def test_deliver_callback_at_start_gets_every_event(script: ScriptedRunner) -> None:
+    got = Recorder()
     async with TaskManager(script) as tm:
-        started = await tm.start("alice", "q", deliver=got.append)
-        await until(lambda: started.subscription is not None and started.subscription.finished)
-    assert seqs(got) == [1, 2, 3, 4, 5]
+        started = await tm.start("alice", "q", deliver=got)
+        assert seqs(await got.wait()) == [1, 2, 3, 4, 5]
+        assert started.subscription is not None and started.subscription.finished
 
 
-async def test_start_is_idempotent_per_owner(held: Script) -> None:
+async def test_status_of_a_running_task_shows_its_usage_so_far(held: ScriptedRunner) -> None:
+    async with TaskManager(held) as tm:
+        started = await tm.start("alice", "q")
+        run = await held.started(started.task_id)
+        await run.holding.wait()
+        status = await tm.status("alice", started.task_id)
+        assert status.state == "running" and status.last_seq == 4
+        assert status.usage == Usage(input_tokens=1, output_tokens=2)
+        run.release()
+
+
+async def test_start_is_idempotent_per_owner(held: ScriptedRunner) -> None:
     async with TaskManager(held) as tm:
         first = await tm.start("alice", "q", task_id="job-1")
         again = await tm.start("alice", "q", task_id="job-1")
-        assert again.existing and again.task_id == "job-1"
-        assert len(held.runs) <= 1 and tm.active_count == 1
+        assert again.existing and again.task_id == "job-1" and tm.active_count == 1
         with pytest.raises(TaskError) as err:
             await tm.start("alice", "another question", task_id="job-1")
         assert err.value.code is ErrorCode.TASK_EXISTS
@@ -111,9 +85,11 @@ async def test_start_is_idempotent_per_owner(held: Script) -> None:
         other = await tm.start("bob", "something else", task_id="job-1")
         assert not other.existing and tm.active_count == 2
         assert first.task_id == other.task_id == "job-1"
+        await held.started("job-1")
+        assert len(held.runs) == 1  # one run for alice's and bob's job-1 each, by the same id
 
 
-async def test_owner_isolation(held: Script) -> None:
+async def test_owner_isolation(held: ScriptedRunner) -> None:
     async with TaskManager(held) as tm:
         started = await tm.start("alice", "secret", task_id="t1")
         assert await tm.cancel("bob", "t1") == "unknown"
@@ -125,25 +101,25 @@ async def test_owner_isolation(held: Script) -> None:
         assert (await tm.status("alice", started.task_id)).state in {"pending", "running"}
 
 
-async def test_cancel_is_idempotent_and_ends_with_one_terminal(held: Script) -> None:
+async def test_cancel_is_idempotent_and_ends_with_one_terminal(held: ScriptedRunner) -> None:
     async with TaskManager(held) as tm:
         started = await tm.start("alice", "q")
         sub = await tm.subscribe("alice", started.task_id)
-        await until(lambda: started.task_id in held.runs)
-        await held.runs[started.task_id].started.wait()
+        run = await held.started(started.task_id)
+        await run.holding.wait()
         assert await tm.cancel("alice", started.task_id) == "accepted"
         assert await tm.cancel("alice", started.task_id) == "accepted"
         items = await collect(sub)
         assert kinds(items)[-1] == "task_cancelled"
         assert kinds(items).count("task_cancelled") == 1
         assert items[-1].event.reason == "cancelled by client"  # type: ignore[union-attr]
-        assert held.runs[started.task_id].closed
+        assert run.cancelled and run.finished.is_set()  # the work saw it and cleaned up
         assert await tm.cancel("alice", started.task_id) == "already_terminal"
         assert await tm.cancel("alice", "nope") == "unknown"
         assert (await tm.status("alice", started.task_id)).state == "cancelled"
 
 
-async def test_cancel_before_the_run_begins(held: Script) -> None:
+async def test_cancel_before_the_run_begins(held: ScriptedRunner) -> None:
     async with TaskManager(held) as tm:
         started = await tm.start("alice", "q")
         assert await tm.cancel("alice", started.task_id) == "accepted"
@@ -152,37 +128,97 @@ async def test_cancel_before_the_run_begins(held: Script) -> None:
         assert held.runs == {}
 
 
-async def test_queueing_and_queue_position(held: Script) -> None:
+async def test_cancel_of_a_task_held_at_its_start(script: ScriptedRunner) -> None:
+    runner = ScriptedRunner(hold_start=True)
+    async with TaskManager(runner) as tm:
+        started = await tm.start("alice", "q")
+        run = await runner.started(started.task_id)
+        await run.holding.wait()
+        assert await tm.cancel("alice", started.task_id) == "accepted"
+        items = await collect(await tm.subscribe("alice", started.task_id))
+        assert kinds(items) == ["task_cancelled"] and run.cancelled
+
+
+def a_waits(spec: TaskSpec) -> list[Step]:
+    """Task ``a`` is held until released; the others run straight through."""
+    return [TaskStarted(), HOLD] if spec.input == "a" else [TaskStarted()]
+
+
+async def test_a_cancel_between_leaving_the_queue_and_starting_is_not_lost() -> None:
+    """Issue 17: a task let out of the run queue but not started yet when its cancel arrives
+    must end with ``task_cancelled`` (it used to run to ``task_completed``)."""
+    runner = ScriptedRunner(script=a_waits)
+    async with TaskManager(runner, config=TaskManagerConfig(max_running=1)) as tm:
+        a_done = Recorder()
+        a = await tm.start("alice", "a", deliver=a_done)
+        b = Recorder()
+        started_b = await tm.start("alice", "b", deliver=b)
+        await b.seen("task_progress")  # queued behind a
+        (await runner.started(a.task_id)).release()
+        # a's terminal event is delivered before b's driver resumes with the freed slot.
+        await a_done.wait()
+        assert tm.pending_count == 0 and started_b.task_id not in runner.runs
+        assert await tm.cancel("alice", started_b.task_id) == "accepted"
+        assert kinds(await b.wait()) == ["task_progress", "task_cancelled"]
+        assert started_b.task_id not in runner.runs  # it never started
+        assert tm.running_count == 0  # the slot handed to b came back
+
+
+async def test_on_detach_cancel_between_leaving_the_queue_and_starting() -> None:
+    runner = ScriptedRunner(script=a_waits)
+    async with TaskManager(runner, config=TaskManagerConfig(max_running=1)) as tm:
+        a_done = Recorder()
+        a = await tm.start("alice", "a", deliver=a_done)
+        b = Recorder()
+        started_b = await tm.start(
+            "alice", "b", options=StartOptions(on_detach="cancel"), deliver=b
+        )
+        await b.seen("task_progress")
+        terminal = await terminal_of(tm, "alice", started_b.task_id)
+        (await runner.started(a.task_id)).release()
+        await a_done.wait()
+        assert started_b.subscription is not None
+        started_b.subscription.close()  # the last subscriber leaves
+        frame = await terminal
+        assert isinstance(frame.event, TaskCancelled)
+        assert frame.event.reason.startswith("detached")
+        assert started_b.task_id not in runner.runs
+
+
+async def test_queueing_and_queue_position(held: ScriptedRunner) -> None:
     cfg = TaskManagerConfig(max_running=1)
     async with TaskManager(held, config=cfg) as tm:
         a = await tm.start("alice", "a")
-        b = await tm.start("alice", "b")
-        c = await tm.start("bob", "c")
-        sub_b = await tm.subscribe("alice", b.task_id)
-        await until(lambda: tm.pending_count == 2)
-        assert tm.running_count == 1
+        rec_b, rec_c = Recorder(), Recorder()
+        b = await tm.start("alice", "b", deliver=rec_b)
+        c = await tm.start("bob", "c", deliver=rec_c)
+        await rec_b.seen("task_progress")
+        await rec_c.seen("task_progress")
+        assert tm.running_count == 1 and tm.pending_count == 2
         status_b = await tm.status("alice", b.task_id)
         assert status_b.state == "pending" and status_b.queue_position == 1
         assert status_b.progress == "queued"
         assert (await tm.status("bob", c.task_id)).queue_position == 2
+        assert [s.queue_position for s in await tm.list_tasks("bob")] == [2]
         # A pending task cancelled leaves the queue and never starts.
         assert await tm.cancel("bob", c.task_id) == "accepted"
-        items_c = await collect(await tm.subscribe("bob", c.task_id))
+        items_c = await rec_c.wait()
         assert kinds(items_c) == ["task_progress", "task_cancelled"]
         assert items_c[0].event.queue_position == 2  # type: ignore[union-attr]
         assert c.task_id not in held.runs
-        held.runs[a.task_id].release()
-        await until(lambda: b.task_id in held.runs)
+        (await held.started(a.task_id)).release()
+        run_b = await held.started(b.task_id)
+        await run_b.holding.wait()
         assert (await tm.status("alice", b.task_id)).state == "running"
-        held.runs[b.task_id].release()
-        items_b = await collect(sub_b)
+        run_b.release()
+        items_b = await rec_b.wait()
         assert kinds(items_b)[:2] == ["task_progress", "task_started"]
         assert kinds(items_b)[-1] == "task_completed"
         assert seqs(items_b) == list(range(1, len(items_b) + 1))
         assert tm.running_count == 0 and tm.pending_count == 0
 
 
-async def test_limits_per_owner_and_total(held: Script) -> None:
+async def test_limits_per_owner_and_total(held: ScriptedRunner) -> None:
     cfg = TaskManagerConfig(max_tasks_per_owner=2, max_tasks_total=3)
     async with TaskManager(held, config=cfg) as tm:
         await tm.start("alice", "1")
@@ -202,9 +238,25 @@ async def test_limits_per_owner_and_total(held: Script) -> None:
         await tm.start("alice", "3")
 
 
+async def test_the_owner_limit_counts_tasks_on_every_node(held: ScriptedRunner) -> None:
+    backend = InMemoryBackend()
+    cfg = TaskManagerConfig(max_tasks_per_owner=2)
+    async with (
+        TaskManager(held, config=cfg, backend=backend, node="a") as a,
+        TaskManager(held, config=cfg, backend=backend, node="b") as b,
+    ):
+        await a.start("alice", "1")
+        await b.start("alice", "2")
+        for node in (a, b):
+            with pytest.raises(TaskError) as err:
+                await node.start("alice", "3")
+            assert err.value.code is ErrorCode.TOO_MANY_TASKS
+    await backend.close()
+
+
 async def test_retention_by_count_and_gap() -> None:
     backend = InMemoryBackend(max_events=5)
-    async with TaskManager(Script(n_events=20), backend=backend) as tm:
+    async with TaskManager(ScriptedRunner(deltas=20), backend=backend) as tm:
         started = await tm.start("alice", "q")
         await collect(await tm.subscribe("alice", started.task_id))
         # 22 events in all (started, 20 deltas, completed); the last 5 are retained.
@@ -224,7 +276,7 @@ async def test_retention_by_count_and_gap() -> None:
 
 async def test_retention_by_bytes_keeps_the_newest() -> None:
     backend = InMemoryBackend(max_bytes=600)
-    async with TaskManager(Script(n_events=50), backend=backend) as tm:
+    async with TaskManager(ScriptedRunner(deltas=50), backend=backend) as tm:
         started = await tm.start("alice", "q")
         await collect(await tm.subscribe("alice", started.task_id))
         items = await collect(await tm.subscribe("alice", started.task_id))
@@ -232,7 +284,6 @@ async def test_retention_by_bytes_keeps_the_newest() -> None:
         assert isinstance(gap, Gap) and gap.first_available_seq > 1
         assert seqs(items) == list(range(gap.first_available_seq, 53))
         assert kinds(items)[-1] == "task_completed"
-        assert 1 < len(seqs(items)) < 52
 
 
 class SuspendingBackend(InMemoryBackend):
@@ -240,7 +291,7 @@ class SuspendingBackend(InMemoryBackend):
     arrive while the replay is in flight."""
 
     async def read(self, owner: str, task_id: str, after_seq: int):  # type: ignore[no-untyped-def]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a network round trip: other tasks run meanwhile
         return await super().read(owner, task_id, after_seq)
 
 
@@ -249,37 +300,30 @@ async def test_subscribers_joining_during_a_fast_stream_see_the_same_sequence(
     backend_cls: type[InMemoryBackend],
 ) -> None:
     n_events = 400
-
-    class Pacer:
-        """Yields to the loop between events so subscribers join all along the stream."""
-
-        def __call__(self, spec: TaskSpec) -> ScriptedRun:
-            run = ScriptedRun(spec, n_events, hold=False)
-            inner = run._gen
-
-            async def paced() -> AsyncIterator[Event]:
-                async for event in inner:
-                    await asyncio.sleep(0)
-                    yield event
-
-            run._gen = paced()
-            return run
-
-    async with TaskManager(Pacer(), backend=backend_cls()) as tm:
+    runner = ScriptedRunner(deltas=n_events, yield_between=True)
+    async with TaskManager(runner, backend=backend_cls()) as tm:
         started = await tm.start("alice", "q")
         tid = started.task_id
+        moved = asyncio.Event()
+        ended = asyncio.Event()
+
+        def progress(item: EventFrame | Gap) -> None:
+            moved.set()
+            if isinstance(item, EventFrame) and isinstance(item.event, TaskCompleted):
+                ended.set()
+
+        await tm.backend.listen("alice", tid, progress)
         subs: list[tuple[int, Subscription]] = []
         callback_logs: list[list[Delivery]] = []
-        while True:
+        while not ended.is_set():
             status = await tm.status("alice", tid)
-            if status.state == "completed":
-                break
             after = status.last_seq // 2 if len(subs) % 3 == 1 else 0
             subs.append((after, await tm.subscribe("alice", tid, after_seq=after)))
             got: list[Delivery] = []
             callback_logs.append(got)
             await tm.subscribe("alice", tid, deliver=got.append)
-            await asyncio.sleep(0)  # let the stream move on between joins
+            moved.clear()
+            await moved.wait()  # join again once the stream has moved on
         assert len(subs) > 100
         total = n_events + 2
         for after, sub in subs:
@@ -288,7 +332,7 @@ async def test_subscribers_joining_during_a_fast_stream_see_the_same_sequence(
             assert seqs(got) == list(range(1, total + 1))
 
 
-async def test_a_failing_callback_does_not_disturb_others(script: Script) -> None:
+async def test_a_failing_callback_does_not_disturb_others(script: ScriptedRunner) -> None:
     def broken(item: Delivery) -> None:
         raise RuntimeError("subscriber bug")
 
@@ -298,64 +342,89 @@ async def test_a_failing_callback_does_not_disturb_others(script: Script) -> Non
         assert kinds(items)[-1] == "task_completed"
 
 
-async def test_detach_ttl_cancels_an_unwatched_task(held: Script) -> None:
+async def test_detach_ttl_cancels_an_unwatched_task(held: ScriptedRunner) -> None:
     async with TaskManager(held) as tm:
         started = await tm.start("alice", "q", options=StartOptions(detach_ttl=0.01))
-        terminal = await asyncio.wait_for(terminal_waiter(tm, "alice", started.task_id), 10)
-        assert terminal.event.__struct_config__.tag == "task_cancelled"
-        assert terminal.event.reason.startswith("detached")  # type: ignore[union-attr]
+        terminal = await (await terminal_of(tm, "alice", started.task_id))
+        assert isinstance(terminal.event, TaskCancelled)
+        assert terminal.event.reason.startswith("detached")
 
 
-async def test_detach_clock_stops_while_subscribed(held: Script) -> None:
-    async with TaskManager(held) as tm:
-        started = await tm.start("alice", "q", options=StartOptions(detach_ttl=0.01))
-        sub = await tm.subscribe("alice", started.task_id)
-        await until(lambda: started.task_id in held.runs)
-        # Let a detach deadline pass for sure: wait on a timer of our own, longer than it.
-        await asyncio.sleep(0.05)
-        assert (await tm.status("alice", started.task_id)).state == "running"
-        held.runs[started.task_id].release()
-        assert kinds(await collect(sub))[-1] == "task_completed"
-
-
-async def test_on_detach_cancel_when_last_subscriber_leaves(held: Script) -> None:
+async def test_on_detach_cancel_when_last_subscriber_leaves(held: ScriptedRunner) -> None:
     async with TaskManager(held) as tm:
         opts = StartOptions(on_detach="cancel")
-        first: list[Delivery] = []
-        started = await tm.start("alice", "q", options=opts, deliver=first.append)
+        first = Recorder()
+        started = await tm.start("alice", "q", options=opts, deliver=first)
         second = await tm.subscribe("alice", started.task_id)
-        terminal = terminal_waiter(tm, "alice", started.task_id)
-        await until(lambda: started.task_id in held.runs)
+        terminal = await terminal_of(tm, "alice", started.task_id)
+        await (await held.started(started.task_id)).holding.wait()
         assert started.subscription is not None
         tm.unsubscribe(started.subscription)
         assert (await tm.status("alice", started.task_id)).state == "running"
         second.close()
-        frame = await asyncio.wait_for(terminal, 10)
-        assert frame.event.__struct_config__.tag == "task_cancelled"
+        frame = await terminal
+        assert isinstance(frame.event, TaskCancelled)
 
 
-async def test_finished_tasks_are_removed_after_retention(script: Script) -> None:
-    async with TaskManager(script, config=TaskManagerConfig(retain_finished=0)) as tm:
+async def test_on_detach_cancel_without_a_subscriber_cancels_at_once(
+    held: ScriptedRunner,
+) -> None:
+    async with TaskManager(held) as tm:
+        started = await tm.start("alice", "q", options=StartOptions(on_detach="cancel"))
+        items = await collect(await tm.subscribe("alice", started.task_id))
+        assert kinds(items) == ["task_cancelled"]
+
+
+async def test_finished_tasks_are_removed_after_retention(script: ScriptedRunner) -> None:
+    backend = InMemoryBackend()
+    cfg = TaskManagerConfig(retain_finished=0)
+    async with TaskManager(script, config=cfg, backend=backend) as tm:
         started = await tm.start("alice", "q", task_id="short")
-        sub = await tm.subscribe("alice", "short")
-        await collect(sub)
-        await until(lambda: len(tm.backend) == 0)  # type: ignore[arg-type]
-        with pytest.raises(TaskError):
+        await collect(await tm.subscribe("alice", "short"))
+        assert len(backend) == 0
+        with pytest.raises(TaskError) as err:
             await tm.status("alice", started.task_id)
+        assert err.value.code is ErrorCode.UNKNOWN_TASK
         assert await tm.cancel("alice", "short") == "unknown"
         # The id is free again.
         assert not (await tm.start("alice", "other", task_id="short")).existing
+    await backend.close()
+
+
+async def test_finished_tasks_are_bounded_and_their_memory_comes_back() -> None:
+    """Issue 17: finished tasks used to be kept an hour whatever their number and size."""
+    retention = Retention(max_finished_per_owner=5, max_finished_bytes=500_000)
+    backend = InMemoryBackend(retention)
+    big = "(" * 100_000
+    async with TaskManager(ScriptedRunner(), backend=backend) as tm:
+        ids = []
+        for i in range(20):
+            done = Recorder()
+            started = await tm.start("alice" if i % 2 else "bob", f"{big}{i}", deliver=done)
+            await done.wait()
+            ids.append(started.task_id)
+        # Each finished task counts its 100,000-character input twice (the record and the
+        # task_started event), about 200 kB: two fit under 500,000 bytes.
+        assert len(backend) == 2
+        assert backend.finished_bytes <= retention.max_finished_bytes
+        kept = {s.task_id for s in await tm.list_tasks("alice")} | {
+            s.task_id for s in await tm.list_tasks("bob")
+        }
+        assert kept == set(ids[-2:])  # the oldest went first
+        with pytest.raises(TaskError) as err:
+            await tm.subscribe("alice", ids[1])
+        assert err.value.code is ErrorCode.UNKNOWN_TASK
 
 
 async def test_shutdown_lets_tasks_finish_then_cancels_the_rest() -> None:
-    script = Script(hold=True)
-    async with TaskManager(script) as tm:
+    runner = ScriptedRunner(hold=True)
+    async with TaskManager(runner) as tm:
         quick = await tm.start("alice", "quick")
         slow = await tm.start("alice", "slow")
         sub_quick = await tm.subscribe("alice", quick.task_id)
         sub_slow = await tm.subscribe("alice", slow.task_id)
-        await until(lambda: quick.task_id in script.runs and slow.task_id in script.runs)
-        script.runs[quick.task_id].release()
+        await (await runner.started(slow.task_id)).holding.wait()
+        (await runner.started(quick.task_id)).release()
         await tm.shutdown(deadline=0.05)
         assert kinds(await collect(sub_quick))[-1] == "task_completed"
         slow_items = await collect(sub_slow)
@@ -367,88 +436,139 @@ async def test_shutdown_lets_tasks_finish_then_cancels_the_rest() -> None:
         assert tm.active_count == 0
 
 
-class _Misbehaving:
-    def __init__(self, events: list[Event], *, raise_after: bool = False, stubborn: bool = False):
-        self.usage = Usage()
-        self._events = events
-        self._raise_after = raise_after
-        self._stubborn = stubborn
-        self._gen = self._run()
-
-    async def _run(self) -> AsyncIterator[Event]:
-        for event in self._events:
-            yield event
-        if self._raise_after:
-            raise ValueError("runner bug")
-        if self._stubborn:
-            await asyncio.Event().wait()  # ignores cancel(); only a hard cancel stops it
-
-    def cancel(self, reason: str = "cancelled") -> None:
-        pass
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._gen
-
-    def __anext__(self) -> Awaitable[Event]:
-        return self._gen.__anext__()
-
-    def aclose(self) -> Awaitable[None]:
-        return self._gen.aclose()
-
-
 @pytest.mark.parametrize(
     ("behaviour", "expected"),
     [
         ("raises", ["task_started", "task_failed"]),
-        ("no_terminal", ["task_started", "task_failed"]),
-        ("after_terminal", ["task_started", "task_completed"]),
+        ("returns_no_terminal", ["task_started", "task_failed"]),
+        ("emits_terminal", ["task_started", "task_completed"]),
         ("stubborn", ["task_started", "task_cancelled"]),
+        ("unstoppable", ["task_started", "task_cancelled"]),
     ],
 )
 async def test_exactly_one_terminal_with_misbehaving_runners(
     behaviour: str, expected: list[str]
 ) -> None:
-    def factory(spec: TaskSpec) -> _Misbehaving:
-        events: list[Event] = [TaskStarted()]
-        if behaviour == "after_terminal":
-            events += [TaskCompleted(), LlmResponse(delta="late"), TaskCompleted()]
-        return _Misbehaving(
-            events, raise_after=behaviour == "raises", stubborn=behaviour == "stubborn"
-        )
+    release = asyncio.Event()
+
+    async def runner(spec: TaskSpec, emit: Emit) -> Event:
+        emit(TaskStarted())
+        if behaviour == "raises":
+            raise ValueError("runner bug")
+        if behaviour == "returns_no_terminal":
+            return LlmResponse(delta="not an end")
+        if behaviour == "emits_terminal":
+            emit(TaskCompleted())
+            emit(LlmResponse(delta="late"))
+            return TaskCompleted()
+        cancels = 0
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                cancels += 1
+                if behaviour == "stubborn" and cancels == 2:
+                    raise  # gives in at the second cancel
+        return TaskCompleted()
 
     cfg = TaskManagerConfig(cancel_grace=0.01)
-    async with TaskManager(factory, config=cfg) as tm:
-        started = await tm.start("alice", "q")
-        sub = await tm.subscribe("alice", started.task_id)
-        if behaviour == "stubborn":
-            await until(lambda: sub.last_seq >= 1)
+    async with TaskManager(runner, config=cfg) as tm:
+        got = Recorder()
+        started = await tm.start("alice", "q", deliver=got)
+        if behaviour in {"stubborn", "unstoppable"}:
+            await got.seen("task_started")
             assert await tm.cancel("alice", started.task_id) == "accepted"
-        items = await collect(sub)
+        items = await got.wait()
         assert kinds(items) == expected
-        if behaviour in {"raises", "no_terminal"}:
+        if behaviour in {"raises", "returns_no_terminal"}:
             assert items[-1].event.code == "internal"  # type: ignore[union-attr]
+        if behaviour == "unstoppable":
+            assert "did not stop" in items[-1].event.reason  # type: ignore[union-attr]
+        release.set()  # let the unstoppable one end so the test leaves nothing behind
 
 
 async def test_shutdown_ends_tasks_whose_work_will_not_stop() -> None:
     release = asyncio.Event()
+    stopped = asyncio.Event()
 
-    class Stuck(_Misbehaving):
-        async def _run(self) -> AsyncIterator[Event]:
-            yield TaskStarted()
+    async def stuck(spec: TaskSpec, emit: Emit) -> Event:
+        emit(TaskStarted())
+        try:
             while not release.is_set():
                 try:
                     await release.wait()
                 except asyncio.CancelledError:
-                    continue  # refuses to stop, even when its driver is cancelled
+                    continue  # refuses to stop, even when cancelled again
+            return TaskCompleted()
+        finally:
+            stopped.set()
 
-    tm = TaskManager(lambda spec: Stuck([]), config=TaskManagerConfig(cancel_grace=0.01))
-    started = await tm.start("alice", "q")
-    sub = await tm.subscribe("alice", started.task_id)
-    await until(lambda: sub.last_seq >= 1)
+    got = Recorder()
+    tm = TaskManager(stuck, config=TaskManagerConfig(cancel_grace=0.01))
+    await tm.start("alice", "q", deliver=got)
+    await got.seen("task_started")
     await tm.shutdown(deadline=0)
-    items = await collect(sub)
+    items = await got.wait()
     assert kinds(items) == ["task_started", "task_cancelled"]
     assert "did not stop" in items[-1].event.reason  # type: ignore[union-attr]
     assert tm.active_count == 0
     release.set()  # let the stuck run end so the test leaves nothing behind
-    await until(lambda: len(asyncio.all_tasks()) == 1)
+    await stopped.wait()
+
+
+async def test_a_task_run_by_another_node_is_watched_and_cancelled_through_the_backend(
+    held: ScriptedRunner,
+) -> None:
+    backend = InMemoryBackend()
+    async with (
+        TaskManager(held, backend=backend, node="a") as a,
+        TaskManager(held, backend=backend, node="b") as b,
+    ):
+        started = await a.start("alice", "q", task_id="job")
+        run = await held.started("job")
+        await run.holding.wait()
+        on_b = await b.subscribe("alice", "job")
+        assert (await b.status("alice", "job")).state == "running"
+        assert await b.cancel("alice", "job", "from b") == "accepted"
+        items = await collect(on_b)
+        assert kinds(items)[-1] == "task_cancelled"
+        assert items[-1].event.reason == "from b"  # type: ignore[union-attr]
+        assert run.cancelled
+        assert await b.cancel("alice", "job") == "already_terminal"
+        assert await b.cancel("bob", "job") == "unknown"
+        assert started.task_id == "job"
+    await backend.close()
+
+
+class Unavailable(InMemoryBackend):
+    async def create(self, record: TaskRecord, *, max_active: int | None = None) -> None:
+        raise BackendUnavailable("connection refused", retry_after=1.0)
+
+
+async def test_an_unavailable_backend_refuses_start_clearly(script: ScriptedRunner) -> None:
+    async with TaskManager(script, backend=Unavailable()) as tm:
+        with pytest.raises(TaskError) as err:
+            await tm.start("alice", "q")
+        assert err.value.code is ErrorCode.INTERNAL
+        assert "unavailable" in err.value.message and "retry" in err.value.message
+        assert tm.active_count == 0
+
+
+async def test_on_terminal_gets_cancel_latency_and_time_to_first_output() -> None:
+    seen: list[tuple[str, bool, bool]] = []
+
+    def on_terminal(record: TaskRecord, since_cancel: float | None, ttft: float | None) -> None:
+        seen.append((record.state, since_cancel is not None, ttft is not None))
+
+    runner = ScriptedRunner(hold=True)
+    async with TaskManager(runner, on_terminal=on_terminal) as tm:
+        done = Recorder()
+        first = await tm.start("alice", "1", deliver=done)
+        (await runner.started(first.task_id)).release()
+        await done.wait()
+        cancelled = Recorder()
+        second = await tm.start("alice", "2", deliver=cancelled)
+        await (await runner.started(second.task_id)).holding.wait()
+        await tm.cancel("alice", second.task_id)
+        await cancelled.wait()
+    assert seen == [("completed", False, True), ("cancelled", True, True)]

@@ -1,18 +1,25 @@
-"""The TaskManager driving the real StreamingOrchestrator on the demo model (no mocks)."""
+"""The TaskManager driving the real StreamingOrchestrator on the demo model (no mocks).
+
+Figures (how long 1,000 tasks take, cancel latency) are measured by the benchmarks; these tests
+check what happens, not how fast."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 from gateway.streaming import StreamingOrchestrator
 from gateway.tasks import Delivery, TaskManager, TaskManagerConfig
-from protocol.events import TERMINAL_KINDS, TaskCompleted, TaskProgress, ToolCallStart
+from protocol.events import (
+    TERMINAL_KINDS,
+    TaskCancelled,
+    TaskCompleted,
+    TaskProgress,
+    ToolCallStart,
+)
 from protocol.frames import EventFrame
-from tests.streaming.helpers import demo_config, kind, shape
-from tests.streaming.test_streaming import EXPECTED_RESEARCH_SHAPE, RESEARCH
-from tests.tasks.test_manager import collect
+from tests.streaming.helpers import EXPECTED_RESEARCH_SHAPE, RESEARCH, demo_config, kind, shape
+from tests.tasks.helpers import collect
 
 
 def check_sequence(frames: list[EventFrame], task_id: str, *, queued: bool = False) -> None:
@@ -63,16 +70,12 @@ async def test_cancel_through_the_manager_during_a_subagent_call() -> None:
 
         started = await tm.start("alice", RESEARCH, deliver=deliver)
         await in_tool.wait()
-        t0 = time.perf_counter()
         assert await tm.cancel("alice", started.task_id) == "accepted"
         await done.wait()
-        latency = time.perf_counter() - t0
         frames = [i for i in got if isinstance(i, EventFrame)]
         check_sequence(frames, started.task_id)
         assert kind(frames[-1].event) == "task_cancelled"
         assert (await tm.status("alice", started.task_id)).state == "cancelled"
-        assert latency < 5  # generous: it is milliseconds; this only catches a hang
-        print(f"cancel → task_cancelled: {latency * 1000:.1f} ms")
 
 
 async def test_shutdown_cancels_real_runs_and_delivers_their_terminal_events() -> None:
@@ -85,16 +88,19 @@ async def test_shutdown_cancels_real_runs_and_delivers_their_terminal_events() -
         await tm.shutdown(deadline=0)
         for task_id, sub in subs:
             frames = [i for i in await collect(sub) if isinstance(i, EventFrame)]
-            if len(frames) > 1:  # those cancelled before their run began have only the terminal
-                check_sequence(frames, task_id)
-            if kind(frames[-1].event) == "task_cancelled":
-                assert frames[-1].event.reason == "server shutdown"  # type: ignore[union-attr]
+            # Cancelled at once: whether its run had begun or not, one terminal, the last.
+            assert [f.seq for f in frames] == list(range(1, len(frames) + 1))
+            assert all(f.task_id == task_id for f in frames)
+            assert [kind(f.event) for f in frames if kind(f.event) in TERMINAL_KINDS] == [
+                "task_cancelled"
+            ]
+            assert frames[-1].event == TaskCancelled(reason="server shutdown")
         assert tm.active_count == 0
         assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
-async def _run_many(n: int, max_running: int) -> tuple[float, int, int]:
-    """Run ``n`` demo tasks; returns (wall time, events, tasks that had to queue)."""
+async def _run_many(n: int, max_running: int) -> tuple[int, int]:
+    """Run ``n`` demo tasks; returns (events, tasks that had to queue)."""
     so = StreamingOrchestrator(demo_config(pace_ms=0))
     config = TaskManagerConfig(max_running=max_running, max_tasks_per_owner=n, max_tasks_total=n)
     all_done = asyncio.Event()
@@ -112,7 +118,6 @@ async def _run_many(n: int, max_running: int) -> tuple[float, int, int]:
         return deliver
 
     async with TaskManager(so.runner, config=config) as tm:
-        t0 = time.perf_counter()
         logs: dict[str, list[Delivery]] = {}
         expected: dict[str, str] = {}
         for i in range(n):
@@ -121,7 +126,6 @@ async def _run_many(n: int, max_running: int) -> tuple[float, int, int]:
             logs[started.task_id] = got
             expected[started.task_id] = str(i * 7)
         await all_done.wait()
-        elapsed = time.perf_counter() - t0
     events = queued = 0
     for task_id, got in logs.items():
         frames = [i for i in got if isinstance(i, EventFrame)]
@@ -130,16 +134,15 @@ async def _run_many(n: int, max_running: int) -> tuple[float, int, int]:
         assert isinstance(last, TaskCompleted) and last.final_answer == expected[task_id]
         events += len(frames)
         queued += kind(frames[0].event) == "task_progress"
-    return elapsed, events, queued
+    return events, queued
 
 
 async def test_one_thousand_concurrent_demo_tasks() -> None:
-    elapsed, events, queued = await _run_many(1000, max_running=1000)
-    assert queued == 0
-    print(f"1000 concurrent demo tasks: {elapsed:.2f} s, {events} events")
+    events, queued = await _run_many(1000, max_running=1000)
+    assert queued == 0 and events > 1000 * 50
 
 
 async def test_one_thousand_tasks_through_a_small_run_queue() -> None:
-    elapsed, events, queued = await _run_many(1000, max_running=50)
-    assert queued >= 950 - 50  # all but the first 50 (give or take those started as others end)
-    print(f"1000 demo tasks, 50 at a time: {elapsed:.2f} s, {events} events")
+    _, queued = await _run_many(1000, max_running=50)
+    # Started in one burst, before any run could end: all but the first 50 had to queue.
+    assert queued == 950

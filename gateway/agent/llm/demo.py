@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from ..config import LLMConfig
@@ -43,6 +44,11 @@ TIME_TRIGGER = re.compile(r"\b(time|date|today|clock|day)\b", re.IGNORECASE)
 _ARITHMETIC = re.compile(r"[\d.(][\d.\s()+\-*/^%×÷]*[\d)]")
 _OPERATOR_BETWEEN_NUMBERS = re.compile(r"[\d)]\s*(\*\*|[+\-*/^%×÷])\s*[\d.(]")
 _WORDS = re.compile(r"\S+\s*|\s+")
+
+DeltaHook = Callable[[LLMRequest, AsyncIterator[Delta]], AsyncIterator[Delta]]
+DELTA_HOOK: ContextVar[DeltaHook | None] = ContextVar("ospark_demo_delta_hook", default=None)
+"""Wraps every model call's deltas in the current context (tests: :mod:`gateway.testing.held`
+holds a call at a named point until released, or breaks its stream)."""
 
 
 def find_arithmetic(text: str) -> str | None:
@@ -77,7 +83,8 @@ class DemoProvider:
 
     @asynccontextmanager
     async def stream(self, request: LLMRequest) -> AsyncIterator[AsyncIterator[Delta]]:
-        yield self._deltas(request)
+        hook = DELTA_HOOK.get()
+        yield self._deltas(request) if hook is None else hook(request, self._deltas(request))
 
     async def _words(self, text: str, reasoning: bool) -> AsyncIterator[Delta]:
         for word in _WORDS.findall(text):
