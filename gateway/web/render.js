@@ -157,7 +157,7 @@ window.OSparkRender = (() => {
     const button = e.target.closest && e.target.closest(".copy-code");
     if (!button) return;
     const code = button.closest(".codeblock").querySelector("pre code, pre");
-    const ok = await copyText(code.textContent);
+    const ok = await copyText(code.textContent.replace(/\n$/, "")); // the fence's last newline
     button.textContent = ok ? "Copied" : "Copy failed";
     setTimeout(() => { button.textContent = "Copy"; }, 1500);
   });
