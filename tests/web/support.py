@@ -74,9 +74,7 @@ async def wait_state(page: Page, task_id: str, state: str) -> None:
 
 async def streamed_text(page: Page, task_id: str) -> str:
     """What the turn holds of the streamed deltas, as the page recorded them in order."""
-    text: str = await page.evaluate(
-        "id => window.ospark.tasks.get(id).transcript", task_id
-    )
+    text: str = await page.evaluate("id => window.ospark.tasks.get(id).transcript", task_id)
     return text
 
 
@@ -108,6 +106,6 @@ def openai_config(directory: Path, fake: FakeLLMServer, **main: Any) -> str:
 
 @asynccontextmanager
 async def openai_gateway(directory: Path, fake: FakeLLMServer) -> AsyncIterator[RunningGateway]:
-    settings = Settings(port=0, agent_config=openai_config(directory, fake))  # type: ignore[arg-type]
+    settings = Settings(port=0, agent_config=openai_config(directory, fake))
     async with serve_in_background(settings) as gw:
         yield gw

@@ -92,7 +92,9 @@ async def test_answer_with_tool_chip_and_subagent(page: Page) -> None:
     # One collapsed "Thought for N s" disclosure; the tool call as a closed chip.
     thought = c.locator("details.thought")
     await expect(thought).to_have_count(1)
-    await expect(thought.locator("summary")).to_have_text(re.compile(r"^Thought for (<1|\d+(\.\d)?) s$"))
+    await expect(thought.locator("summary")).to_have_text(
+        re.compile(r"^Thought for (<1|\d+(\.\d)?) s$")
+    )
     assert not await thought.evaluate("d => d.open")
     chip = c.locator("details.tool")
     await expect(chip).to_have_attribute("data-status", "ok")
@@ -132,7 +134,7 @@ async def test_answer_with_tool_chip_and_subagent(page: Page) -> None:
     assert await page.evaluate("window.__replaced") == 0
     assert await summary.locator(".md-block").count() > 1
     await page.evaluate("document.getElementById('scroller').scrollTop = 0")
-    await screenshot(page, "web-desktop-light.png")
+    await screenshot(page, "web-demo.png")
 
 
 async def test_stop_while_the_answer_streams(browser: Browser) -> None:
@@ -256,14 +258,16 @@ async def test_token_from_the_page_url(
 ) -> None:
     token = "page-token-0123456789"
     directory = tmp_path_factory.mktemp("web-auth")
-    async with demo_gateway(directory, pace_ms=0, tokens={token: "alice"}) as gw:
-        async with open_page(browser, gw.http_url + "/", wait_open=False) as page:
-            await expect(page.locator("#conn")).to_have_attribute("data-state", "closed")
-            # 4001 from this gateway, 401 once the handshake itself refuses a bad token.
-            await expect(page.locator("#banner-text")).to_contain_text(re.compile(r"\b40?01\b"))
-            await expect(page.locator("#send")).to_be_disabled()
-            await page.goto(gw.http_url + "/?token=" + token)
-            await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
-            await expect(page.locator("#session")).to_contain_text("principal alice")
-            task_id = await ask(page, QUESTION)
-            await wait_state(page, task_id, "completed")
+    async with (
+        demo_gateway(directory, pace_ms=0, tokens={token: "alice"}) as gw,
+        open_page(browser, gw.http_url + "/", wait_open=False) as page,
+    ):
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "closed")
+        # 4001 from this gateway, 401 once the handshake itself refuses a bad token.
+        await expect(page.locator("#banner-text")).to_contain_text(re.compile(r"\b40?01\b"))
+        await expect(page.locator("#send")).to_be_disabled()
+        await page.goto(gw.http_url + "/?token=" + token)
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        await expect(page.locator("#session")).to_contain_text("principal alice")
+        task_id = await ask(page, QUESTION)
+        await wait_state(page, task_id, "completed")

@@ -18,10 +18,10 @@ from tests.agent.fakes import FakeLLMServer, Stream, fake_llm_server, openai_str
 from .support import (
     ARGS,
     CHROMIUM,
-    TIMEOUT_MS,
     ask,
     open_page,
     openai_gateway,
+    screenshot,
     streamed_text,
     turn,
     wait_state,
@@ -135,6 +135,9 @@ async def test_markdown_answer_is_rendered(page: Page, fake: FakeLLMServer) -> N
     t = turn(page, task_id)
     answer = t.locator(".md.summary")
     await expect(answer.locator("h2")).to_have_text("Results")
+    await expect(answer.locator(".katex")).to_have_count(3)
+    await page.evaluate("document.getElementById('scroller').scrollTop = 0")
+    await screenshot(page, "web-desktop-light.png")  # the one in the README
     await expect(answer.locator("strong")).to_have_text("395")
     # Links open in a new tab without handing the page to the target.
     link = answer.locator("a", has_text="the docs")
@@ -189,7 +192,9 @@ async def test_untrusted_output_never_runs(page: Page, fake: FakeLLMServer) -> N
     t = turn(page, task_id)
     await expect(t.locator(".md.summary h1")).to_contain_text("Report")
     # The markup is shown as text where it came as text...
-    await expect(t.locator(".bubble")).to_have_text("<img src=x onerror=\"window.__pwned='question'\">")
+    await expect(t.locator(".bubble")).to_have_text(
+        "<img src=x onerror=\"window.__pwned='question'\">"
+    )
     await expect(t.locator(".md.summary h1")).to_contain_text("<script>")
     chip = t.locator("details.tool")
     await chip.locator("summary").click()
@@ -219,9 +224,7 @@ async def test_untrusted_output_never_runs(page: Page, fake: FakeLLMServer) -> N
     assert await page.evaluate("window.__pwned") is None
 
 
-async def test_retried_call_strikes_out_its_partial_output(
-    page: Page, fake: FakeLLMServer
-) -> None:
+async def test_retried_call_strikes_out_its_partial_output(page: Page, fake: FakeLLMServer) -> None:
     partial = "This first attempt will be cut off before it ends"
     fake.add(
         Stream(openai_stream(text=partial, reasoning="first try"), disconnect_after=6),
