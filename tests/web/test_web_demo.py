@@ -14,8 +14,10 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from gateway.connection import ConnectionSettings
 from gateway.server import RunningGateway
 from gateway.testing.held import Held
+from protocol import Limits
 from tests.client.support import (
     QUESTION,
     demo_gateway,
@@ -271,3 +273,28 @@ async def test_token_from_the_page_url(
         await expect(page.locator("#session")).to_contain_text("principal alice")
         task_id = await ask(page, QUESTION)
         await wait_state(page, task_id, "completed")
+
+
+async def test_a_refused_question_comes_back_to_the_box(browser: Browser) -> None:
+    held = Held()
+    held.hold("summary", task=QUESTION)
+    connection = ConnectionSettings(limits=Limits(max_tasks_per_connection=1))
+    async with (
+        held_gateway(held, connection=connection) as gw,
+        open_page(browser, gw.http_url + "/") as page,
+    ):
+        first = await ask(page, QUESTION)
+        await held.reached("summary", task=QUESTION)
+        refused = await ask(page, "What is 6*7?")
+        t = turn(page, refused)
+        await expect(t).to_have_attribute("data-state", "not sent")
+        await expect(t.locator(".failed-box")).to_contain_text("too_many_tasks")
+        await expect(page.locator("#input")).to_have_value("What is 6*7?")
+        await expect(page.locator("#composer-error")).to_contain_text("too_many_tasks")
+        await expect(page.locator("#send")).to_be_enabled()
+        held.release("summary", task=QUESTION)
+        await wait_state(page, first, "completed")
+        # Sent again once there is room: the error goes, the question is answered.
+        again = await ask(page, "What is 6*7?")
+        await wait_state(page, again, "completed")
+        await expect(page.locator("#composer-error")).to_be_hidden()
