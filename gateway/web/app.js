@@ -137,6 +137,18 @@
     updateJump();
   }
 
+  // Events come in bursts (a replay after a reload is hundreds at once): the view is moved
+  // once per frame, not once per event, so the page lays itself out once per frame too.
+  let scrollFrame = 0;
+  function stickSoon() {
+    if (!scrollFrame) {
+      scrollFrame = requestAnimationFrame(() => {
+        scrollFrame = 0;
+        stickToBottom();
+      });
+    }
+  }
+
   function updateJump() {
     $("#jump").hidden = state.follow || atBottom();
   }
@@ -338,7 +350,7 @@
     if (!task || frame.seq <= task.lastSeq) return; // not ours, or a replayed duplicate
     task.lastSeq = frame.seq;
     task.apply(frame.event || {}, typeof frame.ts === "number" ? frame.ts : Date.now() / 1000);
-    stickToBottom();
+    stickSoon();
   }
 
   function onGap(frame) {
