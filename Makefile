@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: serve test lint typecheck pytest bench bench-smoke schema sysdeps clean
+.PHONY: serve test lint typecheck pytest bench bench-smoke soak schema sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ sysdeps:
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-serve: $(STAMP)
-	$(BIN)/ospark serve --host $(HOST) --port $(PORT)
+# `make serve [HOST=127.0.0.1] [PORT=8000]`. The set-up's build chatter goes to a log that is
+# shown only if it fails; the gateway prints the page to open.
+serve:
+	@$(MAKE) -s -q $(STAMP) 2>/dev/null || echo "installing into $(VENV) (about a minute the first time)..."
+	@log=$$(mktemp); \
+	  if ! $(MAKE) -s --no-print-directory $(STAMP) >"$$log" 2>&1; then cat "$$log"; rm -f "$$log"; exit 1; fi; \
+	  rm -f "$$log"
+	@$(BIN)/ospark serve --host $(HOST) --port $(PORT)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -43,6 +49,12 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m gateway.bench --smoke
+
+# Soak and chaos against real `ospark serve` processes (not part of `make test`):
+# `make soak SOAK_SECONDS=600`. Prints a table; exits 1 on any loss or unbounded growth.
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	$(BIN)/python -m soak --duration $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

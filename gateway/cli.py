@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds running tasks may finish after SIGTERM before they are cancelled (10)",
     )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=None,
+        help="seconds a connection has to send a complete request head (10)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_serve)
 

@@ -1,27 +1,22 @@
-"""The multiplexer: one WebSocket's protocol session, subscriptions and outbox.
+"""The multiplexer: one WebSocket's requests, subscriptions and outbox.
 
-A :class:`Connection` sits between the socket and the :class:`~gateway.tasks.TaskManager`.
-The endpoint feeds it every incoming message (:meth:`Connection.handle`) from one reader task
-and drains it from one writer task (:meth:`Connection.run_writer`); all decisions are here,
-so it is tested with a fake socket.
+A :class:`Connection` sits between the socket and the :class:`~gateway.tasks.TaskManager`:
+it answers requests (:meth:`Connection.handle`, one incoming message at a time) and follows
+tasks, queueing their events in its :class:`~gateway.outbox.Outbox`. It does no I/O: the
+endpoint's reader feeds :meth:`Connection.handle`, and its writer waits on
+:attr:`Connection.wakeup`, takes payloads from :attr:`Connection.outbox` and counts what it
+sent in :attr:`Connection.stats`; it closes the socket once :attr:`Connection.close_requested`
+is set, with :attr:`Connection.close_code`.
 
-Flow control. Each connection has one bounded outbox of frames to send, in order. Task events
-are pushed into it synchronously by the subscriptions (from the task producing them), so a
-slow socket never slows a task, and a slow task never delays another task's events.
+Task events are pushed in synchronously by the subscriptions (from the task producing them),
+so a slow socket never slows a task, and a slow task never delays another task's events.
+Batching, merging and the slow-consumer verdict are the outbox's (see :mod:`gateway.outbox`).
 
-- When more than one event is waiting, the writer sends them as one ``batch`` frame (up to
-  ``max_batch``); when it keeps up, one event per frame — low latency when idle, high
-  throughput when busy.
-- When the writer is blocked on the socket and ``merge_after`` frames or more wait behind it
-  (the client lags), an ``llm_response`` is merged into the previous still-queued delta of
-  the same task when no other event of that task came between them and agent, channel, phase
-  and turn match. The merged frame carries
-  the later ``seq``; lifecycle and tool events are never merged or dropped.
-- Past ``max_outbox`` frames (or ``max_outbox_bytes`` of queued text) the client is a slow
-  consumer: the connection closes with close code 4000; the client resumes with ``subscribe``
-  and its last seen ``seq``, losing nothing.
+Every request that carries an ``id`` gets exactly one reply: ``accepted``, ``cancel_ack``,
+``status``, ``subscribed``, ``unsubscribed``, ``pong`` or ``error``. A request that subscribes
+holds the task's events until its reply is queued, so the reply comes first.
 
-Cancellation: :meth:`run_writer` may be cancelled at any time; :meth:`close` unsubscribes
+Cancellation: :meth:`handle` may be cancelled with the reader; :meth:`close` unsubscribes
 everything (tasks keep running under their detach policy) and is idempotent.
 """
 
@@ -31,26 +26,21 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import gateway
+from gateway.outbox import Outbox, OutboxLimits, SlowConsumer
 from gateway.tasks import Deliver, Delivery, Subscription, TaskError, TaskManager
 from protocol import (
     Accepted,
-    Batch,
     Cancel,
     CancelAck,
-    CloseCode,
     ErrorCode,
     ErrorFrame,
-    EventFrame,
     Gap,
     Hello,
     Limits,
-    LlmResponse,
     Ping,
     Pong,
     ProtocolError,
@@ -60,18 +50,17 @@ from protocol import (
     StatusReply,
     StatusRequest,
     Subscribe,
+    Subscribed,
     Unsubscribe,
+    Unsubscribed,
 )
 from protocol.events import TERMINAL_STATES
-
-if TYPE_CHECKING:
-    from gateway.server.metrics import Metrics
 
 __all__ = ["Connection", "ConnectionSettings", "ConnectionStats"]
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str | bytes], Awaitable[None]]
+_FINAL_STATES = frozenset(TERMINAL_STATES.values())
 
 
 @dataclass(slots=True)
@@ -89,6 +78,9 @@ class ConnectionSettings:
     before the client is closed as a slow consumer."""
     merge_after: int = 32
     """Outbox depth from which consecutive deltas of one task are merged."""
+    batch_after: int = 8
+    """Outbox depth from which events go out in ``batch`` frames even when the client keeps
+    up (a burst); below it, and when the client does not lag, each event goes alone."""
     max_batch: int = 256
     """Most events in one ``batch`` frame."""
     max_violations: int = 3
@@ -97,54 +89,35 @@ class ConnectionSettings:
     """Announced in ``hello``: seconds between the server's WebSocket pings."""
     server_version: str = gateway.__version__
 
+    def outbox_limits(self) -> OutboxLimits:
+        return OutboxLimits(
+            max_outbox=self.max_outbox,
+            max_outbox_bytes=self.max_outbox_bytes,
+            max_replay=self.max_replay,
+            merge_after=self.merge_after,
+            batch_after=self.batch_after,
+            max_batch=self.max_batch,
+        )
+
 
 @dataclass(slots=True)
 class ConnectionStats:
-    """Counters of one connection (the process-wide ones are in ``gateway.server.metrics``)."""
+    """Counters of one connection, bumped by the connection (received, errors) and by the
+    endpoint's writer (sent); the server's metrics read them (``gateway.server.metrics``)."""
 
     frames_sent: int = 0
     bytes_sent: int = 0
     events_sent: int = 0
     batches_sent: int = 0
-    events_merged: int = 0
     frames_received: int = 0
-    errors_sent: int = 0
-
-
-class _Slot:
-    """One queued event. Deltas merged into it are kept as parts and joined once, when the
-    frame is sent (merging stays linear however far the client lags)."""
-
-    __slots__ = ("frame", "last_seq", "parts", "replay", "sent", "size")
-
-    def __init__(self, frame: EventFrame, size: int, replay: bool) -> None:
-        self.frame = frame
-        self.sent = False
-        self.size = size
-        self.replay = replay
-        self.parts: list[str] | None = None
-        self.last_seq = frame.seq
-
-    def materialize(self) -> EventFrame:
-        """The frame to send, with any merged deltas joined into it."""
-        frame = self.frame
-        if self.parts is None:
-            return frame
-        event = frame.event
-        assert isinstance(event, LlmResponse)
-        merged = LlmResponse(
-            delta="".join(self.parts),
-            channel=event.channel,
-            phase=event.phase,
-            turn=event.turn,
-            agent=event.agent,
-        )
-        return EventFrame(task_id=frame.task_id, seq=self.last_seq, ts=frame.ts, event=merged)
+    bytes_received: int = 0
+    errors_sent: Counter[str] = field(default_factory=Counter)
+    """``error`` frames sent, by code."""
 
 
 class _Follow:
     """This connection's subscription to one task. While a request that subscribes is in
-    progress, deliveries are held and released after the reply (so ``accepted`` comes before
+    progress, deliveries are held and released after the reply (so the reply comes before
     the task's events) and counted as replay; a superseded follow delivers nothing."""
 
     __slots__ = ("active", "held", "sub", "task_id")
@@ -161,9 +134,6 @@ class _Follow:
             self.sub.close()
 
 
-_EVENT_OVERHEAD = 96  # rough bytes of an event frame besides its text
-
-
 class Connection:
     """One client connection (see the module docstring)."""
 
@@ -175,7 +145,6 @@ class Connection:
         principal: str,
         settings: ConnectionSettings | None = None,
         session_id: str | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         self.manager = manager
         self.session = session
@@ -183,21 +152,16 @@ class Connection:
         self.settings = settings or ConnectionSettings()
         self.session_id = session_id or uuid.uuid4().hex[:16]
         self.stats = ConnectionStats()
-        self.metrics = metrics
+        self.outbox = Outbox(session.send, self.settings.outbox_limits())
+        """What waits for the socket; the endpoint's writer takes from it."""
+        self.wakeup = asyncio.Event()
+        """Set when something was queued (or a close requested): the writer's cue."""
         self.close_code: int | None = None
         """Set when the connection must be closed; the endpoint closes with it."""
         self.close_reason = ""
         self.close_requested = asyncio.Event()
         """Set with ``close_code``: the endpoint stops its reader and writer (the writer may be
         blocked on a socket that does not drain) and closes the socket."""
-        self._outbox: deque[_Slot | str | bytes] = deque()
-        self._outbox_bytes = 0
-        # Replayed events are already held by the task's log (bounded by its retention), so
-        # they count against their own, larger bound (``max_replay``), not the live-lag ones.
-        self._replay_items = 0
-        self._replay_bytes = 0
-        self._open_delta: dict[str, _Slot] = {}
-        self._wakeup = asyncio.Event()
         self._follows: dict[str, _Follow] = {}
         self._started: dict[str, None] = {}  # tasks started here, for the per-connection limit
         limits = self.settings.limits
@@ -205,7 +169,7 @@ class Connection:
             limits.max_starts_per_second, max(1.0, limits.max_starts_per_second)
         )
         self._closed = False
-        self._sending = False
+        """No more frames are queued: closed, or a close was requested."""
         self._flush_waiters: list[asyncio.Future[None]] = []
 
     # ------------------------------------------------------------------ handshake
@@ -228,12 +192,11 @@ class Connection:
 
     async def handle(self, data: str | bytes) -> None:
         """Handle one incoming WebSocket message. Never raises for bad input."""
-        if self.close_code is not None or self._closed:
+        if self._closed:
             return  # closing: a reply could not be delivered, so do not act on it
-        self.stats.frames_received += 1
-        if self.metrics is not None:
-            self.metrics.frames_received.inc()
-            self.metrics.bytes_received.inc(len(data))
+        stats = self.stats
+        stats.frames_received += 1
+        stats.bytes_received += len(data)
         frame = self.session.receive(data)
         if isinstance(frame, ProtocolError):
             self._reply_error(
@@ -256,21 +219,11 @@ class Connection:
                 case StatusRequest(id=rid, task_id=str(task_id)):
                     status = await self.manager.status(self.principal, task_id)
                     self._reply(StatusReply(id=rid, tasks=[status]))
-                case Subscribe(id=rid, task_id=task_id, after_seq=after_seq):
-                    follow, deliver = self._new_follow(task_id)
-                    follow.sub = await self.manager.subscribe(
-                        self.principal,
-                        task_id,
-                        after_seq=after_seq,
-                        deliver=deliver,
-                        request_id=rid,
-                    )
-                    # Only now drop the previous subscription, so the task never looks
-                    # detached in between (on_detach=cancel would cancel it).
+                case Subscribe():
+                    await self._subscribe(frame)
+                case Unsubscribe(id=rid, task_id=task_id):
                     self._unsubscribe(task_id)
-                    self._release(follow)
-                case Unsubscribe(task_id=task_id):
-                    self._unsubscribe(task_id)
+                    self._reply(Unsubscribed(id=rid, task_id=task_id))
                 case Ping(id=rid, payload=payload):
                     self._reply(Pong(id=rid, payload=payload, ts=time.time()))
         except TaskError as exc:
@@ -287,6 +240,15 @@ class Connection:
 
     async def _start(self, frame: Start) -> None:
         limits = self.settings.limits
+        if not frame.input.strip():
+            self._reply_error(
+                ErrorCode.INVALID_FIELD,
+                "`input` is empty; say what the task is",
+                frame.id,
+                frame.task_id,
+                "$.input",
+            )
+            return
         if len(frame.input) > limits.max_input_chars:
             self._reply_error(
                 ErrorCode.INPUT_TOO_LONG,
@@ -345,6 +307,29 @@ class Connection:
             follow.sub = result.subscription
             self._release(follow)  # the task's events (a retry's replay) after `accepted`
 
+    async def _subscribe(self, frame: Subscribe) -> None:
+        task_id = frame.task_id
+        follow, deliver = self._new_follow(task_id)
+        try:
+            follow.sub = await self.manager.subscribe(
+                self.principal,
+                task_id,
+                after_seq=frame.after_seq,
+                deliver=deliver,
+                request_id=frame.id,
+            )
+            status = await self.manager.status(self.principal, task_id)
+        except BaseException:
+            follow.stop()
+            raise
+        # Only now drop the previous subscription, so the task never looks detached in
+        # between (on_detach=cancel would cancel it).
+        self._unsubscribe(task_id)
+        self._reply(
+            Subscribed(id=frame.id, task_id=task_id, state=status.state, last_seq=status.last_seq)
+        )
+        self._release(follow)
+
     async def _forget_finished(self) -> None:
         """Drop the tasks that ended from the per-connection count (only when at the limit)."""
         if len(self._started) < self.settings.limits.max_tasks_per_connection:
@@ -354,7 +339,7 @@ class Connection:
                 status = await self.manager.status(self.principal, task_id)
             except TaskError:
                 status = None
-            if status is None or status.state in ("completed", "failed", "cancelled"):
+            if status is None or status.state in _FINAL_STATES:
                 del self._started[task_id]
 
     def _new_follow(self, task_id: str | None) -> tuple[_Follow, Deliver]:
@@ -388,109 +373,37 @@ class Connection:
         follow = self._follows.pop(task_id, None)
         if follow is not None:
             follow.stop()
-        self._open_delta.pop(task_id, None)
-        outbox = self._outbox
-        if not any(isinstance(x, _Slot) and x.frame.task_id == task_id for x in outbox):
-            return
-        kept: deque[_Slot | str | bytes] = deque()
-        for item in outbox:
-            if isinstance(item, _Slot) and item.frame.task_id == task_id:
-                self._uncount(item)
-            else:
-                kept.append(item)
-        self._outbox = kept
-
-    def _uncount(self, slot: _Slot) -> None:
-        """Take a slot leaving the outbox off the replay or live-backlog counters."""
-        if slot.replay:
-            self._replay_items -= 1
-            self._replay_bytes -= slot.size
-        else:
-            self._outbox_bytes -= slot.size
+        self.outbox.drop_task(task_id)
 
     # ------------------------------------------------------------------ outgoing
 
     def _deliver(self, item: Delivery, replay: bool) -> None:
         """Queue an event (or a gap) of a followed task for this socket. Never blocks."""
-        if self._closed or self.close_code is not None:
+        if self._closed:
             return
         if isinstance(item, Gap):
-            self._open_delta.pop(item.task_id, None)
-            self._reply(item)
-            return
-        outbox = self._outbox
-        event = item.event
-        task_id = item.task_id
-        if isinstance(event, LlmResponse):
-            slot = self._open_delta.get(task_id)
-            if (
-                slot is not None
-                and not slot.sent
-                and self._sending  # the writer is stuck on the socket: the client lags
-                and len(outbox) >= self.settings.merge_after
-            ):
-                prev = slot.frame.event
-                if isinstance(prev, LlmResponse) and prev.same_stream(event):
-                    self._merge(slot, item, event, replay)
-                    return
-            new = _Slot(item, len(event.delta) + _EVENT_OVERHEAD, replay)
-            self._open_delta[task_id] = new
+            verdict = self.outbox.add_reply(item)
         else:
-            new = _Slot(item, _EVENT_OVERHEAD, replay)
-            self._open_delta.pop(task_id, None)
-            if type(event) in TERMINAL_STATES:
-                self._follows.pop(task_id, None)  # the subscription closes itself
-        outbox.append(new)
-        if replay:
-            self._replay_items += 1
-            self._replay_bytes += new.size
+            if type(item.event) in TERMINAL_STATES:
+                self._follows.pop(item.task_id, None)  # the subscription closes itself
+            verdict = self.outbox.add_event(item, replay)
+        if verdict is not None:
+            self._overflow(verdict)
         else:
-            self._outbox_bytes += new.size
-        self._check_overflow()
-        self._wakeup.set()
-
-    def _merge(self, slot: _Slot, item: EventFrame, event: LlmResponse, replay: bool) -> None:
-        if slot.parts is None:
-            first = slot.frame.event
-            assert isinstance(first, LlmResponse)
-            slot.parts = [first.delta]
-        slot.parts.append(event.delta)
-        slot.last_seq = item.seq
-        size = len(event.delta)
-        if slot.replay and not replay:  # live text joins it: it now counts as live lag
-            self._uncount(slot)
-            slot.replay = False
-            self._outbox_bytes += slot.size
-        slot.size += size
-        if slot.replay:
-            self._replay_bytes += size
-        else:
-            self._outbox_bytes += size
-        self.stats.events_merged += 1
-        self._check_overflow()
+            self.wakeup.set()
 
     def send_frame(self, frame: ServerFrame) -> None:
         """Queue a server frame (not an event) for this client."""
         self._reply(frame)
 
-    async def flushed(self) -> None:
-        """Wait until everything queued so far was handed to the socket (or it closed)."""
-        if self._closed or self.close_code is not None:
-            return
-        if not self._outbox and not self._sending:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._flush_waiters.append(waiter)
-        await waiter
-
     def _reply(self, frame: ServerFrame) -> None:
         if self._closed:
             return
-        payload = self.session.send(frame)
-        self._outbox.append(payload)
-        self._outbox_bytes += len(payload)
-        self._check_overflow()
-        self._wakeup.set()
+        verdict = self.outbox.add_reply(frame)
+        if verdict is not None:
+            self._overflow(verdict)
+        else:
+            self.wakeup.set()
 
     def _reply_error(
         self,
@@ -500,28 +413,32 @@ class Connection:
         task_id: str | None,
         field_path: str | None,
     ) -> None:
-        self.stats.errors_sent += 1
-        if self.metrics is not None:
-            self.metrics.errors_sent.labels(code.value).inc()
+        self.stats.errors_sent[code.value] += 1
         self._reply(
             ErrorFrame(
                 code=code.value, message=message, id=request_id, task_id=task_id, field=field_path
             )
         )
 
-    def _check_overflow(self) -> None:
-        s = self.settings
-        live = len(self._outbox) - self._replay_items
-        # A backlog counts against the client only while the socket does not drain (the writer
-        # is blocked on it); a burst of events the writer has not had its turn for yet is ours,
-        # bounded by a hard limit of four times the bound.
-        factor = 1 if self._sending else 4
-        if live > s.max_outbox * factor or self._outbox_bytes > s.max_outbox_bytes * factor:
-            self.request_close(CloseCode.SLOW_CONSUMER, "slow consumer: resume with subscribe")
-        elif self._replay_items > s.max_replay or self._replay_bytes > s.max_outbox_bytes * 4:
-            self.request_close(
-                CloseCode.SLOW_CONSUMER, "too much to replay at once: subscribe to fewer tasks"
-            )
+    def _overflow(self, verdict: SlowConsumer) -> None:
+        self.request_close(verdict.code, verdict.reason)
+
+    async def flushed(self) -> None:
+        """Wait until everything queued so far was handed to the socket (or it closed)."""
+        if self._closed:
+            return
+        if not self.outbox and not self.outbox.writing:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(waiter)
+        await waiter
+
+    def sent_all(self) -> None:
+        """Called by the writer when the outbox is empty: wakes :meth:`flushed`."""
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def request_close(self, code: int, reason: str) -> None:
         """Ask the endpoint to close the socket with ``code`` (first request wins)."""
@@ -529,85 +446,12 @@ class Connection:
             return
         self.close_code = code
         self.close_reason = reason
-        self._outbox.clear()
-        self._outbox_bytes = self._replay_items = self._replay_bytes = 0
+        self._closed = True
+        self.outbox.clear()
         self._unsubscribe_all()
-        self._wakeup.set()
-        self._wake_flush_waiters()
+        self.wakeup.set()
+        self.sent_all()
         self.close_requested.set()
-
-    @property
-    def outbox_depth(self) -> int:
-        return len(self._outbox)
-
-    def take_frame(self) -> tuple[str | bytes, int] | None:
-        """Remove and encode the next frame to send: a reply as is, or the consecutive events
-        at the head of the outbox (``max_batch`` at most) as one ``batch`` — a lone event as its
-        own frame. Returns ``(payload, number of events)``, or None when nothing is queued."""
-        outbox = self._outbox
-        if not outbox:
-            return None
-        head = outbox[0]
-        if not isinstance(head, _Slot):
-            outbox.popleft()
-            self._outbox_bytes -= len(head)
-            return head, 0
-        events: list[EventFrame] = []
-        max_batch = self.settings.max_batch
-        while outbox and len(events) < max_batch:
-            slot = outbox[0]
-            if not isinstance(slot, _Slot):
-                break
-            outbox.popleft()
-            slot.sent = True
-            self._uncount(slot)
-            events.append(slot.materialize())
-        if len(events) == 1:
-            return self.session.send(events[0]), 1
-        return self.session.send(Batch(events=events)), len(events)
-
-    async def run_writer(self, send: Send) -> None:
-        """Send queued frames until a close is requested; cancel it to stop."""
-        metrics = self.metrics
-        wakeup = self._wakeup
-        stats = self.stats
-        try:
-            while self.close_code is None:
-                await wakeup.wait()
-                wakeup.clear()
-                if self.close_code is not None:
-                    return
-                if metrics is not None:
-                    metrics.outbox_depth.observe(len(self._outbox))
-                self._sending = True
-                while (item := self.take_frame()) is not None:
-                    payload, n_events = item
-                    size = len(payload)
-                    await send(payload)
-                    stats.frames_sent += 1
-                    stats.bytes_sent += size
-                    stats.events_sent += n_events
-                    stats.batches_sent += n_events > 1
-                    if metrics is not None:
-                        metrics.frames_sent.inc()
-                        metrics.bytes_sent.inc(size)
-                        if n_events:
-                            metrics.events_sent.inc(n_events)
-                            metrics.batch_size.observe(n_events)
-                    if self.close_code is not None:
-                        return
-                self._sending = False
-                if not self._outbox:
-                    self._wake_flush_waiters()
-        finally:
-            self._sending = False
-            self._wake_flush_waiters()
-
-    def _wake_flush_waiters(self) -> None:
-        waiters, self._flush_waiters = self._flush_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -618,14 +462,11 @@ class Connection:
 
     def close(self) -> None:
         """Unsubscribe from every task (they keep running under their detach policy)."""
-        if self._closed:
-            return
         self._closed = True
         self._unsubscribe_all()
-        self._outbox.clear()
-        self._open_delta.clear()
-        self._wakeup.set()
-        self._wake_flush_waiters()
+        self.outbox.clear()
+        self.wakeup.set()
+        self.sent_all()
 
 
 class _TokenBucket:

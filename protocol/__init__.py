@@ -53,9 +53,11 @@ from protocol.frames import (
     StatusReply,
     StatusRequest,
     Subscribe,
+    Subscribed,
     TaskState,
     TaskStatus,
     Unsubscribe,
+    Unsubscribed,
 )
 from protocol.session import (
     ClientSession,
@@ -104,6 +106,7 @@ __all__ = [
     "StatusReply",
     "StatusRequest",
     "Subscribe",
+    "Subscribed",
     "TaskCancelled",
     "TaskCompleted",
     "TaskFailed",
@@ -117,6 +120,7 @@ __all__ = [
     "UnknownEventFrame",
     "UnknownFrame",
     "Unsubscribe",
+    "Unsubscribed",
     "Usage",
     "codec_for_subprotocol",
     "select_subprotocol",

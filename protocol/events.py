@@ -216,7 +216,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TaskCancelled,
 )
 
-TERMINAL_STATES: dict[type, Literal["completed", "failed", "cancelled"]] = {
+TERMINAL_STATES: dict[type[msgspec.Struct], Literal["completed", "failed", "cancelled"]] = {
     TaskCompleted: "completed",
     TaskFailed: "failed",
     TaskCancelled: "cancelled",
@@ -224,5 +224,7 @@ TERMINAL_STATES: dict[type, Literal["completed", "failed", "cancelled"]] = {
 """The event types that end a task, with the state each leaves it in; exactly one of them is
 the last event of each task (test ``type(event) in TERMINAL_STATES``)."""
 
-TERMINAL_KINDS: frozenset[str] = frozenset({"task_completed", "task_failed", "task_cancelled"})
-"""Kinds of the events that end a task."""
+TERMINAL_KINDS: frozenset[str] = frozenset(
+    str(event_type.__struct_config__.tag) for event_type in TERMINAL_STATES
+)
+"""Kinds of the events that end a task (the tags of :data:`TERMINAL_STATES`)."""

@@ -37,10 +37,12 @@ __all__ = [
     "StatusReply",
     "StatusRequest",
     "Subscribe",
+    "Subscribed",
     "TaskId",
     "TaskState",
     "TaskStatus",
     "Unsubscribe",
+    "Unsubscribed",
 ]
 
 PROTOCOL_NAME = "ospark"
@@ -53,8 +55,12 @@ RequestId = (
 """A client-chosen request id (string of at most 256 characters, or an integer that JSON
 numbers represent exactly), echoed in the reply."""
 
-TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
-"""A task id: 1-128 characters of letters, digits and ``. _ : -``."""
+TaskId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$(?!\n)")
+]
+"""A task id: 1-128 characters of letters, digits and ``. _ : -``. (In Python's ``re`` a ``$``
+also matches before a final newline, so ``(?!\n)`` refuses ``"job-1\n"``; the pattern means
+the same in the JSON Schema's ECMAScript dialect.)"""
 
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 """A per-task sequence number."""
@@ -126,10 +132,11 @@ class StatusRequest(_Frame, tag="status"):
 
 
 class Subscribe(_Frame, tag="subscribe"):
-    """Receive a task's events: every retained event with ``seq > after_seq``, then live ones."""
+    """Receive a task's events: every retained event with ``seq > after_seq``, then live ones.
+    Replied to by ``subscribed`` (then ``gap`` if needed, then the events) or ``error``."""
 
     id: RequestId
-    """Request id, echoed in ``gap``/``error``."""
+    """Request id, echoed in ``subscribed``/``gap``/``error``."""
     task_id: TaskId
     """The task to follow."""
     after_seq: Seq = 0
@@ -137,10 +144,11 @@ class Subscribe(_Frame, tag="subscribe"):
 
 
 class Unsubscribe(_Frame, tag="unsubscribe"):
-    """Stop receiving a task's events; the task keeps running (under its detach policy)."""
+    """Stop receiving a task's events; the task keeps running (under its detach policy).
+    Replied to by ``unsubscribed``."""
 
     id: RequestId
-    """Request id."""
+    """Request id, echoed in ``unsubscribed``."""
     task_id: TaskId
     """The task to stop following."""
 
@@ -218,6 +226,32 @@ class CancelAck(_Frame, tag="cancel_ack"):
     """The task."""
     result: Literal["accepted", "already_terminal", "unknown"]
     """``accepted`` (the terminal event follows), ``already_terminal``, or ``unknown``."""
+
+
+class Subscribed(_Frame, tag="subscribed"):
+    """Reply to ``subscribe``: the task's events with ``seq > after_seq`` follow (after a
+    ``gap`` when some were dropped)."""
+
+    id: RequestId
+    """The ``subscribe`` request id."""
+    task_id: str
+    """The task."""
+    state: TaskState
+    """The task's state when subscribed. When it is final (``completed``, ``failed``,
+    ``cancelled``) and ``last_seq`` is not above the ``after_seq`` asked for, no event follows:
+    the client has seen the task's end already."""
+    last_seq: int = 0
+    """``seq`` of the task's latest event when subscribed."""
+
+
+class Unsubscribed(_Frame, tag="unsubscribed"):
+    """Reply to ``unsubscribe`` (also when the connection was not following the task): no
+    event of the task follows it on this connection."""
+
+    id: RequestId
+    """The ``unsubscribe`` request id."""
+    task_id: str
+    """The task."""
 
 
 class TaskStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -327,6 +361,8 @@ ServerFrame = (
     | Accepted
     | CancelAck
     | StatusReply
+    | Subscribed
+    | Unsubscribed
     | EventFrame
     | Batch
     | Gap

@@ -2,16 +2,24 @@
 
 A :class:`ServerSession` is what a gateway holds per connection. Feed it every incoming
 WebSocket message with :meth:`ServerSession.receive`; it returns the decoded client frame or a
-:class:`~protocol.errors.ProtocolError` saying what was wrong — it never raises for bad input.
-Build outgoing frames with :meth:`ServerSession.send`. The session enforces the frame-size
-limit, the handshake order (``hello`` is the first frame sent) and counts abuse: after
-``max_violations`` oversized frames :attr:`ServerSession.close_code` tells the I/O layer to
-close the connection with :data:`~protocol.errors.CloseCode.POLICY_VIOLATION`.
+:class:`~protocol.errors.ProtocolError` saying what was wrong. Build outgoing frames with
+:meth:`ServerSession.send`. The session enforces the frame-size limit, the handshake order
+(``hello`` is the first frame sent) and counts abuse: after ``max_violations`` oversized frames
+:attr:`ServerSession.close_code` tells the I/O layer to close the connection with
+:data:`~protocol.errors.CloseCode.POLICY_VIOLATION`.
 
 A :class:`ClientSession` is the mirror image for clients: it encodes client frames and decodes
 server frames, flattening ``batch`` frames into their events and decoding event kinds and frame
 types it does not know as :class:`~protocol.events.UnknownEvent` / :class:`UnknownFrame`
 instead of failing.
+
+One convention for both: ``receive`` never raises for what the peer sent. Bad input is
+*returned* as a :class:`~protocol.errors.ProtocolError` (a value with a ``code``, the
+request id and field when they could be read), for the caller to answer or log; the
+connection goes on. Only the program's own misuse of a session raises
+(:class:`ProtocolStateError`, e.g. reading before ``hello`` was sent). Text that is not valid
+Unicode (an I/O layer passes on a text frame that is not UTF-8 decoded with
+``surrogateescape``) is refused as ``bad_frame`` like invalid UTF-8 bytes.
 
 Nothing here does I/O or touches an event loop.
 """
@@ -88,7 +96,7 @@ def explain_validation_error(codec: Codec, data: bytes | str, exc: Exception) ->
     """Turn a msgspec validation failure into a ProtocolError naming the field at fault."""
     try:
         obj = codec.decode_any(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeError):
         obj = None
     text = str(exc)
     field: str | None = None
@@ -182,7 +190,7 @@ class ServerSession:
             return ProtocolError(ErrorCode.BAD_FRAME, f"not valid {self.codec.name}: {exc}")
         except RecursionError:
             return ProtocolError(ErrorCode.BAD_FRAME, "frame is nested too deeply")
-        except UnicodeDecodeError:
+        except UnicodeError:  # decoding bytes, or text with lone surrogates (see the docstring)
             return ProtocolError(ErrorCode.BAD_FRAME, "frame contains invalid UTF-8")
 
     # ------------------------------------------------------------------ outgoing
@@ -271,18 +279,29 @@ class ClientSession:
         """Encode a client frame for the wire."""
         return self.codec.to_wire(self.codec.encode(frame))
 
-    def receive(self, data: bytes | str) -> list[IncomingFrame]:
+    def receive(self, data: bytes | str) -> list[IncomingFrame] | ProtocolError:
         """Decode one server message into frames; a ``batch`` becomes its events.
 
-        Raises :class:`ProtocolError` for a message that is not a server frame at all, or when
-        the first frame is not ``hello``."""
+        Returns a :class:`ProtocolError` (never raises it) for a message that is not a server
+        frame at all, or when the first frame is not ``hello``."""
+        try:
+            return self._receive(data)
+        except ProtocolError as err:
+            return err
+
+    def _receive(self, data: bytes | str) -> list[IncomingFrame]:
         if _frame_size(data, self.max_frame_bytes) > self.max_frame_bytes:
             raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, "server frame exceeds the limit")
+        if self.codec.binary != isinstance(data, bytes):
+            kind = "binary" if isinstance(data, bytes) else "text"
+            raise ProtocolError(
+                ErrorCode.BAD_FRAME, f"{kind} frame on subprotocol {self.codec.subprotocol}"
+            )
         try:
             frame = self.codec.decode_server(data)
         except msgspec.ValidationError:
             frames = self._receive_lenient(data)
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"undecodable server frame: {exc}") from exc
         else:
             frames = list(frame.events) if isinstance(frame, Batch) else [frame]
@@ -296,7 +315,7 @@ class ClientSession:
     def _receive_lenient(self, data: bytes | str) -> list[IncomingFrame]:
         try:
             obj = self.codec.decode_any(data)
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
             raise ProtocolError(ErrorCode.BAD_FRAME, f"undecodable server frame: {exc}") from exc
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
             raise ProtocolError(ErrorCode.BAD_FRAME, "a server frame must be an object with `type`")

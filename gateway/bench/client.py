@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import uvloop
 
-from protocol import JSON, MSGPACK, Cancel, ClientSession, EventFrame, Start
+from protocol import JSON, MSGPACK, Cancel, ClientSession, EventFrame, ProtocolError, Start
 from protocol.events import TaskCancelled, TaskCompleted, TaskFailed
 
 __all__ = ["main"]
@@ -79,6 +79,8 @@ class WsLink(Link):
         with contextlib.suppress(Exception):
             async for message in self.ws:
                 frames = receive(message)
+                if isinstance(frames, ProtocolError):
+                    continue
                 self.frames += 1
                 now = time.time()
                 events = [f for f in frames if type(f) is EventFrame]

@@ -524,9 +524,9 @@ class GatewayClient:
         except TimeoutError as exc:
             await ws.close()
             raise CannotConnect(self.url, f"no hello within {self.open_timeout:g}s") from exc
-        except ProtocolError as exc:
+        if isinstance(frames, ProtocolError):
             await ws.close()
-            raise ProtocolMismatch(f"not an OSpark gateway: {exc.message}") from exc
+            raise ProtocolMismatch(f"not an OSpark gateway: {frames.message}") from frames
         hello = frames[0] if frames else None
         if not isinstance(hello, Hello):
             await ws.close()
@@ -549,10 +549,9 @@ class GatewayClient:
             assert ws is not None
             try:
                 async for message in ws:
-                    try:
-                        frames = self._session.receive(message)
-                    except ProtocolError as exc:
-                        log.warning("undecodable frame from the gateway: %s", exc.message)
+                    frames = self._session.receive(message)
+                    if isinstance(frames, ProtocolError):
+                        log.warning("undecodable frame from the gateway: %s", frames.message)
                         continue
                     for frame in frames:
                         self._dispatch(frame)

@@ -20,6 +20,8 @@ caller's own task is cancelled.
 
 from __future__ import annotations
 
+from protocol import CloseCode
+
 __all__ = ["CannotConnect", "ConnectionLost", "GatewayError", "ProtocolMismatch", "RequestError"]
 
 
@@ -67,7 +69,9 @@ class CannotConnect(ConnectionLost):
     def __init__(
         self, url: str, message: str, *, status: int | None = None, retryable: bool = True
     ) -> None:
-        super().__init__(f"cannot connect to {url}: {message}")
+        # A refused token or origin is reported like the 4001 close it replaces.
+        refused = int(CloseCode.UNAUTHORIZED) if status in (401, 403) else None
+        super().__init__(f"cannot connect to {url}: {message}", code=refused)
         self.url = url
         self.status = status
         self.retryable = retryable

@@ -1,10 +1,11 @@
 """The Starlette application: ``/ws`` (WebSocket), ``/healthz``, ``/metrics`` and the web demo.
 
-The endpoint is thin: it authenticates, negotiates the subprotocol, then runs one reader and
-one writer for the socket; every decision is in :class:`gateway.connection.Connection`.
-One close path: whichever of reader and writer ends first (client gone, close requested,
-socket error) cancels the other, then the connection unsubscribes from its tasks, which keep
-running under their detach policy.
+The endpoint is thin: it authenticates, negotiates the subprotocol, then runs the socket's I/O
+loop (:func:`_pump`): one reader feeding :meth:`Connection.handle`, one writer taking payloads
+from the connection's :class:`~gateway.outbox.Outbox`; every decision is in
+:class:`gateway.connection.Connection` and the outbox. One close path: whichever of reader and
+writer ends first (client gone, close requested, socket error) cancels the other, then the
+connection unsubscribes from its tasks, which keep running under their detach policy.
 """
 
 from __future__ import annotations
@@ -12,23 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import gateway
-from gateway.connection import Connection
-from gateway.server.auth import authenticate
-from gateway.server.metrics import Metrics
+from gateway.connection import Connection, ConnectionStats
+from gateway.server.auth import HostGuard, authenticate
+from gateway.server.metrics import Metrics, sample_loop_lag
 from gateway.server.settings import Settings
 from gateway.tasks import RunnerFactory, TaskManager, TaskRecord
 from protocol import (
+    SUBPROTOCOLS,
     CloseCode,
     Closing,
     ServerSession,
@@ -40,19 +43,33 @@ __all__ = ["Gateway", "create_app"]
 
 log = logging.getLogger("gateway.server")
 
+Send = Callable[[str | bytes], Awaitable[None]]
+
+
+def _add_stats(into: ConnectionStats, stats: ConnectionStats) -> None:
+    into.frames_sent += stats.frames_sent
+    into.bytes_sent += stats.bytes_sent
+    into.events_sent += stats.events_sent
+    into.batches_sent += stats.batches_sent
+    into.frames_received += stats.frames_received
+    into.bytes_received += stats.bytes_received
+    into.errors_sent.update(stats.errors_sent)
+
 
 class Gateway:
     """The state of one gateway process: settings, task manager, metrics, connections."""
 
     def __init__(self, settings: Settings, runner_factory: RunnerFactory | None = None) -> None:
         self.settings = settings
-        self.metrics = Metrics(self._task_counts)
+        self.metrics = Metrics(self._task_counts, self._connection_totals)
         self._runner_factory = runner_factory
         self.manager: TaskManager | None = None
         self.connections: set[Connection] = set()
+        self._closed_stats = ConnectionStats()  # the counters of connections gone
         self.draining = False
         self._no_connections = asyncio.Event()
         self._no_connections.set()
+        self._background: set[asyncio.Task[None]] = set()
 
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -64,8 +81,16 @@ class Gateway:
         if conn in self.connections:
             self.connections.discard(conn)
             self.metrics.connections.dec()
+            _add_stats(self._closed_stats, conn.stats)
         if not self.connections:
             self._no_connections.set()
+
+    def _connection_totals(self) -> ConnectionStats:
+        totals = ConnectionStats()
+        _add_stats(totals, self._closed_stats)
+        for conn in list(self.connections):
+            _add_stats(totals, conn.stats)
+        return totals
 
     def _task_counts(self) -> dict[str, int]:
         m = self.manager
@@ -88,8 +113,31 @@ class Gateway:
                 metrics.cancel_latency.observe(since_cancel)
             if ttft is not None:
                 metrics.ttft.observe(ttft)
+            if record.state == "failed":
+                self._spawn(self._log_failure(record))
 
         self.manager = TaskManager(factory, config=self.settings.tasks, on_terminal=finished)
+        self._spawn(sample_loop_lag(metrics.loop_lag))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _log_failure(self, record: TaskRecord) -> None:
+        """One line per failed task: who, which task, the failure's code — never its reason or
+        input, which may quote a provider's error or the user's data."""
+        code = "failed"
+        if self.manager is not None:  # the terminal event is appended right after the observer
+            logged = await self.manager.backend.read(
+                record.owner, record.task_id, max(0, record.last_seq - 1)
+            )
+            if logged is not None and logged.frames:
+                code = getattr(logged.frames[-1].event, "code", code)
+        log.warning(
+            "task failed",
+            extra={"principal": record.owner, "task_id": record.task_id, "code": code},
+        )
 
     async def drain(self, deadline: float | None = None) -> None:
         """Graceful shutdown: tell every client, let tasks finish up to ``deadline``, cancel the
@@ -119,22 +167,35 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.drain(0)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
 
 async def _websocket(websocket: WebSocket) -> None:
     gw: Gateway = websocket.app.state.gateway
     settings = gw.settings
-    subprotocol = select_subprotocol(websocket.scope.get("subprotocols", []))
+    offered: list[str] = websocket.scope.get("subprotocols", [])
+    subprotocol = select_subprotocol(offered)
     auth = authenticate(websocket.headers, websocket.query_params, settings)
-    await websocket.accept(subprotocol=subprotocol)
+    # Refused before the upgrade: an HTTP status and no 101, so a client without a valid token
+    # never gets a WebSocket the server would have to read frames from.
     if auth.principal is None:
-        gw.metrics.rejected.labels("unauthorized").inc()
-        with contextlib.suppress(Exception):  # the client may be gone already
-            await websocket.close(CloseCode.UNAUTHORIZED, auth.reason)
+        label = "unauthorized" if auth.status == 401 else "forbidden"
+        await _deny(websocket, auth.status, auth.reason, label)
         return
     if gw.draining or gw.manager is None:
-        await websocket.close(CloseCode.SERVER_RESTART, "server shutting down")
+        await _deny(websocket, 503, "server shutting down", "draining")
         return
+    if offered and subprotocol is None:
+        # The client insists on a protocol we do not speak: say so, rather than upgrade
+        # without one and leave the client to abort.
+        names = ", ".join(offered)[:200]
+        ours = ", ".join(SUBPROTOCOLS)
+        reason = f"unsupported subprotocol {names}; this gateway speaks {ours} (or none: JSON)"
+        await _deny(websocket, 400, reason, "subprotocol")
+        return
+    await websocket.accept(subprotocol=subprotocol)
     session = ServerSession(
         codec_for_subprotocol(subprotocol),
         max_frame_bytes=settings.connection.limits.max_frame_bytes,
@@ -145,11 +206,10 @@ async def _websocket(websocket: WebSocket) -> None:
         session,
         principal=auth.principal,
         settings=settings.connection,
-        metrics=gw.metrics,
     )
     gw.add(conn)
     try:
-        await _pump(websocket, conn)
+        await _pump(websocket, conn, gw.metrics)
     finally:
         conn.close()
         gw.discard(conn)
@@ -157,23 +217,22 @@ async def _websocket(websocket: WebSocket) -> None:
             gw.metrics.slow_consumers.inc()
 
 
-async def _pump(websocket: WebSocket, conn: Connection) -> None:
+async def _deny(websocket: WebSocket, status: int, reason: str, label: str) -> None:
+    gw: Gateway = websocket.app.state.gateway
+    gw.metrics.rejected.labels(label).inc()
+    with contextlib.suppress(Exception):  # the client may be gone already
+        await websocket.send_denial_response(PlainTextResponse(reason, status_code=status))
+
+
+async def _pump(websocket: WebSocket, conn: Connection, metrics: Metrics) -> None:
+    """The socket's I/O loop: a reader and a writer; the first to end stops the other."""
     # The session encodes to bytes for MessagePack and to str for JSON: pick the sender once.
-    send: Any = websocket.send_bytes if conn.session.codec.binary else websocket.send_text
-
-    async def reader() -> None:
-        while conn.close_code is None:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            await conn.handle(data)
-
+    send: Send = websocket.send_bytes if conn.session.codec.binary else websocket.send_text  # type: ignore[assignment]
     await send(conn.hello())
-    read_task = asyncio.create_task(reader(), name=f"ws-reader:{conn.session_id}")
-    write_task = asyncio.create_task(conn.run_writer(send), name=f"ws-writer:{conn.session_id}")
+    read_task = asyncio.create_task(_read(websocket, conn), name=f"ws-reader:{conn.session_id}")
+    write_task = asyncio.create_task(
+        _write(conn, send, metrics), name=f"ws-writer:{conn.session_id}"
+    )
     close_task: asyncio.Task[object] = asyncio.create_task(conn.close_requested.wait())
     try:
         done, _ = await asyncio.wait(
@@ -192,6 +251,50 @@ async def _pump(websocket: WebSocket, conn: Connection) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5.0):
                 await websocket.close(conn.close_code, conn.close_reason)
+
+
+async def _read(websocket: WebSocket, conn: Connection) -> None:
+    """Feed every incoming message to the connection until the client goes or a close is
+    requested."""
+    receive = websocket.receive
+    while conn.close_code is None:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        await conn.handle(data)
+
+
+async def _write(conn: Connection, send: Send, metrics: Metrics) -> None:
+    """Send what the connection queues until a close is requested; cancel it to stop."""
+    outbox = conn.outbox
+    wakeup = conn.wakeup
+    stats = conn.stats
+    batch_size = metrics.batch_size
+    while True:
+        await wakeup.wait()
+        wakeup.clear()
+        if conn.close_code is not None:
+            return
+        metrics.outbox_depth.observe(len(outbox))
+        outbox.begin_write()
+        try:
+            while (item := outbox.take()) is not None:
+                payload, n_events = item
+                await send(payload)
+                stats.frames_sent += 1
+                stats.bytes_sent += len(payload)
+                if n_events:
+                    stats.events_sent += n_events
+                    stats.batches_sent += n_events > 1
+                    batch_size.observe(n_events)
+                if conn.close_code is not None:
+                    return
+        finally:
+            outbox.end_write()
+        conn.sent_all()
 
 
 async def _healthz(request: Request) -> Response:
@@ -237,6 +340,8 @@ def create_app(
     ]
     if settings.web_root is not None and settings.web_root.is_dir():
         routes.append(Mount("/", StaticFiles(directory=settings.web_root, html=True)))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(HostGuard, settings=settings)]
+    )
     app.state.gateway = gw
     return app

@@ -2,11 +2,17 @@
 
 Environment variables (all optional):
 
-- ``OSPARK_TOKENS``: ``principal:token`` pairs separated by commas or whitespace;
-- ``OSPARK_TOKENS_FILE``: a file with one ``principal:token`` (or ``principal token``) per
-  line, ``#`` comments allowed;
+- ``OSPARK_TOKENS``: ``principal:token`` entries separated by commas or whitespace;
+- ``OSPARK_TOKENS_FILE``: a file of ``principal:token`` entries (or one ``principal token``
+  per line), ``#`` comments allowed;
+
+Principals are 1-64 letters, digits and ``_.@-``; ``local`` is reserved for connections
+without a token. Tokens are 16-512 printable ASCII characters without spaces. Malformed input
+is refused with a :class:`ConfigError` naming the entry (never echoing a token).
 - ``OSPARK_ALLOWED_ORIGINS``: extra browser origins allowed to connect (comma-separated;
   same-origin pages and non-browser clients are always allowed);
+- ``OSPARK_ALLOWED_HOSTS``: extra ``Host`` names trusted like loopback names on a loopback
+  address (comma-separated; e.g. the public name a local reverse proxy forwards);
 - ``OSPARK_ALLOW_ANONYMOUS``: ``1`` to accept connections without a token on a non-loopback
   address (not recommended);
 - ``OSPARK_CONFIG``: the agent configuration YAML (default: the built-in demo config).
@@ -16,12 +22,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
 from gateway.connection import ConnectionSettings
+from gateway.server.protocols import TransportLimits
 from gateway.tasks import TaskManagerConfig
 
 __all__ = ["ANONYMOUS_PRINCIPAL", "ConfigError", "Settings", "is_loopback", "parse_tokens"]
@@ -44,21 +53,56 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_tokens(text: str, source: str = "OSPARK_TOKENS") -> dict[str, str]:
-    """``principal:token`` entries → ``{token: principal}``."""
-    tokens: dict[str, str] = {}
-    for raw in text.replace(",", "\n").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+_PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_TOKEN = re.compile(r"[\x21-\x7e]{16,512}")  # printable ASCII, no spaces
+
+
+def _entries(text: str, source: str) -> Iterator[tuple[str, str, str]]:
+    """``(principal, token, as written)`` for every entry of ``text``.
+
+    Entries are ``principal:token``, separated by commas, spaces or newlines; a line of exactly
+    two words whose first has no ``:`` is ``principal token`` (the file form). ``#`` starts a
+    comment that runs to the end of the line."""
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0]
+        words = line.replace(",", " ").split()
+        if len(words) == 2 and ":" not in words[0]:
+            yield words[0], words[1], line.strip()
             continue
-        principal, sep, token = line.partition(":")
-        if not sep:
-            principal, _, token = line.partition(" ")
-        principal, token = principal.strip(), token.strip()
-        if not principal or not token:
-            raise ConfigError(f"{source}: expected `principal:token`, got {line!r}")
+        for word in words:
+            principal, sep, token = word.partition(":")
+            if not sep:
+                shown = word if len(word) < 16 else word[:4] + "…"  # it may be a token
+                raise ConfigError(
+                    f"{source}: expected `principal:token` entries separated by commas or "
+                    f"spaces, got {shown!r}"
+                )
+            yield principal, token, word
+
+
+def parse_tokens(text: str, source: str = "OSPARK_TOKENS") -> dict[str, str]:
+    """``principal:token`` entries → ``{token: principal}``; :class:`ConfigError` names the
+    first malformed entry (the token itself is never echoed)."""
+    tokens: dict[str, str] = {}
+    for principal, token, written in _entries(text, source):
+        shown = written.replace(token, "…") if token else written
+        if not _PRINCIPAL.fullmatch(principal):
+            raise ConfigError(
+                f"{source}: bad principal in {shown!r}: 1-64 letters, digits, `_.@-`, "
+                "starting with a letter or digit"
+            )
+        if principal == ANONYMOUS_PRINCIPAL:
+            raise ConfigError(
+                f"{source}: the principal name {ANONYMOUS_PRINCIPAL!r} is reserved for "
+                "connections without a token; choose another name"
+            )
         if len(token) < 16:
             raise ConfigError(f"{source}: the token of {principal!r} is shorter than 16 characters")
+        if not _TOKEN.fullmatch(token):
+            raise ConfigError(
+                f"{source}: the token of {principal!r} must be 16-512 printable ASCII "
+                "characters without spaces"
+            )
         if token in tokens and tokens[token] != principal:
             raise ConfigError(f"{source}: one token is given to two principals")
         tokens[token] = principal
@@ -77,10 +121,14 @@ class Settings:
     """Accept connections without a token; default: only when bound to loopback."""
     allowed_origins: frozenset[str] = frozenset()
     """Browser origins allowed besides the gateway's own."""
+    allowed_hosts: frozenset[str] = frozenset()
+    """``Host`` names trusted besides loopback names (lower case, without port)."""
     agent_config: str | None = None
     """Path of the agent configuration YAML (None: the built-in demo config)."""
     connection: ConnectionSettings = field(default_factory=ConnectionSettings)
     tasks: TaskManagerConfig = field(default_factory=TaskManagerConfig)
+    transport: TransportLimits = field(default_factory=TransportLimits)
+    """Bounds below the application: request-head timeout, fragments, unread pongs."""
     heartbeat_timeout: float = 20.0
     """Seconds a client has to answer a WebSocket ping."""
     shutdown_deadline: float = 10.0
@@ -91,6 +139,13 @@ class Settings:
     """Directory served at ``/`` (the web demo); None to serve none."""
 
     def __post_init__(self) -> None:
+        if ANONYMOUS_PRINCIPAL in self.tokens.values():
+            # Anonymous connections act as `local`: a token principal of that name would share
+            # its tasks with every client that has no token.
+            raise ConfigError(
+                f"the principal name {ANONYMOUS_PRINCIPAL!r} is reserved for connections without "
+                "a token; choose another name"
+            )
         self.sync_limits()
 
     def sync_limits(self) -> None:
@@ -119,10 +174,14 @@ class Settings:
             for o in env.get("OSPARK_ALLOWED_ORIGINS", "").split(",")
             if o.strip()
         )
+        hosts = frozenset(
+            h.strip().lower() for h in env.get("OSPARK_ALLOWED_HOSTS", "").split(",") if h.strip()
+        )
         anonymous = env.get("OSPARK_ALLOW_ANONYMOUS")
         settings = cls(
             tokens=tokens,
             allowed_origins=origins,
+            allowed_hosts=hosts,
             allow_anonymous=None
             if anonymous is None
             else anonymous.lower() in ("1", "true", "yes"),

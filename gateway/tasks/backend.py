@@ -161,7 +161,11 @@ class LogSlice:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Retention:
     """How much a backend keeps. Bytes are counted as the JSON size of the event frames plus
-    the task's input; the process's own memory per byte counted is a small multiple."""
+    the task's input; the process's own memory per byte counted is a small multiple.
+
+    The finished-task bounds drop the oldest finished tasks first (by the time they finished);
+    active tasks are never dropped, and the task that just finished is always kept, even when
+    it alone exceeds a byte bound."""
 
     max_events: int = 10_000
     """Events kept per task log; older ones are dropped (a subscriber gets a ``gap``)."""

@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 from protocol.frames import DetachPolicy
 
 __all__ = ["DetachClocks"]
+
+K = TypeVar("K", bound=Hashable)
 
 
 class _Clock:
@@ -32,27 +35,27 @@ class _Clock:
         self.timer: asyncio.TimerHandle | None = None
 
 
-class DetachClocks:
+class DetachClocks(Generic[K]):
     """Subscriber counts and detach timers of the tasks a node runs."""
 
     __slots__ = ("_clocks", "_expired")
 
-    def __init__(self, expired: Callable[[Hashable, str], None]) -> None:
+    def __init__(self, expired: Callable[[K, str], None]) -> None:
         self._expired = expired
-        self._clocks: dict[Hashable, _Clock] = {}
+        self._clocks: dict[K, _Clock] = {}
 
-    def track(self, key: Hashable, policy: DetachPolicy, ttl: float) -> None:
+    def track(self, key: K, policy: DetachPolicy, ttl: float) -> None:
         """Start following a new task (no clock runs until :meth:`settle`)."""
         self._clocks[key] = _Clock(policy, ttl)
 
-    def settle(self, key: Hashable) -> None:
+    def settle(self, key: K) -> None:
         """Start the clock of a tracked task if nobody watches it (after :meth:`track` and the
         first subscriber's :meth:`watch`, if it has one)."""
         clock = self._clocks.get(key)
         if clock is not None and clock.subscribers == 0 and clock.timer is None:
             self._arm(key, clock)
 
-    def watch(self, key: Hashable) -> Callable[[], None]:
+    def watch(self, key: K) -> Callable[[], None]:
         """A subscriber joined; returns what to call when it leaves (idempotent). Tasks not
         tracked (finished, or run elsewhere) are not counted."""
         clock = self._clocks.get(key)
@@ -73,18 +76,18 @@ class DetachClocks:
 
         return leave
 
-    def forget(self, key: Hashable) -> None:
+    def forget(self, key: K) -> None:
         """The task ended or is being cancelled: no clock any more."""
         clock = self._clocks.pop(key, None)
         if clock is not None:
             self._disarm(clock)
 
-    def armed(self, key: Hashable) -> bool:
+    def armed(self, key: K) -> bool:
         """Whether the task's detach timer runs."""
         clock = self._clocks.get(key)
         return clock is not None and clock.timer is not None
 
-    def _arm(self, key: Hashable, clock: _Clock) -> None:
+    def _arm(self, key: K, clock: _Clock) -> None:
         ttl = clock.ttl
         if clock.policy == "cancel" or ttl <= 0:
             self._expired(key, "detached: no subscriber left")

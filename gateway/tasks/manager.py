@@ -46,7 +46,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -58,6 +58,7 @@ from protocol.events import (
     Event,
     LlmResponse,
     TaskCancelled,
+    TaskFailed,
     TaskProgress,
     Usage,
 )
@@ -138,6 +139,10 @@ class StartResult:
     """The subscription made with ``deliver``, if one was passed."""
 
 
+def _noop() -> None:
+    pass
+
+
 class _Task:
     """The process-local part of an active task."""
 
@@ -202,7 +207,7 @@ class TaskManager:
         self._active: dict[tuple[str, str], _Task] = {}
         self._drivers: set[asyncio.Task[None]] = set()
         self._slots = RunSlots(self.config.max_running)
-        self._detach = DetachClocks(self._detached)
+        self._detach: DetachClocks[tuple[str, str]] = DetachClocks(self._detached)
         self._closing = False
         self._backend.attach(self.node, _Handler(self))
 
@@ -287,9 +292,19 @@ class TaskManager:
         if found is not None:  # lost a race with an identical start
             undo()
             return await self._existing(found, input, options, deliver)
+        self._launch(record, sub, undo)
+        return StartResult(record.task_id, record.state, False, sub)
+
+    def _launch(
+        self, record: TaskRecord, sub: Subscription | None = None, undo: Callable[[], None] = _noop
+    ) -> _Task:
+        """Run a task this node now owns (a new one, or one a backend moved here) from
+        ``record.last_seq`` on; ``sub`` (listening already, ``undo`` ends that) becomes its
+        first subscriber before the detach clock starts."""
         task = _Task(record)
+        task.last_seq = record.last_seq
         self._active[task.key] = task
-        cfg = self.config
+        cfg, options = self.config, record.options
         self._detach.track(
             task.key,
             options.on_detach or cfg.on_detach,
@@ -305,9 +320,9 @@ class TaskManager:
         self._drivers.add(driver)
         driver.add_done_callback(functools.partial(self._driver_done, task))
         self._detach.settle(task.key)
-        if self._closing:  # shutdown began while the backend created it
+        if self._closing:  # shutdown began while the backend stored it
             self._cancel(task, "server shutdown")
-        return StartResult(record.task_id, record.state, False, sub)
+        return task
 
     def _check_open(self, task_id: str | None) -> None:
         if self._closing:
@@ -381,8 +396,8 @@ class TaskManager:
             log.error("task %s did not stop; ending it without its work", task.record.task_id)
             self._end(task, TaskCancelled(reason=f"{task.cancel_reason} (the work did not stop)"))
 
-    def _detached(self, key: Hashable, reason: str) -> None:
-        task = self._active.get(key)  # type: ignore[call-overload]
+    def _detached(self, key: tuple[str, str], reason: str) -> None:
+        task = self._active.get(key)
         if task is not None:
             self._cancel(task, reason)
 
@@ -546,6 +561,8 @@ class TaskManager:
         self._backend.append(
             record, EventFrame(task_id=record.task_id, seq=seq, ts=now, event=terminal)
         )
+        if type(terminal) is TaskFailed:  # one line per failed task: its code, never its text
+            log.warning("task %s failed with code %s", record.task_id, terminal.code)
         self._observer.task_ended(record)
         self._release(task)
         self._backend.expire(record.owner, record.task_id, self.config.retain_finished)
@@ -673,10 +690,6 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
             second()
 
     return both
-
-
-def _noop() -> None:
-    pass
 
 
 def _discard(event: Event | Usage) -> None:

@@ -11,8 +11,8 @@ the agent core (cleans up, lets ``CancelledError`` propagate) and returns the te
         run = await runner.started(started.task_id)
         run.release()                             # → task_completed
 
-A script is a sequence of events and :data:`HOLD` marks; a terminal event at its end is what the
-run returns (``task_completed`` otherwise).
+A script is a sequence of events, usage reports (:class:`protocol.events.Usage`) and :data:`HOLD`
+marks; a terminal event at its end is what the run returns (``task_completed`` otherwise).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Hold:
 HOLD = Hold()
 """Wait for one :meth:`ScriptedRun.release` (or one release of the runner's shared gate)."""
 
-Step = Event | Hold
+Step = Event | Usage | Hold
 Script = Sequence[Step] | Callable[[TaskSpec], Sequence[Step]]
 
 
@@ -54,8 +54,8 @@ class ScriptedRun:
 
     def __init__(self, spec: TaskSpec, gate: asyncio.Semaphore | None) -> None:
         self.spec = spec
-        self.emitted: list[Event] = []
-        """The events it emitted so far."""
+        self.emitted: list[Event | Usage] = []
+        """What it emitted so far."""
         self.cancelled = False
         """True once the run saw its cancellation."""
         self.finished = asyncio.Event()
@@ -112,7 +112,7 @@ class ScriptedRunner:
     def _script(self, spec: TaskSpec) -> Sequence[Step]:
         if self.script is not None:
             return self.script(spec) if callable(self.script) else self.script
-        steps: list[Step] = [TaskStarted(input=spec.input, model="scripted")]
+        steps: list[Step] = [TaskStarted(input=spec.input, model="scripted"), self.usage]
         steps += [LlmResponse(delta=f"w{i} ", turn=1) for i in range(self.deltas)]
         if self.hold:
             steps.append(HOLD)
@@ -129,7 +129,7 @@ class ScriptedRunner:
             terminal: Event = TaskCompleted(final_answer="42", summary="done", usage=self.usage)
             if steps and type(steps[-1]) in TERMINAL_STATES:
                 terminal = steps.pop()  # type: ignore[assignment]
-            for i, step in enumerate(steps):
+            for step in steps:
                 if isinstance(step, Hold):
                     await run._hold()
                     continue
@@ -137,8 +137,6 @@ class ScriptedRunner:
                     await asyncio.sleep(0)
                 run.emitted.append(step)
                 emit(step)
-                if i == 0 and self.script is None:
-                    emit(self.usage)
             return terminal
         except asyncio.CancelledError:
             run.cancelled = True

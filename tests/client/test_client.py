@@ -292,9 +292,10 @@ async def test_unauthorized_is_not_retried() -> None:
         with pytest.raises(ConnectionLost) as info:
             async with GatewayClient(gw.url, token="wrong-token-000000000"):
                 pass
-        # Refused at the handshake (HTTP 401) or right after it (close 4001): never retried.
+        # Refused at the handshake (HTTP 401), reported with the 4001 code: never retried.
         error = info.value
-        assert (error.code, getattr(error, "status", None)) in {(4001, None), (None, 401)}
+        assert isinstance(error, CannotConnect)
+        assert (error.code, error.status, error.retryable) == (4001, 401, False)
         async with GatewayClient(gw.url, token=token) as client:
             assert client.hello is not None and client.hello.principal == "alice"
             task = await client.start(QUESTION)

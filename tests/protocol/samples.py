@@ -25,6 +25,7 @@ from protocol import (
     StatusReply,
     StatusRequest,
     Subscribe,
+    Subscribed,
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
@@ -34,6 +35,7 @@ from protocol import (
     ToolCallComplete,
     ToolCallStart,
     Unsubscribe,
+    Unsubscribed,
     Usage,
 )
 
@@ -107,6 +109,8 @@ SERVER_FRAMES: list[ServerFrame] = [
     ),
     *[EventFrame(task_id="t1", seq=i + 1, ts=1700000000.25, event=e) for i, e in enumerate(EVENTS)],
     Batch(events=[EventFrame(task_id="t2", seq=1, ts=1.0, event=e) for e in EVENTS[:3]]),
+    Subscribed(id="r5", task_id="t1", state="completed", last_seq=12),
+    Unsubscribed(id="r6", task_id="t1"),
     Gap(id="r5", task_id="t1", first_available_seq=10, after_seq=2),
     ErrorFrame(code="invalid_field", message="bad", id=3, task_id="t1", field="$.after_seq"),
     Pong(id="p", payload="x", ts=5.0),

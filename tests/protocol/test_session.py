@@ -15,6 +15,7 @@ from protocol import (
     EventFrame,
     Hello,
     Ping,
+    Pong,
     ProtocolError,
     ProtocolStateError,
     ServerSession,
@@ -214,8 +215,32 @@ def test_handshake_order() -> None:
 
 def test_client_requires_hello_first() -> None:
     client = ClientSession(JSON)
-    with pytest.raises(ProtocolError):
-        client.receive('{"type":"pong"}')
+    err = client.receive('{"type":"pong"}')
+    assert isinstance(err, ProtocolError) and err.code == ErrorCode.BAD_FRAME
+    assert "hello" in err.message
+    assert client.hello is None
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_both_sessions_return_bad_input_and_never_raise(codec: Codec) -> None:
+    """The one convention: what the peer sent is never raised, it is returned."""
+    server = session(codec)
+    client = ClientSession(codec)
+    client.receive(wire(codec, {"type": "hello"}))
+    for garbage in (b"\xc1\xff", "{not json", wire(codec, [1, 2]), wire(codec, {"type": 3})):
+        assert isinstance(server.receive(garbage), ProtocolError)
+        assert isinstance(client.receive(garbage), ProtocolError)
+    # ... and both carry on afterwards.
+    assert server.receive(wire(codec, {"type": "ping", "id": 1})) == Ping(id=1)
+    assert client.receive(wire(codec, {"type": "pong", "id": 1})) == [Pong(id=1)]
+
+
+def test_text_that_is_not_unicode_is_a_bad_frame() -> None:
+    # How an I/O layer passes on a text frame whose bytes are not UTF-8.
+    text = b'{"type":"ping","id":"\xff"}'.decode("utf-8", "surrogateescape")
+    err = session().receive(text)
+    assert isinstance(err, ProtocolError) and err.code == ErrorCode.BAD_FRAME
+    assert "UTF-8" in err.message
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -255,7 +280,8 @@ def test_client_decodes_unknown_kinds_and_types(codec: Codec) -> None:
     assert client.receive(wire(codec, {"type": "telemetry", "n": 1})) == [
         UnknownFrame(type="telemetry", data={"type": "telemetry", "n": 1})
     ]
-    with pytest.raises(ProtocolError):  # a known kind that is malformed is an error
+    # A known kind that is malformed is an error.
+    assert isinstance(
         client.receive(
             wire(
                 codec,
@@ -267,7 +293,9 @@ def test_client_decodes_unknown_kinds_and_types(codec: Codec) -> None:
                     "event": {"kind": "llm_response"},
                 },
             )
-        )
+        ),
+        ProtocolError,
+    )
 
 
 def test_valid_frame_passes() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from protocol import (
     EventFrame,
     Gap,
     Hello,
+    ProtocolError,
     Start,
     StartOptions,
 )
@@ -91,6 +94,7 @@ class Client:
 
     async def recv(self) -> list[IncomingFrame]:
         frames = self.session.receive(await self.ws.recv())
+        assert not isinstance(frames, ProtocolError), frames
         for frame in frames:
             if isinstance(frame, EventFrame):
                 self.events[frame.task_id].append(frame)
@@ -156,6 +160,30 @@ async def raw_close_code(port: int, headers: dict[str, str]) -> int | None:
     return code
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """What the gateway and uvicorn log (uvicorn's loggers do not reach pytest's root
+    handler)."""
+    handler = _Records()
+    loggers = [logging.getLogger(name) for name in ("gateway", "uvicorn", "uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
 def assert_seq_continuous(frames: list[EventFrame]) -> None:
     assert [f.seq for f in frames] == list(range(1, len(frames) + 1))
 
@@ -175,4 +203,5 @@ __all__ = [
     "event_key",
     "gaps",
     "raw_close_code",
+    "server_log",
 ]

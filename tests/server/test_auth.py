@@ -10,7 +10,8 @@ import websockets
 from gateway.server import Settings, serve_in_background
 from gateway.server.settings import ConfigError, parse_tokens
 from protocol import Accepted, Cancel, CancelAck, ErrorFrame, StatusReply, StatusRequest, Subscribe
-from tests.server.helpers import Client, demo_config, raw_close_code
+from tests.server.helpers import Client, demo_config
+from tests.server.test_hardening import handshake_status
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-0123456789ab"
@@ -26,23 +27,23 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-async def closed_with(url: str, **kw: object) -> int:
-    async with websockets.connect(url, **kw) as ws:  # type: ignore[arg-type]
-        with pytest.raises(websockets.ConnectionClosed) as info:
-            await ws.recv()
-    assert info.value.rcvd is not None
-    return info.value.rcvd.code
+async def refused_with(url: str, **kw: object) -> int:
+    """The HTTP status of a handshake the server refuses (it never upgrades)."""
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(url, **kw):  # type: ignore[arg-type]
+            pass
+    return info.value.response.status_code
 
 
 async def test_missing_and_wrong_tokens_are_refused(tmp_path: Path) -> None:
     async with serve_in_background(settings(tmp_path)) as gw:
-        assert await closed_with(gw.url) == 4001
-        assert await closed_with(gw.url + "?token=wrong-token-0000000000") == 4001
+        assert await refused_with(gw.url) == 401
+        assert await refused_with(gw.url + "?token=wrong-token-0000000000") == 401
         assert (
-            await closed_with(
+            await refused_with(
                 gw.url, additional_headers={"Authorization": "Bearer nope-nope-nope-nope"}
             )
-            == 4001
+            == 401
         )
         ok = await Client.connect(gw.url, headers={"Authorization": f"Bearer {ALICE}"})
         assert ok.hello is not None and ok.hello.principal == "alice"
@@ -55,7 +56,7 @@ async def test_missing_and_wrong_tokens_are_refused(tmp_path: Path) -> None:
 async def test_origin_allow_list(tmp_path: Path) -> None:
     async with serve_in_background(settings(tmp_path)) as gw:
         url = gw.url + f"?token={ALICE}"
-        assert await closed_with(url, origin="https://evil.example") == 4001
+        assert await refused_with(url, origin="https://evil.example") == 403
         allowed = await Client.connect(url, origin="https://app.example")
         await allowed.close()
         same_origin = await Client.connect(url, origin=f"http://127.0.0.1:{gw.port}")
@@ -117,10 +118,10 @@ async def test_dns_rebinding_is_refused(tmp_path: Path) -> None:
     async with serve_in_background(s) as gw:
         rebound = f"attacker.example:{gw.port}"
         origin = f"http://{rebound}"
-        assert await raw_close_code(gw.port, {"Host": rebound, "Origin": origin}) == 4001
-        assert await raw_close_code(gw.port, {"Host": rebound}) == 4001
+        assert await handshake_status(gw.port, {"Host": rebound, "Origin": origin}) == 403
+        assert await handshake_status(gw.port, {"Host": rebound}) == 403
         own = f"127.0.0.1:{gw.port}"
-        assert await raw_close_code(gw.port, {"Host": own, "Origin": f"http://{own}"}) is None
+        assert await handshake_status(gw.port, {"Host": own, "Origin": f"http://{own}"}) == 101
         # The gateway's own page (and non-browser clients) still connect.
         ok = await Client.connect(gw.url, origin=f"http://127.0.0.1:{gw.port}")
         await ok.close()
@@ -130,4 +131,4 @@ async def test_dns_rebinding_is_refused(tmp_path: Path) -> None:
 
 async def test_a_huge_origin_is_refused_cleanly(tmp_path: Path) -> None:
     async with serve_in_background(settings(tmp_path)) as gw:
-        assert await closed_with(gw.url, origin="https://" + "x" * 300 + ".example") == 4001
+        assert await refused_with(gw.url, origin="https://" + "x" * 300 + ".example") == 403

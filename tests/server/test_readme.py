@@ -9,6 +9,7 @@ from typing import Any
 
 import websockets
 
+from gateway.connection import ConnectionSettings
 from gateway.server import Settings, serve_in_background
 from tests.server.helpers import demo_config
 
@@ -36,6 +37,7 @@ def flatten(frame: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def test_wscat_session(tmp_path: Path) -> None:
     s = Settings(port=0, agent_config=demo_config(tmp_path, 0), web_root=None)
+    s.connection = ConnectionSettings(merge_after=10**9)  # every seq shown, none merged away
     # No subprotocol: what wscat does.
     async with serve_in_background(s) as gw, websockets.connect(gw.url) as ws:
         pending: list[dict[str, Any]] = []
@@ -54,9 +56,14 @@ async def test_wscat_session(tmp_path: Path) -> None:
                     break
                 # Only events may be elided from the README's transcript.
                 assert got["type"] == "event", (got, expected)
+            if expected["type"] == "event":
+                assert got["seq"] == expected["seq"], (got, expected)
             if expected["type"] == "event" and expected["event"]["kind"] == "task_completed":
                 assert got["event"]["final_answer"] == expected["event"]["final_answer"]
             if expected["type"] == "status":
                 assert got["tasks"][0]["state"] == expected["tasks"][0]["state"]
+                assert got["tasks"][0]["last_seq"] == expected["tasks"][0]["last_seq"]
+            if expected["type"] == "subscribed":
+                assert (got["state"], got["last_seq"]) == (expected["state"], expected["last_seq"])
             if expected["type"] == "cancel_ack":
                 assert got["result"] == expected["result"]

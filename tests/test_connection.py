@@ -1,11 +1,14 @@
 """The multiplexer on its own: a fake socket, a real TaskManager, scripted task runs.
 
-The scripted runner stands in for the agent (this file is about flow control, not agents): each
-run emits the events it is given, waiting on a shared gate at each ``None`` of its script."""
+The scripted runner stands in for the agent (this file is about requests, follows and the
+outbox in use, not agents): each run emits the events it is given, waiting on a shared gate at
+each ``None`` of its script. The writer here is the endpoint's loop in miniature (the real one
+runs over real sockets in tests/server)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -21,6 +24,7 @@ from protocol import (
     EventFrame,
     Hello,
     LlmResponse,
+    ProtocolError,
     ServerSession,
     Start,
     TaskCompleted,
@@ -28,6 +32,25 @@ from protocol import (
     ToolCallStart,
     Usage,
 )
+
+
+async def run_writer(conn: Connection, send: Callable[[str | bytes], Awaitable[None]]) -> None:
+    """Take payloads from the connection's outbox and send them, as the endpoint does."""
+    outbox = conn.outbox
+    while True:
+        await conn.wakeup.wait()
+        conn.wakeup.clear()
+        if conn.close_code is not None:
+            return
+        outbox.begin_write()
+        try:
+            while (item := outbox.take()) is not None:
+                await send(item[0])
+                if conn.close_code is not None:
+                    return
+        finally:
+            outbox.end_write()
+        conn.sent_all()
 
 
 class FakeSocket:
@@ -49,7 +72,9 @@ class FakeSocket:
         client = ClientSession(JSON)
         out: list[object] = []
         for payload in self.sent:
-            out.extend(client.receive(payload))
+            frames = client.receive(payload)
+            assert not isinstance(frames, ProtocolError), frames
+            out.extend(frames)
         return out
 
 
@@ -79,7 +104,7 @@ async def setup(
     conn = Connection(manager, session, principal="p", settings=ConnectionSettings(**settings))
     sock = FakeSocket()
     sock.sent.append(conn.hello())
-    writer = asyncio.create_task(conn.run_writer(sock.send))
+    writer = asyncio.create_task(run_writer(conn, sock.send))
     return manager, conn, sock, writer
 
 
@@ -139,7 +164,7 @@ async def test_backlog_is_batched_and_deltas_merged(gate: asyncio.Semaphore) -> 
     await conn.flushed()
     frames = sock.frames()
     got = events_of(frames, "t")
-    assert conn.stats.events_merged > 0
+    assert conn.outbox.events_merged > 0
     assert any(isinstance(ClientSession(JSON).receive(p)[0], Hello) for p in sock.sent[:1])
     assert any('"batch"' in str(p) for p in sock.sent)
     # Nothing lost: the text is whole, seq increases, lifecycle events all there, in order.
@@ -165,7 +190,7 @@ async def test_slow_consumer_is_closed_and_memory_bounded(gate: asyncio.Semaphor
     open_gate(gate)
     await conn.close_requested.wait()
     assert conn.close_code == CloseCode.SLOW_CONSUMER
-    assert conn.outbox_depth == 0  # the backlog was dropped, not kept
+    assert len(conn.outbox) == 0  # the backlog was dropped, not kept
     writer.cancel()  # as the endpoint does: its writer is stuck on the full socket
     conn.close()
     # The task is unaffected and the client can resume from its last seq.
@@ -244,7 +269,7 @@ async def test_replay_flooding_is_bounded(gate: asyncio.Semaphore) -> None:
     sock.paused.clear()  # a client that never reads asks for the whole log again and again
     for i in range(100):
         await conn.handle(f'{{"type":"subscribe","id":{i},"task_id":"t"}}')
-        assert conn.outbox_depth <= 1000 + 102  # one replay at a time: older ones are dropped
+        assert len(conn.outbox) <= 1000 + 102  # one replay at a time: older ones are dropped
     # Replays of many different tasks past the bound close the connection instead.
     for n in range(12):
         await conn.handle(
@@ -255,7 +280,7 @@ async def test_replay_flooding_is_bounded(gate: asyncio.Semaphore) -> None:
     for n in range(12):
         await conn.handle(f'{{"type":"subscribe","id":"u{n}","task_id":"t{n}"}}')
     assert conn.close_code == CloseCode.SLOW_CONSUMER
-    assert conn.outbox_depth == 0
+    assert len(conn.outbox) == 0
     writer.cancel()
     conn.close()
     await manager.shutdown(0)

@@ -1,0 +1,1 @@
+"""Soak and chaos runs against real gateway processes (``make soak``); not installed."""
