@@ -36,12 +36,24 @@ ARTIFACTS = ROOT / "artifacts"
 async def open_page(
     browser: Browser, url: str, *, wait_open: bool = True, **context: Any
 ) -> AsyncIterator[Page]:
-    """A fresh browser context on ``url``; any JavaScript error on the page fails the test."""
+    """A fresh browser context on ``url``; a JavaScript error on the page or a file it could
+    not load fails the test."""
     context.setdefault("viewport", DESKTOP)
     ctx = await browser.new_context(**context)
     page = await ctx.new_page()
     errors: list[str] = []
+    missing: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Every file the page loads (scripts, styles, KaTeX fonts, the icon) is served; the page's
+    # own GET of /ws after a refused handshake is the one expected refusal.
+    page.on(
+        "response",
+        lambda r: (
+            missing.append(f"{r.status} {r.url}")
+            if r.status >= 400 and "/ws" not in r.url
+            else None
+        ),
+    )
     await page.goto(url)
     if wait_open:
         await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
@@ -50,6 +62,7 @@ async def open_page(
     finally:
         await ctx.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not missing, f"files the page could not load: {missing}"
 
 
 async def ask(page: Page, question: str) -> str:

@@ -159,6 +159,9 @@ async def test_markdown_answer_is_rendered(page: Page, fake: FakeLLMServer) -> N
     # Math typeset by KaTeX: inline, display and the bare \boxed{} the model wrote.
     await expect(answer.locator(".katex")).to_have_count(3)
     await expect(answer.locator(".katex-display")).to_have_count(1)
+    await page.wait_for_function(  # KaTeX's own font, served by the gateway
+        "[...document.fonts].some(f => f.family === 'KaTeX_Main' && f.status === 'loaded')"
+    )
     await expect(answer.locator(".katex .fbox")).to_have_count(1)
     await expect(answer.locator(".katex annotation").last).to_have_text("\\boxed{395}")
     visible = await answer.evaluate("n => n.innerText")
