@@ -132,9 +132,8 @@ async def test_answer_with_tool_chip_and_subagent(page: Page) -> None:
     await expect(page.locator(f'#status tr[data-task-id="{calc}"]')).to_have_attribute(
         "data-state", "completed"
     )
-    # Streamed over many frames, and no settled markdown block was ever rendered twice.
+    # No settled markdown block was ever rendered twice.
     assert await page.evaluate("window.__replaced") == 0
-    assert await summary.locator(".md-block").count() > 1
     await page.evaluate("document.getElementById('scroller').scrollTop = 0")
     await screenshot(page, "web-demo.png")
 
@@ -297,3 +296,25 @@ async def test_a_refused_question_comes_back_to_the_box(browser: Browser) -> Non
         again = await ask(page, "What is 6*7?")
         await wait_state(page, again, "completed")
         await expect(page.locator("#composer-error")).to_be_hidden()
+
+
+async def test_streaming_renders_only_the_last_block_again(browser: Browser) -> None:
+    held = Held()
+    held.hold("summary end", task=QUESTION)  # the summary's text is out, the task not done
+    async with held_gateway(held) as gw, open_page(browser, gw.http_url + "/") as page:
+        task_id = await ask(page, QUESTION)
+        await held.reached("summary end", task=QUESTION)
+        summary = turn(page, task_id).locator(".md.summary")
+        # Rendered while streaming: the settled blocks, then the live last one.
+        await expect(summary.locator(".md-block.live")).to_contain_text("Final answer")
+        await expect(summary.locator(".md-block.live .katex")).to_have_count(1)
+        settled = summary.locator(".md-block:not(.live)")
+        await expect(settled.first).to_contain_text("Summary (offline demo model)")
+        await settled.first.evaluate("n => { window.__settled = n; }")
+        held.release("summary end", task=QUESTION)
+        await wait_state(page, task_id, "completed")
+        # The end of the stream settles the last block; what was settled is the same node.
+        await expect(summary.locator(".md-block.live")).to_have_count(0)
+        assert await settled.first.evaluate("n => n === window.__settled")
+        assert await page.evaluate("document.body.contains(window.__settled)")
+        await expect(summary.locator(".katex annotation")).to_have_text("\\boxed{395}")
