@@ -21,6 +21,7 @@
 (() => {
   const STORAGE_KEY = "ospark.tasks";
   const CLEARED_KEY = "ospark.cleared";
+  const THREAD_KEY = "ospark.thread";
   const PING_EVERY_MS = 15000;
   const PONG_TIMEOUT_MS = 10000;
   const NO_RETRY = new Set([4001, 4002]);
@@ -48,6 +49,11 @@
     reconnects: 0,
     stopped: false,
     follow: true, // the view follows the stream until the user scrolls up
+    // Conversations: the page's current thread. Questions asked here continue it (follow-ups)
+    // once the gateway has answered a `threads` request; an older gateway never sees thread
+    // fields and every question stands alone, as before.
+    threads: null, // null: not asked yet, false: not offered by this gateway, true: offered
+    thread: sessionStorage.getItem(THREAD_KEY) || newThreadId(),
   };
   window.ospark = state; // for the console and the tests
 
@@ -62,6 +68,10 @@
 
   function requestId() {
     return "w" + state.nextId++;
+  }
+
+  function newThreadId() {
+    return "th-" + newTaskId().slice(4);
   }
 
   function newTaskId() {
@@ -89,7 +99,13 @@
   }
 
   function saveTasks() {
-    const list = [...state.tasks.values()].map((t) => ({ task_id: t.id, input: t.input }));
+    const list = [...state.tasks.values()].map((t) => ({ task_id: t.id, input: t.input,
+      thread_id: t.threadId }));
+    try {
+      sessionStorage.setItem(THREAD_KEY, state.thread);
+    } catch (_) {
+      /* as below */
+    }
     saveJson(STORAGE_KEY, list.slice(-50));
     saveJson(CLEARED_KEY, [...state.cleared].slice(-500));
   }
@@ -292,6 +308,7 @@
       }
     }
     for (const { frame } of state.pending.values()) send(frame);
+    refreshThreads();
     clearInterval(state.pingTimer);
     state.pingTimer = setInterval(keepalive, PING_EVERY_MS);
     refreshStatus();
@@ -327,6 +344,12 @@
       case "accepted":
       case "cancel_ack":
       case "status":
+      case "subscribed":
+      case "unsubscribed":
+      case "threads":
+      case "thread":
+      case "input_ack":
+      case "message_ack":
       case "pong": {
         const pending = state.pending.get(frame.id);
         state.pending.delete(frame.id);
@@ -364,6 +387,14 @@
   function onError(frame) {
     const pending = state.pending.get(frame.id);
     state.pending.delete(frame.id);
+    if (pending && pending.frame.type === "threads") {
+      threadsOffered(false); // a gateway without conversations: questions stand alone
+      return;
+    }
+    if (pending && pending.frame.type === "thread") {
+      showBanner("Cannot open that conversation — " + `${frame.code}: ${frame.message}`);
+      return;
+    }
     let task = frame.task_id ? state.tasks.get(frame.task_id) : null;
     if (!task && pending && pending.frame.task_id) task = state.tasks.get(pending.frame.task_id);
     if (!task) {
@@ -377,6 +408,8 @@
     if (pending && pending.frame.type === "start") {
       task.notStarted(text);
       restoreComposer(task.input, "Not sent — " + text);
+    } else if (pending && pending.frame.type === "input") {
+      task.inputRefused(pending.frame.request_id, text);
     } else if (frame.code === "unknown_task" && !task.done) {
       task.lost("This task is no longer known to the server (" + frame.message + ").");
     } else {
@@ -487,9 +520,10 @@
   }
 
   class Turn {
-    constructor(id, input) {
+    constructor(id, input, threadId) {
       this.id = id;
       this.input = input;
+      this.threadId = threadId || null;
       this.lastSeq = 0;
       this.done = false;
       this.state = "pending";
@@ -554,7 +588,8 @@
       this.state = s;
       this.card.dataset.state = s;
       const badge = $(".task-state", this.card);
-      badge.textContent = { pending: "waiting", running: "writing…" }[s] || s;
+      badge.textContent = { pending: "waiting", running: "writing…",
+        input_required: "needs your answer" }[s] || s;
       $(".agent", this.card).setAttribute("aria-busy", String(s === "pending" || s === "running"));
       updateComposer();
     }
@@ -711,9 +746,107 @@
           this.outcome.replaceChildren(el("div", "cancelled-box", "Stopped — " + (ev.reason || "")));
           this.finish("cancelled");
           break;
+        case "input_required":
+          this.askCard(ev.request || {});
+          this.setState("input_required");
+          break;
+        case "input_received":
+          this.answered(ev);
+          if (!this.done) this.setState("running");
+          break;
+        case "user_message": {
+          // A message added to the running task (steering), as the agent took it.
+          const agent = this.agent(path);
+          agent.boundary(ts);
+          const note = el("div", "steer");
+          note.appendChild(el("span", "steer-label", "You added"));
+          note.appendChild(el("span", "steer-text", ev.text || ""));
+          agent.stream.appendChild(note);
+          break;
+        }
         default:
           this.applyUnknown(ev, path);
       }
+    }
+
+    // A question, a tool approval or a choice from the agent: a card under the answer that
+    // sends an `input` frame. Its prompt and the tool's arguments are text, never markup.
+    askCard(req) {
+      if (!req.request_id || $(`.ask-card[data-request-id="${CSS.escape(req.request_id)}"]`, this.card)) return;
+      const card = el("div", "ask-card");
+      card.dataset.requestId = req.request_id;
+      card.dataset.kind = req.kind || "question";
+      card.setAttribute("role", "group");
+      const title = { approval: "Approve this tool call?", choice: "Choose one" }[req.kind] ||
+        "The agent asks";
+      card.setAttribute("aria-label", title);
+      card.appendChild(el("div", "ask-title", title));
+      if (req.prompt) card.appendChild(el("p", "ask-prompt", req.prompt));
+      const controls = el("div", "ask-controls");
+      const send = (answer) => {
+        for (const b of controls.querySelectorAll("button, textarea")) b.disabled = true;
+        $(".ask-error", card).hidden = true;
+        request({ type: "input", id: requestId(), task_id: this.id, request_id: req.request_id,
+          ...answer }, () => { card.dataset.state = "sent"; });
+      };
+      if (req.kind === "approval") {
+        card.appendChild(el("div", "ask-tool", `${req.tool || "tool"} · ${req.server || ""}`));
+        card.appendChild(el("pre", "ask-args", JSON.stringify(req.arguments || {}, null, 2)));
+        const yes = el("button", "primary", "Approve");
+        const no = el("button", "", "Deny");
+        yes.type = no.type = "button";
+        yes.addEventListener("click", () => send({ approved: true }));
+        no.addEventListener("click", () => send({ approved: false }));
+        controls.append(yes, no);
+      } else if (req.kind === "choice") {
+        for (const option of req.options || []) {
+          const b = el("button", "", option);
+          b.type = "button";
+          b.addEventListener("click", () => send({ choice: option }));
+          controls.appendChild(b);
+        }
+      } else {
+        const box = el("textarea", "ask-text");
+        box.rows = 2;
+        box.setAttribute("aria-label", "Your answer");
+        const b = el("button", "primary", "Answer");
+        b.type = "button";
+        const go = () => { if (box.value.trim()) send({ text: box.value.trim() }); };
+        b.addEventListener("click", go);
+        box.addEventListener("keydown", (e) => {
+          if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); go(); }
+        });
+        controls.append(box, b);
+      }
+      card.appendChild(controls);
+      const error = el("p", "ask-error");
+      error.setAttribute("role", "alert");
+      error.hidden = true;
+      card.appendChild(error);
+      this.asks.appendChild(card);
+    }
+
+    answered(ev) {
+      const card = ev.request_id &&
+        $(`.ask-card[data-request-id="${CSS.escape(ev.request_id)}"]`, this.card);
+      if (!card) return;
+      card.dataset.state = "answered";
+      let text;
+      if (ev.timed_out) text = "No answer in time.";
+      else if (ev.approved === true) text = "Approved" + (ev.text ? ": " + ev.text : ".");
+      else if (ev.approved === false) text = "Denied" + (ev.text ? ": " + ev.text : ".");
+      else if (ev.choice != null) text = "Chosen: " + ev.choice;
+      else text = "Answered: " + (ev.text || "");
+      $(".ask-controls", card).replaceChildren(el("span", "ask-answer", text));
+    }
+
+    inputRefused(requestIdOfAsk, text) {
+      const card = $(`.ask-card[data-request-id="${CSS.escape(requestIdOfAsk)}"]`, this.card);
+      if (!card) return this.note(text, "error");
+      for (const b of card.querySelectorAll("button, textarea")) b.disabled = false;
+      const error = $(".ask-error", card);
+      error.textContent = text;
+      error.hidden = false;
     }
 
     // A kind this page does not know (a newer server): show it as text rather than fail.
@@ -849,14 +982,18 @@
 
   /** Start a task from `input`; `extra` holds more `start` fields (e.g. a thread id). */
   function startTask(input, extra) {
-    const task = new Turn(newTaskId(), input);
+    // In a gateway with conversations every question continues the page's thread; one asked
+    // while the previous answer is still being written waits for it (`if_busy: enqueue`).
+    const thread = state.threads ? { thread_id: state.thread, if_busy: "enqueue" } : {};
+    const task = new Turn(newTaskId(), input, thread.thread_id);
     state.tasks.set(task.id, task);
     saveTasks();
-    request({ type: "start", id: requestId(), task_id: task.id, input, ...(extra || {}) },
+    request({ type: "start", id: requestId(), task_id: task.id, input, ...thread, ...(extra || {}) },
       (reply) => {
         if (reply.type === "accepted" && reply.state && !task.done && reply.state !== "pending") {
           task.setState(reply.state);
         }
+        if (reply.type === "accepted" && state.threads) refreshThreads();
       });
     refreshStatus();
     state.follow = true;
@@ -920,8 +1057,7 @@
     dev.dataset.open = String(open);
     $("#dev-toggle").setAttribute("aria-expanded", String(open));
     document.body.dataset.dev = open ? "open" : "closed";
-    const drawer = !WIDE.matches;
-    $("#scrim").hidden = !(open && drawer);
+    updateScrim();
     dev.inert = !open;
     if (open && focus) $("#dev-close").focus();
     if (!open && focus) $("#dev-toggle").focus();
@@ -929,12 +1065,124 @@
   }
   $("#dev-toggle").addEventListener("click", () => setDev($("#dev").dataset.open !== "true", true));
   $("#dev-close").addEventListener("click", () => setDev(false, true));
-  $("#scrim").addEventListener("click", () => setDev(false, true));
+  $("#scrim").addEventListener("click", () => {
+    if ($("#dev").dataset.open === "true" && !WIDE.matches) setDev(false, true);
+  });
+
+  // On small screens the developer panel and the list of conversations are drawers over the
+  // chat, behind one scrim.
+  function updateScrim() {
+    const drawerOpen = $("#dev").dataset.open === "true" ||
+      (state.threads === true && $("#threads").dataset.open === "true");
+    $("#scrim").hidden = WIDE.matches || !drawerOpen;
+  }
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && $("#dev").dataset.open === "true" && !WIDE.matches) setDev(false, true);
   });
   WIDE.addEventListener("change", () => setDev(WIDE.matches, false));
   setDev(WIDE.matches, false);
+
+  // ------------------------------------------------------------------ conversations
+
+  function refreshThreads() {
+    if (!state.hello || state.threads === false) return;
+    request({ type: "threads", id: requestId(), limit: 50 }, (reply) => {
+      threadsOffered(true);
+      renderThreads(reply.threads || []);
+    });
+  }
+
+  function threadsOffered(yes) {
+    if (state.threads === yes) return;
+    state.threads = yes;
+    document.body.dataset.threads = yes ? "on" : "off";
+    $("#threads-toggle").hidden = !yes;
+    $("#new-chat").hidden = !yes;
+    setThreads(yes && WIDE.matches, false);
+  }
+
+  function renderThreads(list) {
+    const nav = $("#threads");
+    const items = el("ul", "thread-list");
+    const known = list.some((t) => t.thread_id === state.thread);
+    for (const t of list) {
+      const li = el("li");
+      const b = el("button", "thread", t.title || t.thread_id);
+      b.type = "button";
+      b.dataset.threadId = t.thread_id;
+      b.title = t.title || t.thread_id;
+      if (t.thread_id === state.thread) b.setAttribute("aria-current", "true");
+      b.addEventListener("click", () => openThread(t.thread_id));
+      li.appendChild(b);
+      items.appendChild(li);
+    }
+    const head = el("div", "threads-head");
+    head.appendChild(el("h2", "", "Chats"));
+    nav.replaceChildren(head, items);
+    if (!list.length) nav.appendChild(el("p", "muted small", "No conversations yet."));
+    else if (!known && state.tasks.size) nav.dataset.current = "new";
+  }
+
+  /** Leave the page's conversation (its tasks go on at the gateway) and show another. */
+  function showThread(id) {
+    for (const task of state.tasks.values()) task.remove();
+    state.tasks.clear();
+    state.thread = id;
+    $("#empty").hidden = false;
+    composerError("");
+    saveTasks();
+    updateComposer();
+  }
+
+  function newChat() {
+    showThread(newThreadId());
+    refreshThreads();
+    $("#input").focus();
+  }
+
+  function openThread(id) {
+    if (!WIDE.matches) setThreads(false, false);
+    request({ type: "thread", id: requestId(), thread_id: id }, (reply) => {
+      showThread(id);
+      for (const t of reply.tasks || []) {
+        const task = new Turn(t.task_id, t.input || t.task_id, id);
+        state.tasks.set(task.id, task);
+        const sub = requestId();
+        task.subscribeIds.add(sub);
+        send({ type: "subscribe", id: sub, task_id: task.id, after_seq: 0 });
+      }
+      saveTasks();
+      refreshThreads();
+      state.follow = true;
+      stickSoon();
+      $("#input").focus();
+    });
+  }
+
+  function setThreads(open, focus) {
+    const nav = $("#threads");
+    nav.hidden = !(state.threads && open);
+    nav.dataset.open = String(open);
+    $("#threads-toggle").setAttribute("aria-expanded", String(open));
+    updateScrim();
+    if (open && focus) {
+      const current = $('.thread[aria-current="true"]', nav) || $(".thread", nav);
+      if (current) current.focus();
+    }
+    if (!open && focus) $("#threads-toggle").focus();
+  }
+  $("#threads-toggle").addEventListener("click", () =>
+    setThreads($("#threads").dataset.open !== "true", true));
+  $("#new-chat").addEventListener("click", newChat);
+  $("#scrim").addEventListener("click", () => {
+    if (!WIDE.matches && $("#threads").dataset.open === "true") setThreads(false, true);
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !WIDE.matches && $("#threads").dataset.open === "true") {
+      setThreads(false, true);
+    }
+  });
+  WIDE.addEventListener("change", () => setThreads(WIDE.matches, false));
 
   // ------------------------------------------------------------------ composer
 
@@ -1023,7 +1271,8 @@
   // A reload: bring back the turns of this tab's tasks and replay them from the start.
   for (const saved of loadTasks()) {
     if (!state.tasks.has(saved.task_id)) {
-      state.tasks.set(saved.task_id, new Turn(saved.task_id, saved.input || saved.task_id));
+      state.tasks.set(saved.task_id,
+        new Turn(saved.task_id, saved.input || saved.task_id, saved.thread_id));
     }
   }
   updateComposer();
