@@ -318,3 +318,96 @@ async def test_streaming_renders_only_the_last_block_again(browser: Browser) -> 
         assert await settled.first.evaluate("n => n === window.__settled")
         assert await page.evaluate("document.body.contains(window.__settled)")
         await expect(summary.locator(".katex annotation")).to_have_text("\\boxed{395}")
+
+
+INJECT = """([id, seq, event]) => window.ospark.ws.onmessage({data: JSON.stringify(
+  {type: 'event', task_id: id, seq, ts: Date.now() / 1000, event})})"""
+
+
+async def test_question_approval_and_choice_cards(browser: Browser) -> None:
+    """The cards of issue 12's `input_required`, fed as the gateway will send them (this
+    gateway does not ask yet): each answers with an `input` frame, and shows the outcome."""
+    held = Held()
+    held.hold("turn 1", task=QUESTION)
+    async with held_gateway(held) as gw, open_page(browser, gw.http_url + "/") as page:
+        task_id = await ask(page, QUESTION)
+        await held.reached("turn 1", task=QUESTION)
+        t = turn(page, task_id)
+        await expect(t).to_have_attribute("data-state", "running")
+        await page.evaluate(
+            """() => { window.__sent = []; const ws = window.ospark.ws;
+                 const send = ws.send.bind(ws);
+                 ws.send = (d) => { window.__sent.push(JSON.parse(d)); send(d); }; }"""
+        )
+        question = {
+            "kind": "input_required",
+            "agent": "main",
+            "request": {"request_id": "r1", "kind": "question", "prompt": "<b>Which unit?</b>"},
+        }
+        await page.evaluate(INJECT, [task_id, 1000, question])
+        card = t.locator('.ask-card[data-request-id="r1"]')
+        await expect(card.locator(".ask-prompt")).to_have_text("<b>Which unit?</b>")
+        await expect(card.locator("b")).to_have_count(0)
+        await expect(t.locator(".task-state")).to_have_text("needs your answer")
+        await card.locator("textarea").fill("metres")
+        await card.locator("textarea").press("Enter")
+        sent = await page.evaluate("window.__sent.filter(f => f.type === 'input')")
+        assert sent == [
+            {
+                "type": "input",
+                "id": sent[0]["id"],
+                "task_id": task_id,
+                "request_id": "r1",
+                "text": "metres",
+            }
+        ]
+        # This gateway refuses the frame: the card says so and can be answered again.
+        await expect(card.locator(".ask-error")).to_be_visible()
+        await expect(card.locator("textarea")).to_be_enabled()
+        received = {"kind": "input_received", "agent": "main", "request_id": "r1", "text": "metres"}
+        await page.evaluate(INJECT, [task_id, 1001, received])
+        await expect(card.locator(".ask-answer")).to_have_text("Answered: metres")
+        await expect(t).to_have_attribute("data-state", "running")
+
+        approval = {
+            "kind": "input_required",
+            "agent": "main",
+            "request": {
+                "request_id": "r2",
+                "kind": "approval",
+                "prompt": "Run the calculator?",
+                "server": "calculator",
+                "tool": "calculate",
+                "arguments": {"expression": "<img src=x onerror=alert(1)>"},
+            },
+        }
+        await page.evaluate(INJECT, [task_id, 1002, approval])
+        card = t.locator('.ask-card[data-request-id="r2"]')
+        await expect(card.locator(".ask-args")).to_contain_text("<img src=x")
+        await expect(card.locator("img")).to_have_count(0)
+        await card.get_by_role("button", name="Approve").click()
+        choice = {
+            "kind": "input_required",
+            "agent": "main",
+            "request": {"request_id": "r3", "kind": "choice", "options": ["feet", "metres"]},
+        }
+        await page.evaluate(INJECT, [task_id, 1003, choice])
+        await (
+            t.locator('.ask-card[data-request-id="r3"]')
+            .get_by_role("button", name="metres")
+            .click()
+        )
+        sent = await page.evaluate("window.__sent.filter(f => f.type === 'input').slice(1)")
+        assert [(f["request_id"], f.get("approved"), f.get("choice")) for f in sent] == [
+            ("r2", True, None),
+            ("r3", None, "metres"),
+        ]
+        steer = {"kind": "user_message", "agent": "main", "text": "use SI units", "turn": 2}
+        await page.evaluate(INJECT, [task_id, 1004, steer])
+        await expect(t.locator(".steer .steer-text")).to_have_text("use SI units")
+        await page.evaluate(
+            INJECT,
+            [task_id, 1005, {"kind": "task_cancelled", "agent": "main", "reason": "test over"}],
+        )
+        await expect(t).to_have_attribute("data-state", "cancelled")
+        held.release()
