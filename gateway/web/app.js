@@ -1104,7 +1104,6 @@
   function renderThreads(list) {
     const nav = $("#threads");
     const items = el("ul", "thread-list");
-    const known = list.some((t) => t.thread_id === state.thread);
     for (const t of list) {
       const li = el("li");
       const b = el("button", "thread", t.title || t.thread_id);
@@ -1120,7 +1119,6 @@
     head.appendChild(el("h2", "", "Chats"));
     nav.replaceChildren(head, items);
     if (!list.length) nav.appendChild(el("p", "muted small", "No conversations yet."));
-    else if (!known && state.tasks.size) nav.dataset.current = "new";
   }
 
   /** Leave the page's conversation (its tasks go on at the gateway) and show another. */
