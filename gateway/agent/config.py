@@ -126,6 +126,9 @@ class AgentConfig:
     tools: Mapping[str, ToolServerConfig]
     chinese_context: bool = False
     max_depth: int = 3
+    require_approval: tuple[str, ...] = ()
+    """Tool calls that wait for a person's approval: server names, tool names,
+    ``server/tool``, or ``*`` (asked only when the run has someone to ask)."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def with_overrides(
@@ -204,7 +207,15 @@ def _apply_overrides(
 
 # --- validation ------------------------------------------------------------------------------
 
-_TOP_KEYS = {"chinese_context", "max_depth", "llm", "tools", "main_agent", "sub_agents"}
+_TOP_KEYS = {
+    "chinese_context",
+    "max_depth",
+    "llm",
+    "tools",
+    "main_agent",
+    "sub_agents",
+    "require_approval",
+}
 _AGENT_KEYS = {
     "llm",
     "tool_config",
@@ -440,5 +451,6 @@ def _build(raw: dict[str, Any]) -> AgentConfig:
         tools=tools,
         chinese_context=_bool(raw.get("chinese_context", False), "chinese_context"),
         max_depth=_int(raw.get("max_depth", 3), "max_depth", 1),
+        require_approval=_str_list(raw.get("require_approval"), "require_approval"),
         raw=raw,
     )

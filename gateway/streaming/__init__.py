@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .runner import Emit, Runner, TaskSpec, TaskStream, outcome
+from .runner import Emit, Interaction, Runner, TaskSpec, TaskStream, Turn, outcome
 
 if TYPE_CHECKING:
     from .orchestrator import StreamingOrchestrator, agent_runner, runner_factory
@@ -24,11 +24,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_RESULT_PREVIEW_CHARS",
     "Emit",
+    "Interaction",
     "Runner",
     "StreamingOrchestrator",
     "TaskSpec",
     "TaskStream",
     "Translator",
+    "Turn",
     "agent_runner",
     "outcome",
     "runner_factory",
