@@ -659,8 +659,9 @@
       const path = ev.agent || "main";
       this.events += 1;
       if (this.firstTs === null) this.firstTs = ts;
-      if (this.state === "pending" && !isTerminal(ev.kind) &&
-          !(ev.kind === "task_progress" && ev.step === "queued")) this.setState("running");
+      const waiting = ev.kind === "task_progress" &&
+        (ev.step === "queued" || ev.step === "waiting_for_thread");
+      if (this.state === "pending" && !isTerminal(ev.kind) && !waiting) this.setState("running");
       switch (ev.kind) {
         case "task_started": {
           const model = $(".model", this.card);
@@ -682,6 +683,9 @@
           if (ev.step === "retrying") agent.supersede(ev.message, ts);
           else if (ev.step === "turn_started" || ev.step === "summarising") agent.boundary(ts);
           if (ev.step === "queued") $(".task-state", this.card).textContent = "queued";
+          if (ev.step === "waiting_for_thread" && this.state === "pending") {
+            $(".task-state", this.card).textContent = "after the previous answer";
+          }
           break;
         }
         case "llm_response": {
@@ -1252,8 +1256,11 @@
     updateComposer();
   });
   $("#stop").addEventListener("click", () => {
+    // The answer being written (the latest one that runs), else the latest still waiting.
     const list = running();
-    if (list.length) list[list.length - 1].cancel(); // the answer being written last
+    const writing = list.filter((t) => t.state !== "pending");
+    const target = writing.length ? writing[writing.length - 1] : list[list.length - 1];
+    if (target) target.cancel();
   });
   for (const button of document.querySelectorAll(".example")) {
     button.addEventListener("click", () => startTask(button.textContent));

@@ -144,17 +144,22 @@ async def test_stop_while_the_answer_streams(browser: Browser) -> None:
     async with held_gateway(held) as gw, open_page(browser, gw.http_url + "/") as page:
         await expect(page.locator("#stop")).to_be_hidden()
         first = await ask(page, QUESTION)
-        second = await ask(page, "What time is it?")
-        await wait_state(page, second, "completed")
         await held.reached("summary text", task=QUESTION)
         victim = turn(page, first)
         await expect(victim).to_have_attribute("data-state", "running")
         await expect(victim.locator(".task-state")).to_have_text("writing…")
         await expect(victim.locator(".agent")).to_have_attribute("aria-busy", "true")
-        await page.locator("#stop").click()  # the answer still being written
+        # A follow-up asked meanwhile waits for the answer being written.
+        second = await ask(page, "What time is it?")
+        await expect(turn(page, second).locator(".task-state")).to_have_text(
+            "after the previous answer"
+        )
+        await page.locator("#stop").click()  # stops the answer being written, not the next
         await wait_state(page, first, "cancelled")
+        held.release()  # (the follow-up's history starts with the held question)
         await expect(victim.locator(".cancelled-box")).to_contain_text("Stopped")
         await expect(victim.locator(".md.summary")).to_have_count(0)
+        await wait_state(page, second, "completed")
         await expect(page.locator("#stop")).to_be_hidden()
         other = turn(page, second)
         await expect(other.locator("details.tool .tool-name")).to_have_text("now")
