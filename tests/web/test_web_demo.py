@@ -330,8 +330,9 @@ INJECT = """([id, seq, event]) => window.ospark.ws.onmessage({data: JSON.stringi
 
 
 async def test_question_approval_and_choice_cards(browser: Browser) -> None:
-    """The cards of issue 12's `input_required`, fed as the gateway will send them (this
-    gateway does not ask yet): each answers with an `input` frame, and shows the outcome."""
+    """Every kind of card, fed to the page as the gateway sends them (the demo model asks only
+    questions; test_web_conversations answers real ones): each answers with an `input` frame,
+    shows the gateway's refusal of a request it does not know, and then the outcome."""
     held = Held()
     held.hold("turn 1", task=QUESTION)
     async with held_gateway(held) as gw, open_page(browser, gw.http_url + "/") as page:
@@ -366,7 +367,7 @@ async def test_question_approval_and_choice_cards(browser: Browser) -> None:
                 "text": "metres",
             }
         ]
-        # This gateway refuses the frame: the card says so and can be answered again.
+        # The gateway knows no request r1: the card says so and can be answered again.
         await expect(card.locator(".ask-error")).to_be_visible()
         await expect(card.locator("textarea")).to_be_enabled()
         received = {"kind": "input_received", "agent": "main", "request_id": "r1", "text": "metres"}
