@@ -410,6 +410,8 @@
       restoreComposer(task.input, "Not sent — " + text);
     } else if (pending && pending.frame.type === "input") {
       task.inputRefused(pending.frame.request_id, text);
+    } else if (pending && pending.frame.type === "message") {
+      restoreComposer(pending.frame.text, "Not added — " + text);
     } else if (frame.code === "unknown_task" && !task.done) {
       task.lost("This task is no longer known to the server (" + frame.message + ").");
     } else {
@@ -1199,10 +1201,18 @@
     return [...state.tasks.values()].filter((t) => !t.done);
   }
 
+  // The answer being written: the latest task that runs or waits for an answer.
+  function writing() {
+    const list = running().filter((t) => t.state === "running" || t.state === "input_required");
+    return list.length ? list[list.length - 1] : null;
+  }
+
   function updateComposer() {
     const text = input.value.trim();
     $("#send").disabled = !text || state.stopped;
     $("#stop").hidden = running().length === 0;
+    // Steering (a `message` to the running task) where the gateway has conversations.
+    $("#steer").hidden = !(state.threads && text && writing());
     input.disabled = state.stopped;
     const hint = $("#composer-hint");
     if (state.stopped) hint.textContent = "Disconnected: reload the page to try again.";
@@ -1254,6 +1264,18 @@
   input.addEventListener("input", () => {
     grow();
     updateComposer();
+  });
+  $("#steer").addEventListener("click", () => {
+    const task = writing();
+    const text = input.value.trim();
+    if (!task || !text) return;
+    composerError("");
+    input.value = "";
+    grow();
+    updateComposer();
+    request({ type: "message", id: requestId(), task_id: task.id, text }, () => {
+      $("#composer-hint").textContent = "Added: the agent reads it at its next step.";
+    });
   });
   $("#stop").addEventListener("click", () => {
     // The answer being written (the latest one that runs), else the latest still waiting.

@@ -130,3 +130,25 @@ async def test_a_tool_call_approved_from_its_card(
         await wait_state(page, task_id, "completed")
         await expect(t.locator("details.tool .tool-name")).to_have_text("calculate")
         await expect(boxed(page, task_id)).to_have_text("\\boxed{395}")
+
+
+async def test_a_message_added_to_the_answer_being_written(page: Page) -> None:
+    task_id = await ask(page, "Please ask me for a number to double")
+    t = turn(page, task_id)
+    card = t.locator(".ask-card")
+    await expect(card.locator("textarea")).to_be_visible()  # the task waits mid tool call
+    await expect(page.locator("#steer")).to_be_hidden()  # nothing typed yet
+    await page.fill("#input", "also say hello")
+    await page.locator("#steer").click()
+    await expect(page.locator("#input")).to_have_value("")
+    await expect(page.locator("#composer-hint")).to_contain_text("Added")
+    sent = await page.evaluate("window.__sent.filter(f => f.type === 'message')")
+    assert [(f["task_id"], f["text"]) for f in sent] == [(task_id, "also say hello")]
+    await card.locator("textarea").fill("4")
+    await card.locator("textarea").press("Enter")
+    await wait_state(page, task_id, "completed")
+    # Shown where the agent took it (after the tool call), and the agent answered it.
+    await expect(t.locator(".steer .steer-text")).to_have_text("also say hello")
+    await expect(t.locator(".md.turn-text").last).to_contain_text("You also said: also say hello")
+    await expect(boxed(page, task_id)).to_have_text("\\boxed{8}")
+    await expect(page.locator("#steer")).to_be_hidden()
