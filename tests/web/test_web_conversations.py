@@ -15,7 +15,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from gateway.server import RunningGateway, Settings, serve_in_background
 from tests.client.support import QUESTION, demo_config
 
-from .support import ARGS, CHROMIUM, ask, open_page, turn, wait_state
+from .support import ARGS, CHROMIUM, PHONE, ask, open_page, turn, wait_state
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -152,3 +152,31 @@ async def test_a_message_added_to_the_answer_being_written(page: Page) -> None:
     await expect(t.locator(".md.turn-text").last).to_contain_text("You also said: also say hello")
     await expect(boxed(page, task_id)).to_have_text("\\boxed{8}")
     await expect(page.locator("#steer")).to_be_hidden()
+
+
+async def test_the_list_of_chats_is_a_drawer_on_a_phone(
+    browser: Browser, gw: RunningGateway
+) -> None:
+    async with open_page(browser, gw.http_url + "/", viewport=PHONE, is_mobile=True) as page:
+        toggle = page.locator("#threads-toggle")
+        await expect(toggle).to_be_visible()
+        chats = page.locator("#threads")
+        await expect(chats).to_be_hidden()
+        first = await ask(page, "What is 6*7?")
+        await wait_state(page, first, "completed")
+        await page.locator("#new-chat").click()
+        await expect(page.locator(".turn")).to_have_count(0)
+        await toggle.click()
+        await expect(chats).to_be_visible()
+        await expect(page.locator("#scrim")).to_be_visible()
+        await expect(toggle).to_have_attribute("aria-expanded", "true")
+        await chats.locator(".thread", has_text="What is 6*7?").click()
+        await expect(chats).to_be_hidden()  # choosing a chat closes the drawer
+        await expect(page.locator("#scrim")).to_be_hidden()
+        await expect(page.locator(".turn .bubble")).to_have_text(["What is 6*7?"])
+        await wait_state(page, first, "completed")
+        await toggle.click()
+        await expect(chats).to_be_visible()
+        await page.keyboard.press("Escape")
+        await expect(chats).to_be_hidden()
+        await expect(toggle).to_be_focused()
