@@ -13,7 +13,8 @@ so a slow socket never slows a task, and a slow task never delays another task's
 Batching, merging and the slow-consumer verdict are the outbox's (see :mod:`gateway.outbox`).
 
 Every request that carries an ``id`` gets exactly one reply: ``accepted``, ``cancel_ack``,
-``status``, ``subscribed``, ``unsubscribed``, ``pong`` or ``error``. A request that subscribes
+``status``, ``subscribed``, ``unsubscribed``, ``pong``, ``threads``, ``thread``, ``input_ack``,
+``message_ack`` or ``error``. A request that subscribes
 holds the task's events until its reply is queued, so the reply comes first.
 
 Cancellation: :meth:`handle` may be cancelled with the reader; :meth:`close` unsubscribes
@@ -40,7 +41,11 @@ from protocol import (
     ErrorFrame,
     Gap,
     Hello,
+    Input,
+    InputAck,
     Limits,
+    Message,
+    MessageAck,
     Ping,
     Pong,
     ProtocolError,
@@ -51,6 +56,10 @@ from protocol import (
     StatusRequest,
     Subscribe,
     Subscribed,
+    ThreadReply,
+    ThreadRequest,
+    ThreadsReply,
+    ThreadsRequest,
     Unsubscribe,
     Unsubscribed,
 )
@@ -226,6 +235,16 @@ class Connection:
                     self._reply(Unsubscribed(id=rid, task_id=task_id))
                 case Ping(id=rid, payload=payload):
                     self._reply(Pong(id=rid, payload=payload, ts=time.time()))
+                case ThreadsRequest(id=rid, limit=limit):
+                    threads = await self.manager.threads(self.principal, limit)
+                    self._reply(ThreadsReply(id=rid, threads=threads))
+                case ThreadRequest(id=rid, thread_id=thread_id):
+                    tasks = await self.manager.thread(self.principal, thread_id)
+                    self._reply(ThreadReply(id=rid, thread_id=thread_id, tasks=tasks))
+                case Input():
+                    await self._input(frame)
+                case Message():
+                    await self._message(frame)
         except TaskError as exc:
             self._reply_error(exc.code, exc.message, frame.id, exc.task_id, None)
         except Exception:
@@ -292,6 +311,8 @@ class Connection:
             task_id=frame.task_id,
             options=frame.options,
             deliver=deliver,
+            thread_id=frame.thread_id,
+            if_busy=frame.if_busy,
         )
         self._started[result.task_id] = None
         self._reply(
@@ -300,12 +321,51 @@ class Connection:
                 task_id=result.task_id,
                 state=result.state,
                 existing=result.existing,
+                thread_id=result.thread_id,
+                after_task_id=result.after_task_id,
             )
         )
         if follow is not None:
             follow.task_id = result.task_id
             follow.sub = result.subscription
             self._release(follow)  # the task's events (a retry's replay) after `accepted`
+
+    async def _input(self, frame: Input) -> None:
+        limit = self.settings.limits.max_input_chars
+        if frame.text is not None and len(frame.text) > limit:
+            self._reply_error(
+                ErrorCode.INPUT_TOO_LONG,
+                f"text of {len(frame.text)} characters exceeds the limit of {limit}",
+                frame.id,
+                frame.task_id,
+                "$.text",
+            )
+            return
+        await self.manager.answer(self.principal, frame)
+        self._reply(InputAck(id=frame.id, task_id=frame.task_id, request_id=frame.request_id))
+
+    async def _message(self, frame: Message) -> None:
+        limit = self.settings.limits.max_input_chars
+        if len(frame.text) > limit:
+            self._reply_error(
+                ErrorCode.INPUT_TOO_LONG,
+                f"text of {len(frame.text)} characters exceeds the limit of {limit}",
+                frame.id,
+                frame.task_id,
+                "$.text",
+            )
+            return
+        if not frame.text.strip():
+            self._reply_error(
+                ErrorCode.INVALID_FIELD,
+                "`text` is empty; say what the agent should know",
+                frame.id,
+                frame.task_id,
+                "$.text",
+            )
+            return
+        message_id = await self.manager.message(self.principal, frame.task_id, frame.text)
+        self._reply(MessageAck(id=frame.id, task_id=frame.task_id, message_id=message_id))
 
     async def _subscribe(self, frame: Subscribe) -> None:
         task_id = frame.task_id

@@ -1,4 +1,4 @@
-"""The terminal client: ``ospark run``, ``ospark status``, ``ospark cancel``.
+"""The terminal client: ``ospark run``, ``ospark chat``, ``ospark status``, ``ospark cancel``.
 
 ``ospark run "question"`` starts a task over :class:`gateway.client.GatewayClient` and shows it
 live with rich: a spinner with the elapsed time, the progress steps, then what the agents did in
@@ -6,6 +6,13 @@ the order it happened: reasoning (dimmed), streamed text, each tool call as it s
 finishes, a sub-agent's output labelled with its path; then the final answer. When a model call
 is made again (step ``retrying``), the text it had streamed is replaced by the new copy. With
 ``--json`` it prints every event frame as one JSON object per line instead, for scripts.
+
+When the task asks (``input_required``: a question, a choice, or an approval of a tool call)
+and the command runs in a terminal, the live view pauses and the question is asked on the
+terminal; the answer goes back with ``input`` (another connection of yours may answer first:
+then that is said). Without a terminal (or with ``--json``) the task waits for an answer from
+elsewhere. ``ospark chat`` is a conversation: each line typed is a turn of one thread (the
+follow-ups see the earlier turns), shown like ``run``; an empty line or end of input ends it.
 
 Ctrl-C sends ``cancel`` and keeps showing events until the terminal one arrives (a second
 Ctrl-C quits at once). Exit status: 0 completed, 1 failed, 130 cancelled, 2 when the gateway
@@ -39,6 +46,7 @@ from gateway.client import (
     DEFAULT_URL,
     GatewayClient,
     GatewayError,
+    RequestError,
     TaskFrame,
     TaskHandle,
     Terminal,
@@ -46,7 +54,11 @@ from gateway.client import (
 from protocol import (
     TERMINAL_STATES,
     ErrorEvent,
+    EventFrame,
     Gap,
+    InputReceived,
+    InputRequest,
+    InputRequired,
     LlmResponse,
     TaskCancelled,
     TaskCompleted,
@@ -56,9 +68,10 @@ from protocol import (
     ToolCallComplete,
     ToolCallStart,
     UnknownEventFrame,
+    UserMessage,
 )
 
-__all__ = ["add_parsers", "cancel_main", "run_main", "status_main"]
+__all__ = ["add_parsers", "cancel_main", "chat_main", "run_main", "status_main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 Handler = Callable[[argparse.Namespace], int]
@@ -84,7 +97,15 @@ def add_parsers(sub: Any) -> None:
     common(p)
     p.add_argument("--task-id", help="client-chosen task id")
     p.add_argument("--max-turns", type=int, help="override the main agent's turn limit")
+    p.add_argument("--agent", help="agent configuration name (e.g. demo-approval)")
+    p.add_argument("--thread", help="continue this conversation (a thread id)")
     p.set_defaults(handler=run_main)
+
+    p = sub.add_parser("chat", help="a conversation in the terminal (follow-ups see it)")
+    common(p)
+    p.add_argument("--thread", help="continue this conversation (default: a new one)")
+    p.add_argument("--agent", help="agent configuration name (e.g. demo-approval)")
+    p.set_defaults(handler=chat_main)
 
     p = sub.add_parser("status", help="show the state of your tasks")
     p.add_argument("task_id", nargs="?", help="one task (default: all)")
@@ -147,12 +168,30 @@ def _frame_json(frame: TaskFrame) -> bytes:
     return _JSON.encode(frame)
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any] | None:
+    options: dict[str, Any] = {}
+    if getattr(args, "max_turns", None) is not None:
+        options["max_turns"] = args.max_turns
+    if getattr(args, "agent", None):
+        options["agent"] = args.agent
+    return options or None
+
+
+def _interactive(args: argparse.Namespace) -> bool:
+    return not args.json and sys.stdin.isatty()
+
+
 async def _run(args: argparse.Namespace) -> int:
-    options = {"max_turns": args.max_turns} if args.max_turns is not None else None
     console = _Console(stderr=args.json, highlight=False)
     try:
         async with _client(args) as client:
-            task = await client.start(args.input, task_id=args.task_id, options=options)
+            task = await client.start(
+                args.input,
+                task_id=args.task_id,
+                options=_options(args),
+                thread_id=args.thread,
+                if_busy="enqueue" if args.thread else "reject",
+            )
             view = None if args.json else TaskView(task.task_id, args.input)
             cancelled_by_user = False
             cancelling: list[asyncio.Task[str]] = []
@@ -177,7 +216,7 @@ async def _run(args: argparse.Namespace) -> int:
                 if view is None:
                     await _print_json(task)
                 else:
-                    await _watch(task, view, console)
+                    await _watch(task, view, console, ask=_interactive(args))
             except asyncio.CancelledError:
                 return EXIT_CANCELLED
             finally:
@@ -201,13 +240,101 @@ async def _print_json(task: TaskHandle) -> None:
         out.flush()
 
 
-async def _watch(task: TaskHandle, view: TaskView, console: Console) -> None:
+async def _watch(task: TaskHandle, view: TaskView, console: Console, *, ask: bool = False) -> None:
     with Live(view, console=console, refresh_per_second=12, transient=False) as live:
         async for frame in task.frames():
             view.apply(frame)
             live.refresh()
+            event = frame.event if isinstance(frame, EventFrame) else None
+            pending = task.pending_input
+            if (
+                ask
+                and isinstance(event, InputRequired)
+                and pending is not None
+                and pending.request_id == event.request.request_id
+            ):  # still open (not a replayed question answered already)
+                live.stop()
+                await _answer(task, event.request, console)
+                live.start()
         view.finished = time.monotonic()
         live.refresh()
+
+
+def _read_line(prompt: str) -> str | None:
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+async def _answer(task: TaskHandle, request: InputRequest, console: Console) -> None:
+    """Ask the person at the terminal and send the answer (see the module docstring)."""
+    console.print(Text(f"? {request.prompt}", style="bold magenta"))
+    answer: dict[str, Any]
+    while True:
+        if request.kind == "approval":
+            line = await asyncio.to_thread(_read_line, "  approve? [y/n, or n: reason] ")
+            if line is None:
+                return
+            word, _, reason = line.strip().partition(":")
+            if word.strip().lower() in ("y", "yes"):
+                answer = {"approved": True}
+            elif word.strip().lower() in ("n", "no"):
+                answer = {"approved": False, "reason": reason.strip() or None}
+            else:
+                continue
+        elif request.kind == "choice":
+            options = request.options or []
+            for i, option in enumerate(options, 1):
+                console.print(f"  {i}. {option}")
+            line = await asyncio.to_thread(_read_line, "  choose (number or text): ")
+            if line is None:
+                return
+            picked = line.strip()
+            if picked.isdigit() and 1 <= int(picked) <= len(options):
+                picked = options[int(picked) - 1]
+            if picked not in options:
+                continue
+            answer = {"choice": picked}
+        else:
+            line = await asyncio.to_thread(_read_line, "  your answer: ")
+            if line is None:
+                return
+            if not line.strip():
+                continue
+            answer = {"text": line.strip()}
+        break
+    try:
+        if "approved" in answer:
+            await task.approve(
+                answer["approved"], reason=answer.get("reason"), request_id=request.request_id
+            )
+        else:
+            await task.respond(
+                answer.get("text"), choice=answer.get("choice"), request_id=request.request_id
+            )
+    except RequestError as exc:
+        console.print(Text(f"  (not taken: {exc.code}: {exc})", style="yellow"))
+
+
+async def _chat(args: argparse.Namespace) -> int:
+    console = _Console(highlight=False)
+    try:
+        async with _client(args) as client:
+            thread = client.thread(args.thread, if_busy="enqueue")
+            console.print(
+                Text(f"conversation {thread.thread_id} — an empty line ends it", style="dim")
+            )
+            while True:
+                line = await asyncio.to_thread(_read_line, "you> ")
+                if line is None or not line.strip():
+                    break
+                task = await thread.ask(line.strip(), options=_options(args))
+                view = TaskView(task.task_id, line.strip())
+                await _watch(task, view, console, ask=sys.stdin.isatty())
+    except GatewayError as exc:
+        return _fail("chat", exc, args.url)
+    return EXIT_OK
 
 
 @dataclass
@@ -340,6 +467,24 @@ class TaskView:
                 if not retryable:  # (a retryable one announces the `retrying` step)
                     self._end_call(agent)
                 self.items.append(_Note(f"! {prefix}{code}: {message}", "red", agent))
+            case InputRequired(request=request):
+                self._end_call(agent)
+                what = {"question": "asks", "choice": "asks you to choose", "approval": "asks"}
+                self.items.append(
+                    _Note(f"? {prefix}{what[request.kind]}: {request.prompt}", "magenta", agent)
+                )
+            case InputReceived(timed_out=True):
+                self.items.append(_Note("… no answer in time", "yellow", agent))
+            case InputReceived(approved=approved, text=text, choice=choice):
+                if approved is not None:
+                    said = "approved" if approved else "denied"
+                    said += f" ({text})" if text and not approved else ""
+                else:
+                    said = choice if choice is not None else text or ""
+                self.items.append(_Note(f"↳ {said}", "magenta", agent))
+            case UserMessage(text=text):
+                self._end_call(agent)
+                self.items.append(_Note(f"» you said: {text}", "bold", agent))
             case TaskCompleted() | TaskFailed() | TaskCancelled():
                 self.outcome = event
             case _:
@@ -464,3 +609,4 @@ async def _cancel(args: argparse.Namespace) -> int:
 run_main = _main(_run)
 status_main = _main(_status)
 cancel_main = _main(_cancel)
+chat_main = _main(_chat)

@@ -36,6 +36,25 @@ class ErrorCode(enum.StrEnum):
     """``start`` named a ``task_id`` already used with a different input."""
     INPUT_TOO_LONG = "input_too_long"
     """The ``input`` of ``start`` exceeds ``max_input_chars``."""
+    THREAD_BUSY = "thread_busy"
+    """``start`` on a thread whose previous task has not ended, with ``if_busy: reject`` (the
+    default), or an ``enqueue`` beyond ``max_queued_per_thread``; retry when it ends, or pick
+    ``enqueue`` / ``interrupt``."""
+    UNKNOWN_THREAD = "unknown_thread"
+    """No thread with that id for this principal (or it was removed after retention)."""
+    UNKNOWN_REQUEST = "unknown_request"
+    """``input`` names a request the task never made, or one that timed out."""
+    ALREADY_ANSWERED = "already_answered"
+    """``input`` for a request that was answered already (the first valid answer wins)."""
+    INVALID_ANSWER = "invalid_answer"
+    """``input`` does not fit the request: no ``text`` for a question, no ``approved`` for an
+    approval, a ``choice`` not among the options."""
+    TASK_FINISHED = "task_finished"
+    """``message`` or ``input`` for a task that has ended (or is writing its final report and
+    takes no more messages)."""
+    TOO_MANY_MESSAGES = "too_many_messages"
+    """The task already holds ``max_pending_messages`` messages its agent has not taken yet;
+    retry after a ``user_message`` event."""
     INTERNAL = "internal"
     """A server bug; the request may be retried."""
     UNAVAILABLE = "unavailable"

@@ -19,8 +19,12 @@ __all__ = [
     "EVENT_TYPES",
     "TERMINAL_KINDS",
     "TERMINAL_STATES",
+    "AnswerKind",
     "ErrorEvent",
     "Event",
+    "InputReceived",
+    "InputRequest",
+    "InputRequired",
     "LlmResponse",
     "TaskCancelled",
     "TaskCompleted",
@@ -31,10 +35,13 @@ __all__ = [
     "ToolCallStart",
     "UnknownEvent",
     "Usage",
+    "UserMessage",
 ]
 
 Channel = Literal["text", "reasoning"]
 Phase = Literal["turn", "summary"]
+AnswerKind = Literal["question", "approval", "choice"]
+"""What an ``input_required`` asks for: free text, a yes/no on a tool call, or one option."""
 
 
 class Usage(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -65,6 +72,10 @@ class TaskStarted(_EventBase, tag="task_started"):
     provider: str = ""
     """LLM provider of the main agent: ``demo`` (the offline demo model), ``openai``,
     ``anthropic``. A client should label ``demo`` runs as an offline demo."""
+    thread_id: str | None = None
+    """The conversation the task belongs to, when ``start`` named one."""
+    history_turns: int = 0
+    """Earlier turns of the thread the agent received (after any were dropped to fit)."""
 
 
 class TaskProgress(_EventBase, tag="task_progress"):
@@ -73,7 +84,9 @@ class TaskProgress(_EventBase, tag="task_progress"):
     step: str
     """Machine-readable step name (``queued``, ``tools_listed``, ``turn_started``,
     ``subagent_started``, ``subagent_finished``, ``max_turns_reached``, ``summarising``,
-    ``context_limit``, ``retrying``, ...). New names may appear; show unknown ones as text."""
+    ``context_limit``, ``retrying``, ``history_trimmed`` (earlier turns of the thread were
+    dropped to fit the model's context), ``waiting_for_thread`` (an ``enqueue``d task waits
+    for the thread's running task), ...). New names may appear; show unknown ones as text."""
     message: str = ""
     """Human-readable description of the step."""
     turn: int | None = None
@@ -146,6 +159,69 @@ class ErrorEvent(_EventBase, tag="error"):
     """Whether the failed operation is being (or may be) retried."""
 
 
+class InputRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a task waits for from a person: carried by ``input_required`` and by the task's
+    ``status`` while it waits (``pending_input``)."""
+
+    request_id: str
+    """Identifier to answer with (``input.request_id``); unique within the task."""
+    kind: AnswerKind
+    """``question`` (answer with ``text``), ``approval`` of a tool call (answer with
+    ``approved``, optionally a ``text`` saying why), or ``choice`` (answer with ``choice``,
+    one of ``options``)."""
+    prompt: str = ""
+    """What to show the person."""
+    server: str | None = None
+    """For an approval: the MCP server of the tool call waiting for approval."""
+    tool: str | None = None
+    """For an approval: the tool."""
+    arguments: dict[str, Any] | None = None
+    """For an approval: the arguments the model passed."""
+    call_id: str | None = None
+    """For an approval: the ``call_id`` the tool call will have in ``tool_call_start``."""
+    options: list[str] | None = None
+    """For a choice: the options, one of which is the answer."""
+    expires_at: float | None = None
+    """Unix time at which the wait times out (the task's ``on_input_timeout`` then decides)."""
+
+
+class InputRequired(_EventBase, tag="input_required"):
+    """The task stopped and waits for a person; its state is ``input_required`` until an
+    ``input_received`` with the same ``request_id``. Answer with an ``input`` frame."""
+
+    request: InputRequest
+    """What is asked."""
+
+
+class InputReceived(_EventBase, tag="input_received"):
+    """A pending request was resolved: answered by the task's owner (the first valid
+    ``input`` wins) or timed out. The task is ``running`` again (or ends, when a timeout
+    fails it)."""
+
+    request_id: str
+    """The request resolved."""
+    text: str | None = None
+    """The free-text answer (or a reason given with an approval)."""
+    approved: bool | None = None
+    """For an approval: whether the tool call may run."""
+    choice: str | None = None
+    """For a choice: the option chosen."""
+    timed_out: bool = False
+    """True when nobody answered in time; no answer field is set then."""
+
+
+class UserMessage(_EventBase, tag="user_message"):
+    """A message sent to the running task with a ``message`` frame, at the moment the agent
+    takes it (at a turn boundary, never in the middle of a tool call): its next turn sees it."""
+
+    text: str
+    """The message."""
+    message_id: str = ""
+    """The id given in the ``message_ack`` reply."""
+    turn: int | None = None
+    """The agent turn that first sees the message."""
+
+
 class TaskCompleted(_EventBase, tag="task_completed"):
     """Terminal: the task finished with a report."""
 
@@ -198,6 +274,9 @@ Event = (
     | ToolCallStart
     | ToolCallComplete
     | ErrorEvent
+    | InputRequired
+    | InputReceived
+    | UserMessage
     | TaskCompleted
     | TaskFailed
     | TaskCancelled
@@ -211,6 +290,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ToolCallStart,
     ToolCallComplete,
     ErrorEvent,
+    InputRequired,
+    InputReceived,
+    UserMessage,
     TaskCompleted,
     TaskFailed,
     TaskCancelled,

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from protocol.events import Event, Usage
+from protocol.events import Event, InputRequest, Usage
 
 __all__ = [
     "PROTOCOL_NAME",
@@ -26,7 +26,12 @@ __all__ = [
     "EventFrame",
     "Gap",
     "Hello",
+    "IfBusy",
+    "Input",
+    "InputAck",
     "Limits",
+    "Message",
+    "MessageAck",
     "Ping",
     "Pong",
     "RequestId",
@@ -41,6 +46,13 @@ __all__ = [
     "TaskId",
     "TaskState",
     "TaskStatus",
+    "ThreadId",
+    "ThreadReply",
+    "ThreadRequest",
+    "ThreadSummary",
+    "ThreadTask",
+    "ThreadsReply",
+    "ThreadsRequest",
     "Unsubscribe",
     "Unsubscribed",
 ]
@@ -69,10 +81,24 @@ FileId = Annotated[
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 """A per-task sequence number."""
 
-TaskState = Literal["pending", "running", "completed", "failed", "cancelled"]
-"""``pending → running → completed | failed | cancelled``."""
+ThreadId = TaskId
+"""A thread (conversation) id: the same alphabet and length as a task id."""
+
+TaskState = Literal["pending", "running", "input_required", "completed", "failed", "cancelled"]
+"""``pending → running ⇄ input_required → completed | failed | cancelled``. A client should
+treat a state it does not know as not final."""
 
 DetachPolicy = Literal["keep", "cancel"]
+
+IfBusy = Literal["reject", "enqueue", "interrupt"]
+"""Double-texting policy of ``start`` on a thread whose previous task has not ended:
+``reject`` it (error ``thread_busy``), ``enqueue`` it (it runs when the thread's earlier tasks
+have ended), or ``interrupt`` (cancel the thread's running task, then start)."""
+
+InputTimeoutPolicy = Literal["fail", "continue"]
+"""What happens when nobody answers an ``input_required`` in time: the task ``fail``s with
+code ``input_timeout``, or it will ``continue`` with "no answer" (an approval counts as
+denied)."""
 
 
 class _Frame(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
@@ -99,6 +125,14 @@ class StartOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     expires, or ``cancel`` at once."""
     detach_ttl: Annotated[float, msgspec.Meta(ge=0, le=86_400)] | None = None
     """Seconds a task with no subscriber keeps running before it is cancelled."""
+    require_approval: list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]] | None = None
+    """Tool calls that wait for the owner's approval, added to the agent config's: each
+    entry names a server (``calculator``), a tool (``evaluate``) or both
+    (``calculator/evaluate``); ``*`` means every tool call."""
+    input_timeout: Annotated[float, msgspec.Meta(gt=0, le=86_400)] | None = None
+    """Seconds a question or approval waits for an answer (the server's default when unset)."""
+    on_input_timeout: InputTimeoutPolicy | None = None
+    """What a timed-out wait does: ``fail`` or ``continue`` (the server's default when unset)."""
     files: Annotated[list[FileId], msgspec.Meta(max_length=16)] | None = None
     """Files uploaded with ``POST /files`` that come with the task: the agent is told their
     paths and opens them with its reading and code tools."""
@@ -118,6 +152,11 @@ class Start(_Frame, tag="start"):
     """Per-task options."""
     subscribe: bool = True
     """Subscribe this connection to the task's events."""
+    thread_id: ThreadId | None = None
+    """The conversation this task continues (created by its first task): the agent sees the
+    thread's earlier turns. Threads are per principal."""
+    if_busy: IfBusy = "reject"
+    """Double-texting policy when the thread's previous task has not ended."""
 
 
 class Cancel(_Frame, tag="cancel"):
@@ -170,7 +209,69 @@ class Ping(_Frame, tag="ping"):
     """Optional payload (at most 1024 characters), echoed in ``pong``."""
 
 
-ClientFrame = Start | Cancel | StatusRequest | Subscribe | Unsubscribe | Ping
+class ThreadsRequest(_Frame, tag="threads"):
+    """List this principal's threads, most recently updated first. Replied to by ``threads``."""
+
+    id: RequestId
+    """Request id, echoed in the ``threads`` reply."""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    """At most this many threads."""
+
+
+class ThreadRequest(_Frame, tag="thread"):
+    """List one thread's tasks, oldest first, to rebuild the conversation. Replied to by
+    ``thread`` or ``error`` (``unknown_thread``)."""
+
+    id: RequestId
+    """Request id, echoed in the ``thread`` reply."""
+    thread_id: ThreadId
+    """The thread."""
+
+
+class Input(_Frame, tag="input"):
+    """Answer a task's ``input_required``. Replied to by ``input_ack`` or ``error``
+    (``already_answered``, ``unknown_request``, ``invalid_answer``, ``task_finished``,
+    ``unknown_task``). The first valid answer from any connection of the owner wins."""
+
+    id: RequestId
+    """Request id, echoed in ``input_ack``/``error``."""
+    task_id: TaskId
+    """The waiting task."""
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    """The ``request.request_id`` of the ``input_required`` answered."""
+    text: str | None = None
+    """The answer to a ``question`` (required there), or a reason given with an approval."""
+    approved: bool | None = None
+    """The answer to an ``approval`` (required there)."""
+    choice: str | None = None
+    """The answer to a ``choice``: one of its ``options`` (required there)."""
+
+
+class Message(_Frame, tag="message"):
+    """Add a user message to a running task (steering); the agent takes it at its next turn
+    boundary and a ``user_message`` event shows it. Replied to by ``message_ack`` or ``error``
+    (``task_finished``, ``too_many_messages``, ``unknown_task``)."""
+
+    id: RequestId
+    """Request id, echoed in ``message_ack``/``error``."""
+    task_id: TaskId
+    """The running task."""
+    text: Annotated[str, msgspec.Meta(min_length=1)]
+    """The message (at most ``limits.max_input_chars``)."""
+
+
+ClientFrame = (
+    Start
+    | Cancel
+    | StatusRequest
+    | Subscribe
+    | Unsubscribe
+    | Ping
+    | ThreadsRequest
+    | ThreadRequest
+    | Input
+    | Message
+)
 """Every frame a client may send."""
 
 # --------------------------------------------------------------------------- server → client
@@ -189,6 +290,10 @@ class Limits(msgspec.Struct, kw_only=True):
     """Running tasks of one principal across all its connections."""
     max_starts_per_second: float = 50.0
     """Sustained rate of ``start`` frames per connection (bursts allowed)."""
+    max_pending_messages: int = 16
+    """``message``s a task holds before its agent has taken them."""
+    max_queued_per_thread: int = 8
+    """Tasks ``enqueue``d behind a thread's running task."""
 
 
 class Hello(_Frame, tag="hello", omit_defaults=False):
@@ -223,6 +328,10 @@ class Accepted(_Frame, tag="accepted"):
     """The task's state when accepted."""
     existing: bool = False
     """True when the ``start`` was a retry and the existing task was returned."""
+    thread_id: str | None = None
+    """The task's thread, when it has one."""
+    after_task_id: str | None = None
+    """For an ``enqueue``d task: the thread's task it waits for."""
 
 
 class CancelAck(_Frame, tag="cancel_ack"):
@@ -283,6 +392,10 @@ class TaskStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Token usage so far."""
     queue_position: int | None = None
     """Position in the queue while ``pending``."""
+    thread_id: str | None = None
+    """The task's thread, when it has one."""
+    pending_input: InputRequest | None = None
+    """What the task waits for while ``input_required``."""
 
 
 class StatusReply(_Frame, tag="status"):
@@ -292,6 +405,93 @@ class StatusReply(_Frame, tag="status"):
     """The ``status`` request id."""
     tasks: list[TaskStatus] = []
     """The tasks asked about (all of the principal's when no ``task_id`` was given)."""
+
+
+class ThreadSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One thread as listed by ``threads``."""
+
+    thread_id: str
+    """The thread's id."""
+    created: float = 0.0
+    """Unix time of its first task."""
+    updated: float = 0.0
+    """Unix time of its latest task's latest change."""
+    task_count: int = 0
+    """Tasks in the thread (kept by retention)."""
+    title: str = ""
+    """The first task's input, shortened to at most 80 characters."""
+    last_task_id: str | None = None
+    """The thread's latest task."""
+    last_state: TaskState | None = None
+    """That task's state."""
+
+
+class ThreadsReply(_Frame, tag="threads"):
+    """Reply to ``threads``."""
+
+    id: RequestId
+    """The ``threads`` request id."""
+    threads: list[ThreadSummary] = []
+    """This principal's threads, most recently updated first."""
+
+
+class ThreadTask(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One task of a thread as listed by ``thread``: a turn of the conversation."""
+
+    task_id: str
+    """The task's id (``subscribe`` to it while it runs)."""
+    input: str
+    """The user's input."""
+    state: TaskState
+    """Its lifecycle state."""
+    created: float = 0.0
+    """Unix time of creation."""
+    updated: float = 0.0
+    """Unix time of the latest event."""
+    final_answer: str | None = None
+    """The answer, once ``completed``."""
+    summary: str | None = None
+    """The agent's final report, once ``completed`` (or a partial one when ``failed``)."""
+    reason: str | None = None
+    """Why it ended, when ``failed`` or ``cancelled``."""
+    last_seq: int = 0
+    """``seq`` of its latest event."""
+    pending_input: InputRequest | None = None
+    """What it waits for while ``input_required``."""
+
+
+class ThreadReply(_Frame, tag="thread"):
+    """Reply to ``thread``."""
+
+    id: RequestId
+    """The ``thread`` request id."""
+    thread_id: str
+    """The thread."""
+    tasks: list[ThreadTask] = []
+    """Its tasks, oldest first (as kept by retention)."""
+
+
+class InputAck(_Frame, tag="input_ack"):
+    """Reply to ``input``: the answer was taken (an ``input_received`` event records it)."""
+
+    id: RequestId
+    """The ``input`` request id."""
+    task_id: str
+    """The task."""
+    request_id: str
+    """The request answered."""
+
+
+class MessageAck(_Frame, tag="message_ack"):
+    """Reply to ``message``: the message waits for the agent's next turn boundary (a
+    ``user_message`` event with this ``message_id`` shows when it is taken)."""
+
+    id: RequestId
+    """The ``message`` request id."""
+    task_id: str
+    """The task."""
+    message_id: str
+    """The message's id, as in its ``user_message`` event."""
 
 
 class EventFrame(_Frame, tag="event"):
@@ -377,5 +577,9 @@ ServerFrame = (
     | ErrorFrame
     | Pong
     | Closing
+    | ThreadsReply
+    | ThreadReply
+    | InputAck
+    | MessageAck
 )
 """Every frame a server sends."""

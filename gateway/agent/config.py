@@ -144,6 +144,9 @@ class AgentConfig:
     tools: Mapping[str, ToolServerConfig]
     chinese_context: bool = False
     max_depth: int = 3
+    require_approval: tuple[str, ...] = ()
+    """Tool calls that wait for a person's approval: server names, tool names,
+    ``server/tool``, or ``*`` (asked only when the run has someone to ask)."""
     output_dir: Path | None = None
     """Where each task's trace is written as ``<task_id>.json`` (``None``: not written)."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -271,7 +274,7 @@ def _apply_overrides(
 
 # --- validation ------------------------------------------------------------------------------
 
-_TOP_KEYS = miroflow.TOP_KEYS
+_TOP_KEYS = miroflow.TOP_KEYS | {"require_approval"}
 _AGENT_KEYS = miroflow.AGENT_KEYS
 _TOOL_KEYS = miroflow.TOOL_KEYS
 
@@ -521,6 +524,7 @@ def _build(raw: dict[str, Any]) -> AgentConfig:
         tools=tools,
         chinese_context=_bool(raw.get("chinese_context", False), "chinese_context"),
         max_depth=_int(raw.get("max_depth", 3), "max_depth", 1),
+        require_approval=_str_list(raw.get("require_approval"), "require_approval"),
         output_dir=_opt_path(raw.get("output_dir"), "output_dir"),
         raw=raw,
     )

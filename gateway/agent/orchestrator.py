@@ -12,9 +12,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import AgentConfig, AgentSpec, LLMConfig, default_config
 from .errors import (
@@ -49,7 +49,28 @@ from .trace import TraceRecorder, write_trace
 
 log = logging.getLogger("gateway.agent")
 
+if TYPE_CHECKING:
+    from gateway.streaming.runner import Interaction
+
 Sink = Callable[[CoreEvent], None]
+
+USER_SERVER = "user"
+"""The pseudo-server of the built-in ``ask_user`` tool (offered when someone can be asked)."""
+DENIED = "denied by the user"
+NO_ANSWER = "no answer: nobody answered in time"
+
+_ASK_USER_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "question": {"type": "string", "description": "What to ask the user."},
+        "options": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Optional: the answers to choose from.",
+        },
+    },
+    "required": ["question"],
+}
 
 AGENTS_SERVER = "agents"
 OMITTED_RESULT = "[older tool result omitted to save context]"
@@ -82,6 +103,15 @@ class _Run:
     tools: ToolManager
     providers: dict[LLMConfig, LLMProvider]
     subagent_counts: dict[tuple[str, str], int]
+    history: list[tuple[str, str]] = field(default_factory=list)
+    interaction: Interaction | None = None
+    require_approval: tuple[str, ...] = field(default_factory=tuple)
+
+    def needs_approval(self, server: str, tool: str) -> bool:
+        if server == USER_SERVER:
+            return False
+        names = {"*", server, tool, f"{server}/{tool}"}
+        return any(entry in names for entry in self.require_approval)
 
 
 def _ignore(event: CoreEvent) -> None:
@@ -131,11 +161,20 @@ class Orchestrator:
         task_id: str | None = None,
         *,
         files: Sequence[TaskFile] = (),
+        history: Sequence[tuple[str, str]] = (),
+        interaction: Interaction | None = None,
+        require_approval: Sequence[str] = (),
     ) -> tuple[str, str]:
         """Run the task to its end and return ``(summary, final_answer)``.
 
         ``task_file_name`` (a local path, as in MiroFlow) and ``files`` are the task's files:
         the agent is told their paths, names, types and sizes, and opens them with its tools.
+        ``history`` holds earlier turns of the conversation (``(user input, answer)``, oldest
+        first), given to the main agent before the task; when a turn's call does not fit the
+        model's context, the oldest is dropped (a ``history_trimmed`` step) and the call made
+        again. With ``interaction`` the main agent may ask the user (the ``user__ask_user``
+        tool), tool calls named by ``require_approval`` (and the config's) wait for an
+        approval, and steering messages are taken at each turn boundary.
         ``final_answer`` is the content of the last ``\\boxed{...}`` in the summary (``""`` if
         none). Raises :class:`TaskInputError` for a task file that does not exist,
         :class:`TaskFailedError` when the summary needed part of the history to be dropped or
@@ -149,7 +188,15 @@ class Orchestrator:
             all_files.append(local_file(task_file_name))
         self.trace.begin(self.task_id, task_description, all_files)
         task = task_description + describe_files(all_files)
-        run = _Run(self.task_id, ToolManager(self.config.tools, task_env(all_files)), {}, {})
+        run = _Run(
+            self.task_id,
+            ToolManager(self.config.tools, task_env(all_files)),
+            {},
+            {},
+            history=list(history),
+            interaction=interaction,
+            require_approval=(*self.config.require_approval, *require_approval),
+        )
         status, summary, answer, error = "failed", "", "", ""
         try:
             try:
@@ -226,6 +273,14 @@ class Orchestrator:
                 )
                 specs.append(ToolSpec(name, description, _SUBAGENT_PARAMETERS))
                 names[name] = (AGENTS_SERVER, sub)
+        if depth == 0 and run.interaction is not None:
+            name = f"{USER_SERVER}{TOOL_SEPARATOR}ask_user"
+            description = (
+                "Ask the user a question and wait for the answer (with options: a choice). Use "
+                "it when you need a decision or a fact only the user has."
+            )
+            specs.append(ToolSpec(name, description, _ASK_USER_PARAMETERS))
+            names[name] = (USER_SERVER, "ask_user")
         return specs, names
 
     async def _run_agent(
@@ -242,19 +297,39 @@ class Orchestrator:
                 None,
             )
         )
-        messages: list[Message] = [
-            Message("system", SYSTEM_PROMPT),
-            Message("user", task_message(task, self.config.chinese_context)),
-        ]
+        main = depth == 0
+        messages: list[Message] = [Message("system", SYSTEM_PROMPT)]
+        history = run.history if main else []
+        for asked, answered in history:
+            messages += [Message("user", asked), Message("assistant", answered)]
+        messages.append(Message("user", task_message(task, self.config.chinese_context)))
         self.trace.agent_started(path, spec.name, task, messages)
         initial = len(messages)
+        interaction = run.interaction if main else None
         turn = 0
         while spec.max_turns == -1 or turn < spec.max_turns:
             turn += 1
             self._emit(StepEvent(path, "turn_started", f"turn {turn}", turn))
+            if interaction is not None:
+                for text in interaction.take_messages(turn):
+                    messages.append(Message("user", text))
             try:
                 reply = await self._call_llm(provider, spec, path, messages, tools, "turn", turn)
             except ContextLimitError as exc:
+                if history and _drop_oldest_turn(messages):
+                    history.pop(0)
+                    initial -= 2
+                    self._emit(
+                        StepEvent(
+                            path,
+                            "history_trimmed",
+                            "dropped the oldest earlier turn of the conversation to fit the "
+                            f"model's context ({len(history)} left)",
+                            turn,
+                        )
+                    )
+                    turn -= 1
+                    continue
                 self._emit(
                     StepEvent(path, "context_limit", f"{exc.message} — going to the summary", turn)
                 )
@@ -269,12 +344,16 @@ class Orchestrator:
                 )
             )
             if not reply.tool_calls:
+                if interaction is not None and interaction.has_messages():
+                    continue  # the user said more: another turn sees it
                 break
             await self._run_tool_calls(run, spec, path, depth, reply.tool_calls, names, messages)
         else:
             self._emit(
                 StepEvent(path, "max_turns_reached", f"stopped after {spec.max_turns} turns", turn)
             )
+        if interaction is not None:
+            interaction.close_messages()
         try:
             return await self._summarise(provider, spec, path, messages, initial, turn)
         finally:
@@ -326,6 +405,9 @@ class Orchestrator:
             arguments, bad_arguments = {}, f"invalid JSON arguments: {exc}"
         if not isinstance(arguments, dict):
             arguments = {}
+        denied: str | None = None
+        if call.name in names and bad_arguments is None and run.needs_approval(server, tool):
+            denied = await self._approve(run, call.id, server, tool, arguments)
         self._emit(ToolStart(path, call.id, server, tool, arguments))
         started = time.perf_counter()
         result: str | None = None
@@ -335,7 +417,11 @@ class Orchestrator:
                 raise ToolError(f"unknown tool {call.name!r}", server=server, tool=tool)
             if bad_arguments is not None:
                 raise ToolError(bad_arguments, server=server, tool=tool)
-            if server == AGENTS_SERVER:
+            if denied is not None:
+                error = denied
+            elif server == USER_SERVER:
+                result = await self._ask_user(run, arguments)
+            elif server == AGENTS_SERVER:
                 result = await self._run_subagent(run, tool, arguments, path, depth)
             else:
                 result = await run.tools.call_tool(server, tool, arguments)
@@ -355,6 +441,41 @@ class Orchestrator:
         if error is not None:
             return Message("tool", f"Error: {error}", tool_call_id=call.id, is_error=True)
         return Message("tool", result or "", tool_call_id=call.id)
+
+    async def _approve(
+        self, run: _Run, call_id: str, server: str, tool: str, arguments: dict[str, Any]
+    ) -> str | None:
+        """Ask for the approval of a tool call: ``None`` when approved, else what the model is
+        told instead of the result."""
+        interaction = run.interaction
+        if interaction is None:
+            return f"{DENIED}: approval is required and nobody can be asked"
+        prompt = f"Allow {server}/{tool} with {json.dumps(arguments, ensure_ascii=False)}?"
+        received = await interaction.ask(
+            "approval", prompt, server=server, tool=tool, arguments=arguments, call_id=call_id
+        )
+        if received.approved:
+            return None
+        if received.timed_out:
+            return f"{DENIED} ({NO_ANSWER})"
+        return f"{DENIED}: {received.text}" if received.text else DENIED
+
+    async def _ask_user(self, run: _Run, arguments: dict[str, Any]) -> str:
+        question = arguments.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise ToolError(
+                "ask_user needs a non-empty 'question'", server=USER_SERVER, tool="ask_user"
+            )
+        options = arguments.get("options")
+        interaction = run.interaction
+        assert interaction is not None  # the tool is offered only with an interaction
+        if isinstance(options, list) and options and all(isinstance(o, str) for o in options):
+            received = await interaction.ask("choice", question, options=list(options))
+        else:
+            received = await interaction.ask("question", question)
+        if received.timed_out:
+            return NO_ANSWER
+        return received.choice if received.choice is not None else received.text or ""
 
     async def _run_subagent(
         self, run: _Run, name: str, arguments: dict[str, Any], parent: str, depth: int
@@ -505,6 +626,15 @@ class Orchestrator:
                     "the summary, so information was lost"
                 )
             return reply.text, failed
+
+
+def _drop_oldest_turn(messages: list[Message]) -> bool:
+    """Drop the oldest earlier turn (a user and an assistant message after the system
+    prompt); False when there is none."""
+    if len(messages) >= 4 and messages[1].role == "user" and messages[2].role == "assistant":
+        del messages[1:3]
+        return True
+    return False
 
 
 def _trim_tool_results(messages: Sequence[Message], keep: int) -> Sequence[Message]:

@@ -12,7 +12,7 @@ the server. See :mod:`gateway.client.client` for the
 reconnect and resume policy and :mod:`gateway.client.errors` for the exceptions.
 """
 
-from .client import DEFAULT_URL, GatewayClient, TaskFrame, TaskHandle, Terminal
+from .client import DEFAULT_URL, GatewayClient, TaskFrame, TaskHandle, Terminal, Thread
 from .errors import CannotConnect, ConnectionLost, GatewayError, ProtocolMismatch, RequestError
 
 __all__ = [
@@ -26,4 +26,5 @@ __all__ = [
     "TaskFrame",
     "TaskHandle",
     "Terminal",
+    "Thread",
 ]

@@ -69,7 +69,14 @@ from protocol import (
     EventFrame,
     Gap,
     Hello,
+    Input,
+    InputAck,
+    InputReceived,
+    InputRequest,
+    InputRequired,
     LlmResponse,
+    Message,
+    MessageAck,
     Ping,
     Pong,
     ProtocolError,
@@ -83,14 +90,21 @@ from protocol import (
     TaskFailed,
     TaskProgress,
     TaskStatus,
+    ThreadReply,
+    ThreadRequest,
+    ThreadsReply,
+    ThreadsRequest,
+    ThreadSummary,
+    ThreadTask,
     UnknownEvent,
     UnknownEventFrame,
     Unsubscribe,
 )
+from protocol.frames import IfBusy
 
 from .errors import CannotConnect, ConnectionLost, GatewayError, ProtocolMismatch, RequestError
 
-__all__ = ["DEFAULT_URL", "GatewayClient", "TaskFrame", "TaskHandle", "Terminal"]
+__all__ = ["DEFAULT_URL", "GatewayClient", "TaskFrame", "TaskHandle", "Terminal", "Thread"]
 
 log = logging.getLogger("gateway.client")
 
@@ -134,6 +148,9 @@ class TaskHandle:
         self._error: GatewayError | None = None
         self._follow = follow
         self._accepted = False
+        self.pending_input: InputRequest | None = None
+        """What the task waits for (from its latest ``input_required`` not yet resolved);
+        answer with :meth:`respond` or :meth:`approve`."""
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.task_id} {self.state} seq={self.last_seq}>"
@@ -200,6 +217,43 @@ class TaskHandle:
         :meth:`events` when it was accepted."""
         return await self._client.cancel(self.task_id)
 
+    async def respond(
+        self, text: str | None = None, *, choice: str | None = None, request_id: str | None = None
+    ) -> None:
+        """Answer the task's question (``text``) or choice (``choice``). ``request_id``
+        defaults to the pending request's. Raises :class:`RequestError` when refused
+        (``already_answered``: another connection answered first; ``invalid_answer``,
+        ``unknown_request``, ``task_finished``)."""
+        await self._answer(request_id, text=text, choice=choice)
+
+    async def approve(
+        self, approved: bool = True, *, reason: str | None = None, request_id: str | None = None
+    ) -> None:
+        """Approve (or, with ``approved=False``, deny) the tool call the task waits for;
+        ``reason`` is shown to the model with a denial."""
+        await self._answer(request_id, approved=approved, text=reason)
+
+    async def deny(self, reason: str | None = None, *, request_id: str | None = None) -> None:
+        """Deny the tool call the task waits for (the model is told "denied by the user")."""
+        await self.approve(False, reason=reason, request_id=request_id)
+
+    async def _answer(self, request_id: str | None, **answer: Any) -> None:
+        if request_id is None:
+            if self.pending_input is None:
+                raise GatewayError(f"task {self.task_id} waits for no input")
+            request_id = self.pending_input.request_id
+        client = self._client
+        frame = Input(id=client._next_id(), task_id=self.task_id, request_id=request_id, **answer)
+        await client._request(frame, InputAck)
+
+    async def send_message(self, text: str) -> str:
+        """Steer the running task: its agent sees ``text`` at its next turn boundary (a
+        ``user_message`` event shows when). Returns the message id; raises
+        :class:`RequestError` (``task_finished``, ``too_many_messages``)."""
+        client = self._client
+        frame = Message(id=client._next_id(), task_id=self.task_id, text=text)
+        return (await client._request(frame, MessageAck)).message_id
+
     # -- fed by the client's reader
 
     def _notify(self) -> None:
@@ -220,6 +274,13 @@ class TaskHandle:
                 self.superseded.update(self._call.pop(agent, ()))
             case ErrorEvent(retryable=True):
                 pass  # announces the retry that follows; the call's output is still open
+            case InputRequired(request=request):
+                self.pending_input = request
+                self.state = "input_required"
+            case InputReceived(request_id=rid):
+                if self.pending_input is not None and self.pending_input.request_id == rid:
+                    self.pending_input = None
+                    self.state = "running"
             case _:
                 self._call.pop(event.agent, None)  # the agent's model call, if any, ended
         state = TERMINAL_STATES.get(type(event))
@@ -228,6 +289,8 @@ class TaskHandle:
             self.result = event  # type: ignore[assignment]
         elif self.state == "pending" and not isinstance(frame, UnknownEventFrame):
             self.state = "running"
+        if state is not None:
+            self.pending_input = None
         self._notify()
 
     def _gap(self, gap: Gap) -> None:
@@ -240,6 +303,42 @@ class TaskHandle:
         if self._error is None and not self.done:
             self._error = error
             self._notify()
+
+
+class Thread:
+    """A conversation: the tasks started through it see the earlier ones. Made by
+    :meth:`GatewayClient.thread`."""
+
+    def __init__(self, client: GatewayClient, thread_id: str, if_busy: IfBusy) -> None:
+        self._client = client
+        self.thread_id = thread_id
+        """The thread's id (keep it to continue the conversation later, or elsewhere)."""
+        self.if_busy: IfBusy = if_busy
+        """The double-texting policy of :meth:`ask` when the previous turn has not ended."""
+
+    def __repr__(self) -> str:
+        return f"<Thread {self.thread_id}>"
+
+    async def ask(
+        self,
+        input: str,
+        *,
+        task_id: str | None = None,
+        options: StartOptions | Mapping[str, Any] | None = None,
+        if_busy: IfBusy | None = None,
+    ) -> TaskHandle:
+        """Start the conversation's next turn (a follow-up)."""
+        return await self._client.start(
+            input,
+            task_id=task_id,
+            options=options,
+            thread_id=self.thread_id,
+            if_busy=if_busy or self.if_busy,
+        )
+
+    async def tasks(self) -> list[ThreadTask]:
+        """The thread's tasks so far, oldest first (``unknown_thread`` before the first)."""
+        return await self._client.thread_tasks(self.thread_id)
 
 
 @dataclass(slots=True)
@@ -358,12 +457,17 @@ class GatewayClient:
         task_id: str | None = None,
         options: StartOptions | Mapping[str, Any] | None = None,
         subscribe: bool = True,
+        thread_id: str | None = None,
+        if_busy: IfBusy = "reject",
     ) -> TaskHandle:
         """Start a task and return it (its events follow in :meth:`TaskHandle.events`).
 
         ``task_id`` defaults to a fresh random id, so a start resent after a reconnect is an
         idempotent retry. ``options`` is a :class:`~protocol.StartOptions` or a dict of its
-        fields (``max_turns``, ``on_detach``, …). Raises :class:`RequestError` when refused."""
+        fields (``max_turns``, ``on_detach``, …). ``thread_id`` makes it a turn of that
+        conversation (see :meth:`thread`), ``if_busy`` says what happens when the thread's
+        previous task has not ended. Raises :class:`RequestError` when refused (e.g.
+        ``thread_busy``)."""
         if isinstance(options, Mapping):
             options = msgspec.convert(dict(options), StartOptions)
         task_id = task_id or f"t-{uuid.uuid4().hex[:20]}"
@@ -373,7 +477,13 @@ class GatewayClient:
             task = TaskHandle(self, task_id, follow=subscribe)
             self._tasks[task_id] = task
         frame = Start(
-            id=self._next_id(), input=input, task_id=task_id, options=options, subscribe=subscribe
+            id=self._next_id(),
+            input=input,
+            task_id=task_id,
+            options=options,
+            subscribe=subscribe,
+            thread_id=thread_id,
+            if_busy=if_busy,
         )
         try:
             reply = await self._request(frame, Accepted)
@@ -419,6 +529,21 @@ class GatewayClient:
         frame = StatusRequest(id=self._next_id(), task_id=task_id)
         reply = await self._request(frame, StatusReply)
         return reply.tasks
+
+    def thread(self, thread_id: str | None = None, *, if_busy: IfBusy = "reject") -> Thread:
+        """A conversation: ``thread_id`` continues an existing one (yours), none starts a new
+        one. Its :meth:`Thread.ask` starts follow-ups that see the earlier turns."""
+        return Thread(self, thread_id or f"th-{uuid.uuid4().hex[:20]}", if_busy)
+
+    async def threads(self, limit: int = 100) -> list[ThreadSummary]:
+        """This principal's threads, most recently updated first."""
+        reply = await self._request(ThreadsRequest(id=self._next_id(), limit=limit), ThreadsReply)
+        return reply.threads
+
+    async def thread_tasks(self, thread_id: str) -> list[ThreadTask]:
+        """One thread's tasks, oldest first (ids, inputs, states, answers)."""
+        frame = ThreadRequest(id=self._next_id(), thread_id=thread_id)
+        return (await self._request(frame, ThreadReply)).tasks
 
     async def ping(self, payload: str | None = None) -> Pong:
         """An application-level round trip."""
@@ -707,7 +832,16 @@ class GatewayClient:
                 probe = self._probes.pop(rid)
                 if not probe.done():
                     probe.set_result(None)
-            case Accepted() | CancelAck() | StatusReply() | Pong():
+            case (
+                Accepted()
+                | CancelAck()
+                | StatusReply()
+                | Pong()
+                | ThreadsReply()
+                | ThreadReply()
+                | InputAck()
+                | MessageAck()
+            ):
                 self._resolve(frame.id, frame)
             case ErrorFrame():
                 if frame.id is not None and frame.id in self._pending:

@@ -162,11 +162,15 @@ class Settings:
 
     def sync_limits(self) -> None:
         """Make the limits announced in ``hello`` match the task manager's."""
-        limits = self.connection.limits
-        if limits.max_tasks_per_principal != self.tasks.max_tasks_per_owner:
-            self.connection.limits = msgspec.structs.replace(
-                limits, max_tasks_per_principal=self.tasks.max_tasks_per_owner
-            )
+        limits, tasks = self.connection.limits, self.tasks
+        synced = msgspec.structs.replace(
+            limits,
+            max_tasks_per_principal=tasks.max_tasks_per_owner,
+            max_pending_messages=tasks.max_pending_messages,
+            max_queued_per_thread=tasks.max_queued_per_thread,
+        )
+        if synced != limits:
+            self.connection.limits = synced
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .runner import Emit, Runner, TaskSpec, TaskStream, outcome
+from .runner import Emit, Interaction, Runner, TaskSpec, TaskStream, Turn, outcome
 
 if TYPE_CHECKING:
     from .orchestrator import (
@@ -30,12 +30,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_RESULT_PREVIEW_CHARS",
     "Emit",
+    "Interaction",
     "LoadedAgents",
     "Runner",
     "StreamingOrchestrator",
     "TaskSpec",
     "TaskStream",
     "Translator",
+    "Turn",
     "agent_runner",
     "load_agents",
     "outcome",

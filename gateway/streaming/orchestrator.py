@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from gateway.agent import (
     AgentConfig,
     AgentConfigError,
@@ -36,15 +38,42 @@ from gateway.agent import (
 from gateway.agent import default_config as _default_config
 from gateway.agent import load_agents as _load_agents
 from gateway.agent import load_config as _load_config
-from protocol.events import Event, TaskCompleted
+from protocol.events import Event, TaskCompleted, TaskProgress
 from protocol.frames import StartOptions
 
-from .runner import Emit, Runner, TaskSpec, TaskStream, new_spec
+from .runner import Emit, Runner, TaskSpec, TaskStream, Turn, new_spec
 from .translate import DEFAULT_RESULT_PREVIEW_CHARS, Translator
 
 __all__ = ["LoadedAgents", "StreamingOrchestrator", "agent_runner", "load_agents", "runner_factory"]
 
 DEFAULT_AGENT = "default"
+
+HISTORY_CHARS = 48_000
+"""Characters of earlier turns a task's model receives at most (about 12k tokens); the oldest
+turns are dropped first. A turn whose call still exceeds the model's context drops more."""
+
+DEMO_APPROVAL_AGENT = "demo-approval"
+"""A built-in agent: the offline demo whose calculator calls wait for an approval."""
+
+
+def fit_history(history: Sequence[Turn], budget: int) -> tuple[list[tuple[str, str]], int]:
+    """The newest turns whose text fits ``budget`` characters, oldest first, and how many
+    older ones were dropped. A long answer is shortened to its end rather than dropped."""
+    kept: list[tuple[str, str]] = []
+    used = 0
+    for turn in reversed(history):
+        answer = turn.answer
+        size = len(turn.input) + len(answer)
+        if used + size > budget:
+            room = budget - used - len(turn.input)
+            if kept or room < 200:
+                break
+            answer = "…" + answer[-room:]
+            size = len(turn.input) + len(answer)
+        kept.append((turn.input, answer))
+        used += size
+    kept.reverse()
+    return kept, len(history) - len(kept)
 
 
 class StreamingOrchestrator:
@@ -67,6 +96,7 @@ class StreamingOrchestrator:
         self.config = config if config is not None else _default_config()
         self.agents: dict[str, AgentConfig] = dict(agents or {})
         self.preview_chars = preview_chars
+        self.history_chars = HISTORY_CHARS
         self.files = files
         """Where ``StartOptions.files`` ids are looked up (``None``: tasks take no files)."""
         self.traces = traces
@@ -84,7 +114,21 @@ class StreamingOrchestrator:
             emit(translate.started(spec.input, DEFAULT_AGENT, ""))
             return translate.failure(exc)
         llm = config.main_agent.llm
-        emit(translate.started(spec.input, agent_name, llm.model_name, llm.provider))
+        history, dropped = fit_history(spec.history, self.history_chars)
+        started = translate.started(spec.input, agent_name, llm.model_name, llm.provider)
+        if spec.thread_id is not None:
+            started = msgspec.structs.replace(
+                started, thread_id=spec.thread_id, history_turns=len(history)
+            )
+        emit(started)
+        if dropped:
+            emit(
+                TaskProgress(
+                    step="history_trimmed",
+                    message=f"dropped the {dropped} oldest earlier turns of the conversation "
+                    "to fit the model's context",
+                )
+            )
 
         def sink(core_event: CoreEvent) -> None:
             event = translate(core_event)
@@ -96,7 +140,12 @@ class StreamingOrchestrator:
             self.traces.started(spec.owner, spec.task_id, orchestrator.trace)
         try:
             summary, final_answer = await orchestrator.run_main_agent(
-                spec.input, task_id=spec.task_id, files=files
+                spec.input,
+                task_id=spec.task_id,
+                files=files,
+                history=history,
+                interaction=spec.interaction,
+                require_approval=(spec.options.require_approval or ()),
             )
         except Exception as exc:  # CancelledError is not one: it propagates
             return translate.failure(exc)
@@ -138,8 +187,13 @@ class StreamingOrchestrator:
             base = self.config
         else:
             found = self.agents.get(name)
+            if found is None and name == DEMO_APPROVAL_AGENT:
+                demo = self.config
+                if demo.main_agent.llm.provider != "demo":
+                    demo = _default_config()
+                found = demo.with_overrides({"require_approval": ["calculator"]})
             if found is None:
-                known = ", ".join(sorted({DEFAULT_AGENT, *self.agents}))
+                known = ", ".join(sorted({DEFAULT_AGENT, DEMO_APPROVAL_AGENT, *self.agents}))
                 raise AgentConfigError("agent", f"unknown agent {name!r} (known: {known})")
             base = found
         if model is None and max_turns is None and chinese is None:

@@ -30,13 +30,78 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from protocol.events import TERMINAL_STATES, Event, TaskCancelled, TaskFailed, Usage
+from protocol.events import (
+    TERMINAL_STATES,
+    AnswerKind,
+    Event,
+    InputReceived,
+    TaskCancelled,
+    TaskFailed,
+    Usage,
+)
 from protocol.frames import StartOptions
 
-__all__ = ["Emit", "Runner", "TaskSpec", "TaskStream", "new_spec", "outcome"]
+__all__ = [
+    "Emit",
+    "Interaction",
+    "Runner",
+    "TaskSpec",
+    "TaskStream",
+    "Turn",
+    "new_spec",
+    "outcome",
+]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier turn of a conversation: what the user asked and what the agent answered."""
+
+    input: str
+    answer: str
+    """The agent's report (or final answer; a note when the turn ended without one)."""
+
+
+class Interaction(Protocol):
+    """The person behind a task, as a runner sees it (given by the task manager in
+    :attr:`TaskSpec.interaction`; ``None`` when nobody can be asked).
+
+    Both methods are called from the run's own asyncio task."""
+
+    async def ask(
+        self,
+        kind: AnswerKind,
+        prompt: str,
+        *,
+        server: str | None = None,
+        tool: str | None = None,
+        arguments: dict[str, Any] | None = None,
+        call_id: str | None = None,
+        options: list[str] | None = None,
+    ) -> InputReceived:
+        """Emit ``input_required`` and wait for the answer (the task is ``input_required``
+        meanwhile). Returns the ``input_received`` recorded, ``timed_out`` when nobody answered
+        in time and the task's policy is to continue; a policy of ``fail`` ends the task
+        instead (this coroutine is then cancelled)."""
+        ...
+
+    def take_messages(self, turn: int) -> list[str]:
+        """The steering messages that arrived since the last call, oldest first; each is
+        shown to the watchers (``user_message``) as it is taken, for ``turn``."""
+        ...
+
+    def has_messages(self) -> bool:
+        """Whether messages wait to be taken."""
+        ...
+
+    def close_messages(self) -> None:
+        """The agent takes no more messages (it is writing its final report): later ones
+        are refused with ``task_finished``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +112,12 @@ class TaskSpec:
     task_id: str
     input: str
     options: StartOptions
+    thread_id: str | None = None
+    """The conversation the task belongs to."""
+    history: tuple[Turn, ...] = ()
+    """The thread's earlier turns, oldest first (the runner fits them to its model)."""
+    interaction: Interaction | None = None
+    """Questions, approvals and steering messages (``None``: nobody to ask)."""
 
 
 Emit = Callable[[Event | Usage], None]

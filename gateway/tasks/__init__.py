@@ -21,6 +21,7 @@ from .backend import (
     Retention,
     TaskBackend,
     TaskRecord,
+    ThreadTurn,
 )
 from .errors import TaskError
 from .manager import RunnerFactory, StartResult, TaskManager, TaskManagerConfig
@@ -51,4 +52,5 @@ __all__ = [
     "TaskRecord",
     "TaskSpec",
     "TerminalObserver",
+    "ThreadTurn",
 ]

@@ -62,6 +62,21 @@ Failures
     calls never raise it: a networked backend keeps their writes queued, within a bound, until
     the store returns.
 
+Threads
+    A thread (conversation) is a list of :class:`ThreadTurn` per ``(owner, thread_id)``, kept
+    apart from the task records so that a conversation outlives its tasks' logs:
+    :meth:`~TaskBackend.thread_add` appends a turn (creating the thread),
+    :meth:`~TaskBackend.thread_update` replaces the turn of a task (queued, like ``update``),
+    :meth:`~TaskBackend.thread_turns` and :meth:`~TaskBackend.list_threads` read them. Another
+    owner's thread of the same id is another thread. Threads have their own retention
+    (:class:`Retention` ``thread_ttl``, ``max_turns_per_thread``, ``max_threads_per_owner``).
+
+Interaction
+    An answer to a task's question (:meth:`~TaskBackend.send_input`) and a steering message
+    (:meth:`~TaskBackend.send_message`) go to the node running the task (its
+    :meth:`NodeHandler.input_given` / :meth:`NodeHandler.message_given`), which decides and
+    replies: the first valid answer wins wherever it came from.
+
 Fencing
     Records carry the ``node`` that runs the task and an ``epoch``. A backend that ends the
     unfinished tasks of a node it found dead writes them under ``epoch + 1`` and from then on
@@ -77,14 +92,15 @@ import dataclasses
 import itertools
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Literal, Protocol
 
 import msgspec
 
-from protocol.events import TERMINAL_STATES, LlmResponse, Usage
-from protocol.frames import EventFrame, Gap, StartOptions, TaskState
+from protocol.events import TERMINAL_STATES, InputRequest, LlmResponse, Usage
+from protocol.frames import EventFrame, Gap, Input, StartOptions, TaskState, ThreadSummary
 
 __all__ = [
     "FINAL_STATES",
@@ -99,6 +115,7 @@ __all__ = [
     "Retention",
     "TaskBackend",
     "TaskRecord",
+    "ThreadTurn",
 ]
 
 log = logging.getLogger(__name__)
@@ -141,6 +158,29 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The main agent's turn."""
     usage: Usage | None = None
     """Token usage so far (final once the task has ended)."""
+    thread_id: str | None = None
+    """The conversation the task belongs to."""
+    pending_input: InputRequest | None = None
+    """What the task waits for while ``input_required``."""
+
+    @property
+    def final(self) -> bool:
+        """True once the task has ended."""
+        return self.state in FINAL_STATES
+
+
+class ThreadTurn(msgspec.Struct, frozen=True, kw_only=True):
+    """One task of a thread as the thread keeps it (after the task's own record is gone)."""
+
+    task_id: str
+    input: str
+    state: TaskState = "pending"
+    created: float = 0.0
+    updated: float = 0.0
+    final_answer: str | None = None
+    summary: str | None = None
+    reason: str | None = None
+    """Why it ended, when ``failed`` or ``cancelled``."""
 
     @property
     def final(self) -> bool:
@@ -179,6 +219,12 @@ class Retention:
     """Bytes of finished tasks (logs and inputs) kept per owner."""
     max_finished_bytes: int = 256 * 1024 * 1024
     """Bytes of finished tasks kept in all."""
+    thread_ttl: float = 7 * 86_400.0
+    """Seconds a thread is kept after its latest change."""
+    max_turns_per_thread: int = 200
+    """Turns kept per thread; past it the oldest finished turn is dropped."""
+    max_threads_per_owner: int = 1000
+    """Threads kept per owner; past it the least recently updated one is dropped."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -220,6 +266,17 @@ class NodeHandler(Protocol):
     def task_lost(self, owner: str, task_id: str, reason: str) -> None:
         """The task was ended by another node (this one was taken for dead): stop its work
         and write nothing more; its terminal event is written already."""
+        ...
+
+    def input_given(self, owner: str, task_id: str, answer: Input) -> str | None:
+        """An answer to one of the task's requests arrived (from any node). Returns ``None``
+        when it was taken, else ``"code: message"`` (an :class:`~protocol.errors.ErrorCode`
+        value and the reason) to refuse it with."""
+        ...
+
+    def message_given(self, owner: str, task_id: str, text: str) -> str:
+        """A steering message arrived (from any node). Returns the ``message_id`` it was
+        queued as, or ``"!code: message"`` to refuse it with."""
         ...
 
     # Optional (a backend looks it up with getattr): a node that can run tasks it did not
@@ -299,6 +356,34 @@ class TaskBackend(Protocol):
         the room. Queued; does not block."""
         ...
 
+    async def send_input(self, owner: str, task_id: str, answer: Input) -> str | None:
+        """Hand ``answer`` to the node running the active task (:meth:`NodeHandler.input_given`)
+        and return its verdict (``None`` = taken, else ``"code: message"``)."""
+        ...
+
+    async def send_message(self, owner: str, task_id: str, text: str) -> str:
+        """Hand a steering message to the node running the active task
+        (:meth:`NodeHandler.message_given`) and return its verdict."""
+        ...
+
+    async def thread_add(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        """Append ``turn`` to the owner's thread, creating the thread if needed; applies the
+        thread retention bounds."""
+        ...
+
+    def thread_update(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        """Replace the thread's turn of ``turn.task_id`` (nothing when the thread or the turn
+        is gone). Queued; does not block."""
+        ...
+
+    async def thread_turns(self, owner: str, thread_id: str) -> list[ThreadTurn] | None:
+        """The thread's turns, oldest first; ``None`` for an unknown (or expired) thread."""
+        ...
+
+    async def list_threads(self, owner: str, limit: int) -> list[ThreadSummary]:
+        """The owner's threads, most recently updated first, at most ``limit``."""
+        ...
+
     async def flush(self) -> None:
         """Return once every write queued so far is stored (or raise
         :exc:`BackendUnavailable`)."""
@@ -350,6 +435,15 @@ class _Entry:
         return self.bytes + len(self.record.input) + _RECORD_OVERHEAD
 
 
+class _Thread:
+    __slots__ = ("created", "turns", "updated")
+
+    def __init__(self, created: float) -> None:
+        self.created = created
+        self.updated = created
+        self.turns: list[ThreadTurn] = []
+
+
 class InMemoryBackend:
     """The embedded default: everything in this process's memory (one process, any number of
     nodes attached to it — tests run several task managers on one to play several gateways).
@@ -380,6 +474,8 @@ class InMemoryBackend:
         self._finished_bytes = 0
         self._finished_by_owner: dict[str, dict[tuple[str, str], int]] = {}
         self._finished_owner_bytes: dict[str, int] = {}
+        # owner -> thread_id -> turns; dict order is least recently updated first.
+        self._threads: dict[str, dict[str, _Thread]] = {}
 
     # -- nodes
 
@@ -512,6 +608,95 @@ class InMemoryBackend:
         else:
             handler.cancel_requested(owner, task_id, reason)
         return "accepted"
+
+    async def send_input(self, owner: str, task_id: str, answer: Input) -> str | None:
+        handler = self._handler_of(owner, task_id)
+        if isinstance(handler, str):
+            return handler
+        return handler.input_given(owner, task_id, answer)
+
+    async def send_message(self, owner: str, task_id: str, text: str) -> str:
+        handler = self._handler_of(owner, task_id)
+        if isinstance(handler, str):
+            return "!" + handler
+        return handler.message_given(owner, task_id, text)
+
+    def _handler_of(self, owner: str, task_id: str) -> NodeHandler | str:
+        entry = self._entries.get((owner, task_id))
+        if entry is None:
+            return f"unknown_task: no task {task_id!r}"
+        record = entry.record
+        if record.final:
+            return f"task_finished: task {task_id!r} has ended ({record.state})"
+        handler = self._nodes.get(record.node)
+        if handler is None:
+            return f"internal: the gateway running task {task_id!r} is gone; retry shortly"
+        return handler
+
+    # -- threads
+
+    def _live_threads(self, owner: str) -> dict[str, _Thread]:
+        threads = self._threads.get(owner)
+        if not threads:
+            return {}
+        horizon = time.time() - self.retention.thread_ttl
+        for thread_id in [t for t, th in threads.items() if th.updated < horizon]:
+            del threads[thread_id]
+        return threads
+
+    async def thread_add(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        threads = self._live_threads(owner)
+        self._threads[owner] = threads
+        thread = threads.pop(thread_id, None)
+        if thread is None:
+            thread = _Thread(turn.created)
+        threads[thread_id] = thread  # now the most recently updated
+        thread.turns.append(turn)
+        thread.updated = max(turn.updated, turn.created, thread.updated)
+        r = self.retention
+        while len(thread.turns) > r.max_turns_per_thread:
+            oldest = next((i for i, t in enumerate(thread.turns) if t.final), None)
+            if oldest is None:
+                break
+            del thread.turns[oldest]
+        while len(threads) > r.max_threads_per_owner:
+            del threads[next(iter(threads))]
+
+    def thread_update(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        threads = self._threads.get(owner)
+        thread = threads.get(thread_id) if threads else None
+        if threads is None or thread is None:
+            return
+        for i, old in enumerate(thread.turns):
+            if old.task_id == turn.task_id:
+                thread.turns[i] = turn
+                thread.updated = max(thread.updated, turn.updated)
+                threads[thread_id] = threads.pop(thread_id)
+                return
+
+    async def thread_turns(self, owner: str, thread_id: str) -> list[ThreadTurn] | None:
+        thread = self._live_threads(owner).get(thread_id)
+        return None if thread is None else list(thread.turns)
+
+    async def list_threads(self, owner: str, limit: int) -> list[ThreadSummary]:
+        out: list[ThreadSummary] = []
+        for thread_id, thread in reversed(self._live_threads(owner).items()):
+            if len(out) >= limit:
+                break
+            first = thread.turns[0] if thread.turns else None
+            last = thread.turns[-1] if thread.turns else None
+            out.append(
+                ThreadSummary(
+                    thread_id=thread_id,
+                    created=thread.created,
+                    updated=thread.updated,
+                    task_count=len(thread.turns),
+                    title=first.input[:80] if first else "",
+                    last_task_id=last.task_id if last else None,
+                    last_state=last.state if last else None,
+                )
+            )
+        return out
 
     # -- lifetime
 

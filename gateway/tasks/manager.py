@@ -28,6 +28,17 @@ Cancellation policy:
 - :meth:`TaskManager.shutdown` lets tasks finish until a deadline, then cancels the rest and
   waits for their terminal events.
 
+Conversations: a task started with a ``thread_id`` is a turn of that thread (kept by the
+backend, :meth:`TaskManager.threads` / :meth:`TaskManager.thread` list them); its runner gets the
+thread's earlier turns (:attr:`TaskSpec.history`). A ``start`` on a thread whose previous task
+has not ended follows its ``if_busy`` policy: ``reject`` (``thread_busy``), ``enqueue`` (the run
+waits until the thread's earlier tasks have ended, with a ``task_progress`` step
+``waiting_for_thread``), ``interrupt`` (the earlier tasks are cancelled, then it runs).
+
+Questions and steering: every run gets a :class:`~.interaction.TaskInteraction`
+(:attr:`TaskSpec.interaction`); :meth:`TaskManager.answer` and :meth:`TaskManager.message`
+reach it on whichever node runs the task (through the backend).
+
 Owner isolation: every call takes the owner (principal); another owner's task is reported as
 ``unknown_task``, exactly like a task that does not exist, and task ids are per owner.
 
@@ -51,13 +62,15 @@ from dataclasses import dataclass
 
 import msgspec
 
-from gateway.streaming.runner import Runner, TaskSpec, outcome
+from gateway.streaming.runner import Runner, TaskSpec, Turn, outcome
 from protocol.errors import ErrorCode
 from protocol.events import (
     TERMINAL_STATES,
     Event,
+    InputRequest,
     LlmResponse,
     TaskCancelled,
+    TaskCompleted,
     TaskFailed,
     TaskProgress,
     Usage,
@@ -66,10 +79,15 @@ from protocol.frames import (
     DetachPolicy,
     EventFrame,
     Gap,
+    IfBusy,
+    Input,
+    InputTimeoutPolicy,
     RequestId,
     StartOptions,
     TaskState,
     TaskStatus,
+    ThreadSummary,
+    ThreadTask,
 )
 
 from .admission import RunSlots
@@ -80,9 +98,11 @@ from .backend import (
     InMemoryBackend,
     TaskBackend,
     TaskRecord,
+    ThreadTurn,
 )
 from .detach import DetachClocks
 from .errors import TaskError
+from .interaction import DEFAULT_INPUT_TIMEOUT, TaskInteraction
 from .observer import TaskObserver, TerminalObserver, TimingObserver
 from .subscription import Deliver, Subscription
 
@@ -124,6 +144,15 @@ class TaskManagerConfig:
     cancel_grace: float = 10.0
     """Seconds a run may take to honour a cancel before its driver is cancelled again (and,
     after as long again, the task is ended without waiting for it)."""
+    input_timeout: float = DEFAULT_INPUT_TIMEOUT
+    """Seconds a question or approval waits for an answer, unless the task says otherwise."""
+    on_input_timeout: InputTimeoutPolicy = "continue"
+    """What a timed-out wait does, unless the task says otherwise: ``continue`` with "no
+    answer", or ``fail`` the task with code ``input_timeout``."""
+    max_pending_messages: int = 16
+    """Steering messages a task holds before its agent takes them."""
+    max_queued_per_thread: int = 8
+    """Tasks ``enqueue``d behind a thread's running task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +166,10 @@ class StartResult:
     """True when an identical ``start`` had already created this task (idempotent retry)."""
     subscription: Subscription | None = None
     """The subscription made with ``deliver``, if one was passed."""
+    thread_id: str | None = None
+    """The task's thread."""
+    after_task_id: str | None = None
+    """For an ``enqueue``d task: the thread's task it waits for."""
 
 
 def _noop() -> None:
@@ -147,10 +180,12 @@ class _Task:
     """The process-local part of an active task."""
 
     __slots__ = (
+        "after",
         "cancel_reason",
         "driver",
         "emit",
         "hard_timer",
+        "interaction",
         "key",
         "last_seq",
         "output_seen",
@@ -171,6 +206,9 @@ class _Task:
         self.output_seen = False
         self.slot = False
         self.terminal = False
+        self.after: tuple[str, ...] = ()
+        """Tasks of the thread this one waits for before it runs."""
+        self.interaction: TaskInteraction | None = None
 
     def reason(self) -> str | None:
         return self.cancel_reason
@@ -242,6 +280,8 @@ class TaskManager:
         task_id: str | None = None,
         options: StartOptions | None = None,
         deliver: Deliver | None = None,
+        thread_id: str | None = None,
+        if_busy: IfBusy = "reject",
     ) -> StartResult:
         """Create a task and schedule its run.
 
@@ -250,14 +290,20 @@ class TaskManager:
         state); different input or options → ``task_exists``. With ``deliver`` the task is
         subscribed from its first event (for an existing task, from ``seq`` 1 on), before any
         detach clock can start. Raises :class:`TaskError` (``too_many_tasks``, ``task_exists``,
-        ``internal`` while shutting down or when the backend is unavailable)."""
+        ``internal`` while shutting down or when the backend is unavailable).
+
+        With ``thread_id`` the task is the thread's next turn; ``if_busy`` says what happens
+        when the thread's previous task has not ended (``thread_busy`` for ``reject``)."""
         options = options if options is not None else StartOptions()
+        after: tuple[str, ...] = ()
         with _unavailable_refuses("start"):
             if task_id is not None:
                 found = await self._backend.get(owner, task_id)
                 if found is not None:
-                    return await self._existing(found, input, options, deliver)
+                    return await self._existing(found, input, options, deliver, thread_id)
             self._check_open(task_id)
+            if thread_id is not None:
+                after = await self._thread_admission(owner, thread_id, if_busy, task_id)
             now = time.time()
             record = TaskRecord(
                 owner=owner,
@@ -267,6 +313,7 @@ class TaskManager:
                 created=now,
                 updated=now,
                 node=self.node,
+                thread_id=thread_id,
             )
             sub = None
             undo = _noop
@@ -291,20 +338,77 @@ class TaskManager:
                 raise
         if found is not None:  # lost a race with an identical start
             undo()
-            return await self._existing(found, input, options, deliver)
-        self._launch(record, sub, undo)
-        return StartResult(record.task_id, record.state, False, sub)
+            return await self._existing(found, input, options, deliver, thread_id)
+        if thread_id is not None:
+            turn = ThreadTurn(task_id=record.task_id, input=input, created=now, updated=now)
+            with _unavailable_refuses("start"):
+                await self._backend.thread_add(owner, thread_id, turn)
+        task = self._launch(record, sub, undo, after)
+        if if_busy == "interrupt":
+            for other in after:
+                await self.cancel(owner, other, "interrupted by a new message on the thread")
+        return StartResult(
+            record.task_id,
+            record.state,
+            False,
+            sub,
+            thread_id,
+            after[-1] if after and if_busy == "enqueue" and not task.terminal else None,
+        )
+
+    async def _thread_admission(
+        self, owner: str, thread_id: str, if_busy: IfBusy, task_id: str | None
+    ) -> tuple[str, ...]:
+        """The thread's unfinished tasks the new one must wait for (after cancelling them,
+        for ``interrupt``); raises ``thread_busy`` under ``reject`` or a full queue."""
+        turns = await self._backend.thread_turns(owner, thread_id) or []
+        busy = [t.task_id for t in turns if not t.final]
+        if busy:
+            # A turn's own record may be more recent than the thread's copy (ended on a node
+            # whose thread write is still queued, or expired).
+            records = [await self._backend.get(owner, t) for t in busy]
+            busy = [t for t, r in zip(busy, records, strict=True) if r is not None and not r.final]
+        if not busy:
+            return ()
+        if if_busy == "reject":
+            raise TaskError(
+                ErrorCode.THREAD_BUSY,
+                f"thread {thread_id!r} is busy with task {busy[-1]!r}; retry when it ends, or "
+                "start with if_busy enqueue or interrupt",
+                task_id=busy[-1],
+            )
+        limit = self.config.max_queued_per_thread
+        if if_busy == "enqueue" and len(busy) > limit:
+            raise TaskError(
+                ErrorCode.THREAD_BUSY,
+                f"thread {thread_id!r} already has {limit} tasks waiting (the limit)",
+                task_id=busy[-1],
+            )
+        return tuple(busy)
 
     def _launch(
-        self, record: TaskRecord, sub: Subscription | None = None, undo: Callable[[], None] = _noop
+        self,
+        record: TaskRecord,
+        sub: Subscription | None = None,
+        undo: Callable[[], None] = _noop,
+        after: tuple[str, ...] = (),
     ) -> _Task:
         """Run a task this node now owns (a new one, or one a backend moved here) from
         ``record.last_seq`` on; ``sub`` (listening already, ``undo`` ends that) becomes its
         first subscriber before the detach clock starts."""
         task = _Task(record)
         task.last_seq = record.last_seq
+        task.after = after
         self._active[task.key] = task
         cfg, options = self.config, record.options
+        task.interaction = TaskInteraction(
+            record.task_id,
+            functools.partial(self._emit, task),
+            functools.partial(self._set_waiting, task),
+            timeout=options.input_timeout or cfg.input_timeout,
+            on_timeout=options.on_input_timeout or cfg.on_input_timeout,
+            max_pending=cfg.max_pending_messages,
+        )
         self._detach.track(
             task.key,
             options.on_detach or cfg.on_detach,
@@ -336,9 +440,14 @@ class TaskManager:
             )
 
     async def _existing(
-        self, found: TaskRecord, input: str, options: StartOptions, deliver: Deliver | None
+        self,
+        found: TaskRecord,
+        input: str,
+        options: StartOptions,
+        deliver: Deliver | None,
+        thread_id: str | None = None,
     ) -> StartResult:
-        if found.input != input or found.options != options:
+        if found.input != input or found.options != options or found.thread_id != thread_id:
             raise TaskError(
                 ErrorCode.TASK_EXISTS,
                 f"task {found.task_id!r} already exists with a different input or options",
@@ -347,7 +456,7 @@ class TaskManager:
         subscription = None
         if deliver is not None:
             subscription = await self.subscribe(found.owner, found.task_id, deliver=deliver)
-        return StartResult(found.task_id, found.state, True, subscription)
+        return StartResult(found.task_id, found.state, True, subscription, found.thread_id)
 
     # ------------------------------------------------------------------ cancel
 
@@ -419,6 +528,76 @@ class TaskManager:
         positions = self._slots.positions() if self._slots.waiting else {}
         return [_status(r, positions.get((r.owner, r.task_id))) for r in records]
 
+    # ------------------------------------------------------------------ threads
+
+    async def threads(self, owner: str, limit: int = 100) -> list[ThreadSummary]:
+        """The owner's threads, most recently updated first."""
+        with _unavailable_refuses("threads"):
+            return await self._backend.list_threads(owner, limit)
+
+    async def thread(self, owner: str, thread_id: str) -> list[ThreadTask]:
+        """The thread's tasks, oldest first; ``unknown_thread`` if the owner has none."""
+        with _unavailable_refuses("thread"):
+            turns = await self._backend.thread_turns(owner, thread_id)
+            if turns is None:
+                raise TaskError(ErrorCode.UNKNOWN_THREAD, f"no thread {thread_id!r}")
+            records = [await self._backend.get(owner, t.task_id) for t in turns]
+        out = []
+        for turn, record in zip(turns, records, strict=True):
+            item = ThreadTask(
+                task_id=turn.task_id,
+                input=turn.input,
+                state=turn.state,
+                created=turn.created,
+                updated=turn.updated,
+                final_answer=turn.final_answer,
+                summary=turn.summary,
+                reason=turn.reason,
+            )
+            if record is not None and not turn.final:
+                item = _replace(
+                    item,
+                    state=record.state,
+                    updated=record.updated,
+                    last_seq=record.last_seq,
+                    pending_input=record.pending_input,
+                )
+            elif record is not None:
+                item = _replace(item, last_seq=record.last_seq)
+            out.append(item)
+        return out
+
+    # ------------------------------------------------------------------ questions, messages
+
+    async def answer(self, owner: str, answer: Input) -> None:
+        """Answer one of a task's requests (the first valid answer wins); raises
+        :class:`TaskError` (``unknown_task``, ``task_finished``, ``unknown_request``,
+        ``already_answered``, ``invalid_answer``)."""
+        task = self._active.get((owner, answer.task_id))
+        if task is not None and task.interaction is not None and not task.terminal:
+            task.interaction.answer(answer)
+            return
+        with _unavailable_refuses("input"):
+            verdict = await self._backend.send_input(owner, answer.task_id, answer)
+        if verdict is not None:
+            raise _refusal(verdict, answer.task_id)
+
+    async def message(self, owner: str, task_id: str, text: str) -> str:
+        """Queue a steering message for the task's agent; returns its ``message_id``. Raises
+        :class:`TaskError` (``unknown_task``, ``task_finished``, ``too_many_messages``)."""
+        task = self._active.get((owner, task_id))
+        if task is not None and task.interaction is not None and not task.terminal:
+            return task.interaction.add_message(text)
+        with _unavailable_refuses("message"):
+            verdict = await self._backend.send_message(owner, task_id, text)
+        if verdict.startswith("!"):
+            raise _refusal(verdict[1:], task_id)
+        return verdict
+
+    def _set_waiting(self, task: _Task, request: InputRequest | None) -> None:
+        state: TaskState = "input_required" if request is not None else "running"
+        task.record = _replace(task.record, state=state, pending_input=request)
+
     # ------------------------------------------------------------------ subscribe
 
     async def subscribe(
@@ -484,15 +663,84 @@ class TaskManager:
         self._end(task, terminal)
 
     async def _run(self, task: _Task) -> Event:
+        owner = task.record.owner
+        if task.after:
+            self._emit(
+                task,
+                TaskProgress(
+                    step="waiting_for_thread",
+                    message=f"waiting for task {task.after[-1]} of the thread to end",
+                ),
+            )
+            for other in task.after:
+                await self._ended(owner, other)
+        history: tuple[Turn, ...] = ()
+        thread_id = task.record.thread_id
+        if thread_id is not None:
+            history = await self._history(owner, thread_id, task.record.task_id)
         await self._slots.acquire(task.key, functools.partial(self._queued, task))
         task.slot = True
         record = _replace(task.record, state="running", updated=time.time())
         task.record = record
         self._backend.update(record)
+        if thread_id is not None:
+            self._backend.thread_update(
+                owner,
+                thread_id,
+                ThreadTurn(
+                    task_id=record.task_id,
+                    input=record.input,
+                    state="running",
+                    created=record.created,
+                    updated=record.updated,
+                ),
+            )
         self._observer.run_started(record)
-        return await self._runner(
-            TaskSpec(record.owner, record.task_id, record.input, record.options), task.emit
+        spec = TaskSpec(
+            record.owner,
+            record.task_id,
+            record.input,
+            record.options,
+            thread_id=thread_id,
+            history=history,
+            interaction=task.interaction,
         )
+        return await self._runner(spec, task.emit)
+
+    async def _ended(self, owner: str, task_id: str) -> None:
+        """Return once the owner's task has ended (or is gone)."""
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_event(item: EventFrame | Gap) -> None:
+            if (
+                isinstance(item, EventFrame)
+                and type(item.event) in TERMINAL_STATES
+                and not ended.done()
+            ):
+                ended.set_result(None)
+
+        undo = await self._backend.listen(owner, task_id, on_event)
+        try:
+            record = await self._backend.get(owner, task_id)
+            if record is not None and not record.final:
+                await ended
+        finally:
+            undo()
+
+    async def _history(self, owner: str, thread_id: str, task_id: str) -> tuple[Turn, ...]:
+        turns = await self._backend.thread_turns(owner, thread_id) or []
+        history = []
+        for turn in turns:
+            if turn.task_id == task_id:
+                break
+            if not turn.final:
+                continue
+            if turn.state == "completed":
+                answer = turn.summary or turn.final_answer or "(no answer)"
+            else:
+                answer = f"(this turn ended without an answer: {turn.state}, {turn.reason})"
+            history.append(Turn(turn.input, answer))
+        return tuple(history)
 
     def _queued(self, task: _Task, position: int) -> None:
         self._emit(
@@ -553,7 +801,11 @@ class TaskManager:
         now = time.time()
         usage = getattr(terminal, "usage", None) or task.record.usage
         record = _replace(
-            task.record, state=TERMINAL_STATES[type(terminal)], usage=usage, updated=now
+            task.record,
+            state=TERMINAL_STATES[type(terminal)],
+            usage=usage,
+            updated=now,
+            pending_input=None,
         )
         task.record = record
         seq = task.last_seq + 1
@@ -561,6 +813,12 @@ class TaskManager:
         self._backend.append(
             record, EventFrame(task_id=record.task_id, seq=seq, ts=now, event=terminal)
         )
+        if task.interaction is not None:
+            task.interaction.finish(f"it has ended ({record.state})")
+        if record.thread_id is not None:
+            self._backend.thread_update(
+                record.owner, record.thread_id, _turn(record, terminal, now)
+            )
         if type(terminal) is TaskFailed:  # one line per failed task: its code, never its text
             log.warning("task %s failed with code %s", record.task_id, terminal.code)
         self._observer.task_ended(record)
@@ -675,6 +933,54 @@ class _Handler:
     def task_adopted(self, record: TaskRecord) -> None:
         self._manager._adopt(record)
 
+    def input_given(self, owner: str, task_id: str, answer: Input) -> str | None:
+        task = self._manager._active.get((owner, task_id))
+        if task is None or task.interaction is None or task.terminal:
+            return f"task_finished: task {task_id!r} has ended"
+        try:
+            task.interaction.answer(answer)
+        except TaskError as exc:
+            return f"{exc.code.value}: {exc.message}"
+        return None
+
+    def message_given(self, owner: str, task_id: str, text: str) -> str:
+        task = self._manager._active.get((owner, task_id))
+        if task is None or task.interaction is None or task.terminal:
+            return f"!task_finished: task {task_id!r} has ended"
+        try:
+            return task.interaction.add_message(text)
+        except TaskError as exc:
+            return f"!{exc.code.value}: {exc.message}"
+
+
+def _turn(record: TaskRecord, terminal: Event, now: float) -> ThreadTurn:
+    final_answer = summary = reason = None
+    if isinstance(terminal, TaskCompleted):
+        final_answer, summary = terminal.final_answer, terminal.summary
+    elif isinstance(terminal, TaskFailed):
+        summary, reason = terminal.summary or None, terminal.reason
+    elif isinstance(terminal, TaskCancelled):
+        reason = terminal.reason
+    return ThreadTurn(
+        task_id=record.task_id,
+        input=record.input,
+        state=record.state,
+        created=record.created,
+        updated=now,
+        final_answer=final_answer,
+        summary=summary,
+        reason=reason,
+    )
+
+
+def _refusal(verdict: str, task_id: str) -> TaskError:
+    code, _, message = verdict.partition(": ")
+    try:
+        error = ErrorCode(code)
+    except ValueError:
+        error, message = ErrorCode.INTERNAL, verdict
+    return TaskError(error, message, task_id=task_id)
+
 
 def _status(record: TaskRecord, queue_position: int | None) -> TaskStatus:
     return TaskStatus(
@@ -687,6 +993,8 @@ def _status(record: TaskRecord, queue_position: int | None) -> TaskStatus:
         turn=record.turn,
         usage=record.usage,
         queue_position=queue_position,
+        thread_id=record.thread_id,
+        pending_input=record.pending_input,
     )
 
 

@@ -64,8 +64,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol.events import TaskFailed, Usage
-from protocol.frames import EventFrame, Gap, StartOptions, TaskState
+from protocol.events import InputRequest, TaskFailed, Usage
+from protocol.frames import EventFrame, Gap, Input, StartOptions, TaskState, ThreadSummary
 
 from . import redis_scripts as lua
 from . import redis_wire as wire
@@ -78,9 +78,13 @@ from .backend import (
     NodeHandler,
     Retention,
     TaskRecord,
+    ThreadTurn,
 )
 
 __all__ = ["RedisBackend", "RedisConfig"]
+
+_TURN_ENCODER = msgspec.msgpack.Encoder()
+_TURN_DECODER = msgspec.msgpack.Decoder(ThreadTurn)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,7 @@ _encoder = msgspec.json.Encoder()
 _frame_decoder = msgspec.json.Decoder(EventFrame)
 _options_decoder = msgspec.json.Decoder(StartOptions)
 _usage_decoder = msgspec.json.Decoder(Usage)
+_input_request_decoder = msgspec.json.Decoder(InputRequest)
 _ctl_decoder = msgspec.json.Decoder(dict[str, str])
 
 Key = tuple[str, str]
@@ -215,6 +220,8 @@ class RedisBackend:
         self._watches: dict[Key, _Watch] = {}
         self._by_channel: dict[str, Key] = {}
         self._ops: deque[_Op] = deque()
+        self._thread_writes: set[asyncio.Task[None]] = set()
+        self._thread_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -301,8 +308,141 @@ class RedisBackend:
         if self._pubsub is not None:
             await self._send("SSUBSCRIBE", self._node_key(node, "ctl"))
 
+    # ------------------------------------------------------------------ threads (issue 12)
+    #
+    # One list per thread (``th:<id>``, its turns as MessagePack, expiring ``thread_ttl`` after
+    # its latest change) and a sorted set per owner (``thidx``, thread ids scored by their
+    # latest change) for listing and for dropping the least recently updated. Both live under
+    # the owner's hash tag. A node reads its own thread writes (they are awaited before its
+    # reads); across nodes a write becomes visible once stored.
+
+    def _thread_keys(self, owner: str, thread_id: str) -> tuple[str, str]:
+        base = self._base(owner)
+        return base + "th:" + thread_id, base + "thidx"
+
+    async def _thread_writes_done(self) -> None:
+        pending = [t for t in self._thread_writes if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def thread_add(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        await self._ensure()
+        await self._thread_writes_done()
+        key, idx = self._thread_keys(owner, thread_id)
+        r = self.retention
+        changed = max(turn.created, turn.updated)
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.rpush(key, _TURN_ENCODER.encode(turn))
+            pipe.ltrim(key, -r.max_turns_per_thread, -1)
+            pipe.pexpireat(key, int((changed + r.thread_ttl) * 1000))
+            pipe.zadd(idx, {thread_id: changed})
+            pipe.zremrangebyscore(idx, "-inf", time.time() - r.thread_ttl)
+            pipe.zrange(idx, 0, -(r.max_threads_per_owner + 1))
+            *_, dropped = await pipe.execute()
+            if dropped:
+                names = [d.decode() for d in dropped]
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.zrem(idx, *names)
+                pipe.delete(*(self._thread_keys(owner, n)[0] for n in names))
+                await pipe.execute()
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+
+    def thread_update(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        task = asyncio.get_running_loop().create_task(self._thread_update(owner, thread_id, turn))
+        self._thread_writes.add(task)
+        task.add_done_callback(self._thread_writes.discard)
+
+    async def _thread_update(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        async with self._thread_lock:  # FIFO: the updates are stored in the order made
+            await self._thread_update_now(owner, thread_id, turn)
+
+    async def _thread_update_now(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
+        key, idx = self._thread_keys(owner, thread_id)
+        try:
+            await self._ensure()
+            raws = await self._redis.lrange(key, 0, -1)
+            for i, raw in enumerate(raws):
+                if _TURN_DECODER.decode(raw).task_id == turn.task_id:
+                    pipe = self._redis.pipeline(transaction=True)
+                    pipe.lset(key, i, _TURN_ENCODER.encode(turn))
+                    pipe.pexpireat(key, int((turn.updated + self.retention.thread_ttl) * 1000))
+                    pipe.zadd(idx, {thread_id: turn.updated}, xx=True)
+                    await pipe.execute()
+                    return
+        except (*_UNREACHABLE, RedisError, BackendUnavailable) as exc:
+            log.warning("thread %s: a turn's update was not stored: %s", thread_id, exc)
+
+    async def thread_turns(self, owner: str, thread_id: str) -> list[ThreadTurn] | None:
+        await self._ensure()
+        await self._thread_writes_done()
+        try:
+            raws = await self._redis.lrange(self._thread_keys(owner, thread_id)[0], 0, -1)
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        return [_TURN_DECODER.decode(raw) for raw in raws] or None
+
+    async def list_threads(self, owner: str, limit: int) -> list[ThreadSummary]:
+        await self._ensure()
+        await self._thread_writes_done()
+        _, idx = self._thread_keys(owner, "")
+        try:
+            await self._redis.zremrangebyscore(idx, "-inf", time.time() - self.retention.thread_ttl)
+            ids = [i.decode() for i in await self._redis.zrevrange(idx, 0, limit - 1)]
+            pipe = self._redis.pipeline(transaction=False)
+            for thread_id in ids:
+                pipe.lrange(self._thread_keys(owner, thread_id)[0], 0, -1)
+            lists = await pipe.execute()
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        out: list[ThreadSummary] = []
+        for thread_id, raws in zip(ids, lists, strict=True):
+            turns = [_TURN_DECODER.decode(raw) for raw in raws]
+            if not turns:
+                continue  # expired meanwhile
+            first, last = turns[0], turns[-1]
+            out.append(
+                ThreadSummary(
+                    thread_id=thread_id,
+                    created=first.created,
+                    updated=max(t.updated for t in turns),
+                    task_count=len(turns),
+                    title=first.input[:80],
+                    last_task_id=last.task_id,
+                    last_state=last.state,
+                )
+            )
+        return out
+
+    async def send_input(self, owner: str, task_id: str, answer: Input) -> str | None:
+        handler = await self._running_handler(owner, task_id)
+        return handler if isinstance(handler, str) else handler.input_given(owner, task_id, answer)
+
+    async def send_message(self, owner: str, task_id: str, text: str) -> str:
+        handler = await self._running_handler(owner, task_id)
+        if isinstance(handler, str):
+            return "!" + handler
+        return handler.message_given(owner, task_id, text)
+
+    async def _running_handler(self, owner: str, task_id: str) -> NodeHandler | str:
+        record = await self.get(owner, task_id)
+        if record is None:
+            return f"unknown_task: no task {task_id!r}"
+        if record.final:
+            return f"task_finished: task {task_id!r} has ended ({record.state})"
+        handler = self._handlers.get(record.node)
+        if handler is None:
+            # Not yet: a request/reply to the running node over its control channel.
+            return (
+                f"internal: task {task_id!r} runs on another gateway; answer or steer it "
+                "through a connection to that gateway"
+            )
+        return handler
+
     async def flush(self) -> None:
         await self._ensure()
+        await self._thread_writes_done()
         while self._ops:
             if self._outage_since is not None:
                 raise BackendUnavailable(self.health() or "Redis is unreachable")
@@ -315,6 +455,10 @@ class RedisBackend:
         """Write what is queued (for up to ``lease`` seconds), leave, disconnect."""
         if self._closing:
             return
+        if self._thread_writes:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.lease):
+                    await self._thread_writes_done()
         if self._ops and self._started:
             with contextlib.suppress(TimeoutError, BackendUnavailable):
                 async with asyncio.timeout(self.config.lease):
@@ -1164,6 +1308,8 @@ def _fields(record: TaskRecord, *, full: bool = False) -> list[Any]:
     ]
     if record.usage is not None:
         fields += ["usage", _encoder.encode(record.usage)]
+    pending = record.pending_input
+    fields += ["pending_input", _encoder.encode(pending) if pending is not None else ""]
     if full:
         fields += [
             "owner",
@@ -1183,6 +1329,8 @@ def _fields(record: TaskRecord, *, full: bool = False) -> list[Any]:
             "epoch",
             record.epoch,
         ]
+        if record.thread_id is not None:
+            fields += ["thread_id", record.thread_id]
     return fields
 
 
@@ -1197,6 +1345,7 @@ def _record_from(raw: dict[bytes, bytes]) -> TaskRecord:
         return value.decode() if value is not None else default
 
     usage = raw.get(b"usage")
+    pending = raw.get(b"pending_input")
     state: TaskState = text("state", "pending")  # type: ignore[assignment]
     return TaskRecord(
         owner=text("owner"),
@@ -1212,6 +1361,8 @@ def _record_from(raw: dict[bytes, bytes]) -> TaskRecord:
         progress=text("progress") or None,
         turn=int(text("turn", "0")),
         usage=_usage_decoder.decode(usage) if usage else None,
+        thread_id=text("thread_id") or None,
+        pending_input=_input_request_decoder.decode(pending) if pending else None,
     )
 
 

@@ -1,19 +1,35 @@
-// OSpark Gateway web demo: one shared WebSocket (ospark.v1.json), many task cards.
+// OSpark Gateway web demo: a chat page over one shared WebSocket (ospark.v1.json).
+//
+// Each question is a task; its answer is rendered from the task's events as they stream
+// (markdown through render.js, tool calls as chips, reasoning in one "Thought for N s"
+// disclosure, protocol details behind a per-answer "Details" toggle and the developer panel).
 //
 // Resume: every task remembers the last seq it rendered. When the socket drops the page
 // reconnects with backoff and sends `subscribe {task_id, after_seq}` for every unfinished
 // task; events at or below a task's last seq are ignored, so nothing is shown twice and
 // nothing is lost. Task ids live in sessionStorage, so a reload replays each task from the
-// start (after_seq 0) into a fresh card and then follows it live.
+// start (after_seq 0) into a fresh turn and then follows it live. Times shown come from the
+// events' `ts`, so they read the same after a reload.
+//
+// Extension points for conversations (threads, follow-ups, questions and approvals):
+// `#threads` (a list of threads, hidden until the server offers them), `startTask(input,
+// extra)` (extra frame fields such as a thread id), `Turn.asks` (the element where question
+// and approval cards of a waiting task go) and `Turn.applyUnknown` (kinds this page does not
+// render yet are shown as text, never dropped).
 "use strict";
 
 (() => {
   const STORAGE_KEY = "ospark.tasks";
+  const CLEARED_KEY = "ospark.cleared";
+  const THREAD_KEY = "ospark.thread";
   const PING_EVERY_MS = 15000;
   const PONG_TIMEOUT_MS = 10000;
   const NO_RETRY = new Set([4001, 4002]);
   const PROTOCOL_VERSION = 1;
+  const FOLLOW_SLACK_PX = 48; // this close to the bottom counts as "at the bottom"
+  const LONG_QUESTION_CHARS = 1200;
 
+  const { MarkdownView, afterFlush, copyText } = window.OSparkRender;
   const $ = (sel, root = document) => root.querySelector(sel);
   const params = new URLSearchParams(location.search);
   const token = params.get("token");
@@ -23,14 +39,21 @@
     conn: "connecting",
     hello: null,
     nextId: 1,
-    tasks: new Map(), // task_id -> Task
+    tasks: new Map(), // task_id -> Turn
     pending: new Map(), // request id -> {frame, onReply}
+    cleared: new Set(loadJson(CLEARED_KEY, [])), // finished task ids the user cleared
     retryDelay: 250,
     retryTimer: null,
     pingTimer: null,
     pongDeadline: null,
     reconnects: 0,
     stopped: false,
+    follow: true, // the view follows the stream until the user scrolls up
+    // Conversations: the page's current thread. Questions asked here continue it (follow-ups)
+    // once the gateway has answered a `threads` request; an older gateway never sees thread
+    // fields and every question stands alone, as before.
+    threads: null, // null: not asked yet, false: not offered by this gateway, true: offered
+    thread: sessionStorage.getItem(THREAD_KEY) || newThreadId(),
   };
   window.ospark = state; // for the console and the tests
 
@@ -47,6 +70,10 @@
     return "w" + state.nextId++;
   }
 
+  function newThreadId() {
+    return "th-" + newTaskId().slice(4);
+  }
+
   function newTaskId() {
     const rand = (crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2))
       .replace(/-/g, "")
@@ -54,22 +81,37 @@
     return "web-" + rand;
   }
 
-  function saveTasks() {
-    const list = [...state.tasks.values()].map((t) => ({ task_id: t.id, input: t.input }));
+  function loadJson(key, fallback) {
     try {
-      sessionStorage.setItem(STORAGE_KEY, JSON.stringify(list.slice(-50)));
+      const value = JSON.parse(sessionStorage.getItem(key) || "null");
+      return Array.isArray(value) ? value : fallback;
+    } catch (_) {
+      return fallback;
+    }
+  }
+
+  function saveJson(key, value) {
+    try {
+      sessionStorage.setItem(key, JSON.stringify(value));
     } catch (_) {
       /* storage full or disabled: resume after reload is lost, nothing else */
     }
   }
 
-  function loadTasks() {
+  function saveTasks() {
+    const list = [...state.tasks.values()].map((t) => ({ task_id: t.id, input: t.input,
+      thread_id: t.threadId }));
     try {
-      const list = JSON.parse(sessionStorage.getItem(STORAGE_KEY) || "[]");
-      return Array.isArray(list) ? list.filter((t) => t && typeof t.task_id === "string") : [];
+      sessionStorage.setItem(THREAD_KEY, state.thread);
     } catch (_) {
-      return [];
+      /* as below */
     }
+    saveJson(STORAGE_KEY, list.slice(-50));
+    saveJson(CLEARED_KEY, [...state.cleared].slice(-500));
+  }
+
+  function loadTasks() {
+    return loadJson(STORAGE_KEY, []).filter((t) => t && typeof t.task_id === "string");
   }
 
   function showBanner(text) {
@@ -79,22 +121,71 @@
 
   function setConn(conn, text) {
     state.conn = conn;
-    const box = $("#conn");
-    box.dataset.state = conn;
+    $("#conn").dataset.state = conn;
     $("#conn-text").textContent = text || conn;
+    updateComposer();
   }
 
   function isTerminal(kind) {
     return kind === "task_completed" || kind === "task_failed" || kind === "task_cancelled";
   }
 
-  function nearBottom() {
-    return window.innerHeight + window.scrollY >= document.body.scrollHeight - 80;
+  function formatMs(ms) {
+    return ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : ms.toFixed(1) + " ms";
   }
 
-  function keepScrolled(wasNear) {
-    if (wasNear) window.scrollTo(0, document.body.scrollHeight);
+  function formatSeconds(s) {
+    if (s < 10) return s.toFixed(1) + " s";
+    if (s < 60) return Math.round(s) + " s";
+    return Math.floor(s / 60) + " min " + String(Math.round(s % 60)).padStart(2, "0") + " s";
   }
+
+  // ------------------------------------------------------------------ scrolling
+
+  const scroller = $("#scroller");
+
+  function atBottom() {
+    return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight <= FOLLOW_SLACK_PX;
+  }
+
+  function stickToBottom() {
+    if (state.follow) scroller.scrollTop = scroller.scrollHeight;
+    updateJump();
+  }
+
+  // Events come in bursts (a replay after a reload is hundreds at once): the view is moved
+  // once per frame, not once per event, so the page lays itself out once per frame too.
+  let scrollFrame = 0;
+  function stickSoon() {
+    if (!scrollFrame) {
+      scrollFrame = requestAnimationFrame(() => {
+        scrollFrame = 0;
+        stickToBottom();
+      });
+    }
+  }
+
+  function updateJump() {
+    $("#jump").hidden = state.follow || atBottom();
+  }
+
+  // Only the user moves `follow`: a wheel, touch or key scroll up stops following, reaching
+  // the bottom again resumes it. Content growing below never counts as the user scrolling.
+  let lastTop = 0;
+  scroller.addEventListener("scroll", () => {
+    const top = scroller.scrollTop;
+    if (top < lastTop - 2 && !atBottom()) state.follow = false;
+    else if (atBottom()) state.follow = true;
+    lastTop = top;
+    updateJump();
+  }, { passive: true });
+  $("#jump").addEventListener("click", () => {
+    state.follow = true;
+    stickToBottom();
+    $("#input").focus();
+  });
+  afterFlush.push(stickToBottom);
+  new ResizeObserver(stickToBottom).observe($("#conversation"));
 
   // ------------------------------------------------------------------ socket
 
@@ -144,7 +235,7 @@
     try {
       ws = new WebSocket(socketUrl(), "ospark.v1.json");
     } catch (err) {
-      showBanner("cannot open the WebSocket: " + err);
+      showBanner("Cannot open the WebSocket: " + err);
       return scheduleReconnect();
     }
     state.ws = ws;
@@ -184,8 +275,8 @@
     const delay = state.retryDelay;
     state.retryDelay = Math.min(state.retryDelay * 2, 5000);
     state.reconnects += 1;
-    setConn("reconnecting", `reconnecting in ${(delay / 1000).toFixed(1)}s` +
-      (code ? ` (closed ${code})` : ""));
+    setConn("reconnecting", navigator.onLine === false ? "offline" :
+      `reconnecting in ${(delay / 1000).toFixed(1)}s` + (code ? ` (closed ${code})` : ""));
     state.retryTimer = setTimeout(connect, delay);
   }
 
@@ -217,6 +308,7 @@
       }
     }
     for (const { frame } of state.pending.values()) send(frame);
+    refreshThreads();
     clearInterval(state.pingTimer);
     state.pingTimer = setInterval(keepalive, PING_EVERY_MS);
     refreshStatus();
@@ -252,6 +344,12 @@
       case "accepted":
       case "cancel_ack":
       case "status":
+      case "subscribed":
+      case "unsubscribed":
+      case "threads":
+      case "thread":
+      case "input_ack":
+      case "message_ack":
       case "pong": {
         const pending = state.pending.get(frame.id);
         state.pending.delete(frame.id);
@@ -274,22 +372,29 @@
     const task = state.tasks.get(frame.task_id);
     if (!task || frame.seq <= task.lastSeq) return; // not ours, or a replayed duplicate
     task.lastSeq = frame.seq;
-    const near = nearBottom();
-    task.apply(frame);
-    keepScrolled(near);
+    task.apply(frame.event || {}, typeof frame.ts === "number" ? frame.ts : Date.now() / 1000);
+    stickSoon();
   }
 
   function onGap(frame) {
     const task = state.tasks.get(frame.task_id);
     if (!task) return;
-    task.note(`events ${frame.after_seq + 1}–${frame.first_available_seq - 1} are no longer ` +
-      "kept by the server; continuing from there", "error");
+    task.note(`Events ${frame.after_seq + 1}–${frame.first_available_seq - 1} are no longer ` +
+      "kept by the server; continuing from there.", "error");
     task.lastSeq = Math.max(task.lastSeq, frame.first_available_seq - 1);
   }
 
   function onError(frame) {
     const pending = state.pending.get(frame.id);
     state.pending.delete(frame.id);
+    if (pending && pending.frame.type === "threads") {
+      threadsOffered(false); // a gateway without conversations: questions stand alone
+      return;
+    }
+    if (pending && pending.frame.type === "thread") {
+      showBanner("Cannot open that conversation — " + `${frame.code}: ${frame.message}`);
+      return;
+    }
     let task = frame.task_id ? state.tasks.get(frame.task_id) : null;
     if (!task && pending && pending.frame.task_id) task = state.tasks.get(pending.frame.task_id);
     if (!task) {
@@ -300,61 +405,223 @@
       showBanner("Error from the gateway — " + text);
       return;
     }
-    if (frame.code === "unknown_task" && !task.done) {
-      task.lost("This task is no longer known to the server (" + frame.message + ")");
-    } else if (pending && pending.frame.type === "start") {
-      task.lost("Could not start: " + text);
+    if (pending && pending.frame.type === "start") {
+      task.notStarted(text);
+      restoreComposer(task.input, "Not sent — " + text);
+    } else if (pending && pending.frame.type === "input") {
+      task.inputRefused(pending.frame.request_id, text);
+    } else if (pending && pending.frame.type === "message") {
+      restoreComposer(pending.frame.text, "Not added — " + text);
+    } else if (frame.code === "unknown_task" && !task.done) {
+      task.lost("This task is no longer known to the server (" + frame.message + ").");
     } else {
       task.note(text, "error");
     }
   }
 
-  // ------------------------------------------------------------------ tasks
+  // ------------------------------------------------------------------ turns
 
-  class Task {
-    constructor(id, input) {
+  /** The work of one agent (main or a sub-agent) inside an answer. */
+  class AgentView {
+    constructor(turn, path, root, stream) {
+      this.turn = turn;
+      this.path = path;
+      this.root = root;
+      this.stream = stream;
+      this.thought = null; // the one "Thought for N s" disclosure of this agent
+      this.thinkingSince = null; // ts of the reasoning being streamed, while it streams
+      this.thoughtSeconds = 0;
+      this.reasoning = null; // {key, node} the reasoning segment being streamed
+      this.text = null; // {key, node, view} the text block being streamed
+      this.callParts = []; // what the current model call produced (superseded on a retry)
+      this.summaryText = false; // streamed a summary (its tool result is then not repeated)
+    }
+
+    // A model call ended (tool calls, next turn, retry): reasoning time stops, text settles.
+    boundary(ts) {
+      this.stopThinking(ts);
+      if (this.text) this.text.view.flushNow();
+      this.text = null;
+      this.reasoning = null;
+      this.callParts = [];
+    }
+
+    stopThinking(ts) {
+      if (this.thinkingSince === null) return;
+      this.thoughtSeconds += Math.max(0, ts - this.thinkingSince);
+      this.thinkingSince = null;
+      this.labelThought();
+    }
+
+    labelThought() {
+      if (!this.thought) return;
+      const s = this.thoughtSeconds;
+      const label = this.thinkingSince !== null ? "Thinking…" :
+        "Thought for " + (s < 1 ? "<1 s" : formatSeconds(s).replace(".0 s", " s"));
+      $(".thought-label", this.thought).textContent = label;
+    }
+
+    addReasoning(ev, ts) {
+      if (!this.thought) {
+        const d = el("details", "thought");
+        const summary = el("summary");
+        summary.appendChild(el("span", "thought-label", "Thinking…"));
+        d.appendChild(summary);
+        d.appendChild(el("div", "thought-body"));
+        this.stream.prepend(d);
+        this.thought = d;
+      }
+      if (this.text) this.text.view.flushNow();
+      this.text = null;
+      const key = ev.phase + ":" + (ev.turn || 0);
+      if (!this.reasoning || this.reasoning.key !== key) {
+        const node = el("p", "seg");
+        $(".thought-body", this.thought).appendChild(node);
+        this.reasoning = { key, node };
+        this.callParts.push(node);
+      }
+      this.reasoning.node.textContent += ev.delta;
+      if (this.thinkingSince === null) {
+        this.thinkingSince = ts;
+        this.labelThought();
+      }
+      this.thought.dataset.lastTs = ts;
+    }
+
+    addText(ev, ts) {
+      this.stopThinking(ts);
+      const key = ev.phase + ":" + (ev.turn || 0);
+      const last = this.stream.lastElementChild;
+      if (!this.text || this.text.key !== key || last !== this.text.node) {
+        if (this.text) this.text.view.flushNow();
+        const node = el("div", "md " + (ev.phase === "summary" ? "summary" : "turn-text"));
+        this.stream.appendChild(node);
+        this.text = { key, node, view: new MarkdownView(node) };
+        this.callParts.push(node);
+      }
+      if (ev.phase === "summary") this.summaryText = true;
+      this.text.view.append(ev.delta);
+    }
+
+    // The model call is made again: what it streamed so far will come again, so its partial
+    // output is kept visible but struck through, not shown twice as if it were the answer.
+    // The retryable `error` that comes before the `retrying` step is a note, not output, so
+    // the parts are tracked per call rather than found by walking back from the last node.
+    supersede(message, ts) {
+      for (const node of this.callParts) {
+        node.classList.add("superseded");
+        node.setAttribute("aria-label", "superseded: the model call was retried");
+      }
+      this.boundary(ts);
+      this.stream.appendChild(el("div", "retry-note", "↻ " + (message || "retrying")));
+    }
+
+    finish(ts) {
+      this.boundary(ts);
+    }
+  }
+
+  class Turn {
+    constructor(id, input, threadId) {
       this.id = id;
       this.input = input;
+      this.threadId = threadId || null;
       this.lastSeq = 0;
       this.done = false;
       this.state = "pending";
-      this.started = Date.now();
+      this.firstTs = null; // ts of the task's first event
+      this.endTs = null; // ts of its terminal event
+      this.localStart = Date.now() / 1000; // until the first event arrives
+      this.events = 0;
       this.subscribeIds = new Set();
-      this.agents = new Map(); // agent path -> {root, stream}
-      this.tools = new Map(); // agent + call_id -> card
+      this.agents = new Map(); // agent path -> AgentView
+      this.tools = new Map(); // agent + call_id -> chip
       this.transcript = ""; // every streamed delta, in order (what the tests compare)
-      const card = $("#task-template").content.firstElementChild.cloneNode(true);
+      this.answerSource = ""; // markdown of the main agent's summary (the Copy button)
+      this.facts = {};
+      const card = $("#turn-template").content.firstElementChild.cloneNode(true);
       card.dataset.taskId = id;
-      $(".question", card).textContent = input;
-      $(".task-id", card).textContent = id;
-      $(".cancel", card).addEventListener("click", () => this.cancel());
       this.card = card;
+      this.renderQuestion();
+      $(".cancel", card).addEventListener("click", () => this.cancel());
+      $(".copy-answer", card).addEventListener("click", async (e) => {
+        const ok = await copyText(this.answerSource);
+        e.target.textContent = ok ? "Copied" : "Copy failed";
+        setTimeout(() => { e.target.textContent = "Copy"; }, 1500);
+      });
+      const toggle = $(".details-toggle", card);
+      toggle.addEventListener("click", () => {
+        const open = toggle.getAttribute("aria-expanded") !== "true";
+        toggle.setAttribute("aria-expanded", String(open));
+        $(".details", card).hidden = !open;
+        if (open) this.renderFacts();
+      });
       this.timeline = $(".timeline", card);
       this.outcome = $(".outcome", card);
-      this.agents.set("main", { root: $(".agent", card), stream: $(".stream", card) });
-      $("#tasks").appendChild(card);
+      this.asks = $(".asks", card); // extension point: question and approval cards
+      const main = $(".agent", card);
+      this.agents.set("main", new AgentView(this, "main", main, $(".stream", main)));
+      $("#turns").appendChild(card);
       $("#empty").hidden = true;
+      this.tick();
       this.timer = setInterval(() => this.tick(), 250);
+    }
+
+    renderQuestion() {
+      const bubble = $(".bubble", this.card);
+      bubble.textContent = this.input;
+      if (this.input.length > LONG_QUESTION_CHARS) {
+        bubble.classList.add("clamped");
+        const more = el("button", "ghost small more", "Show all " +
+          this.input.length.toLocaleString("en") + " characters");
+        more.type = "button";
+        more.setAttribute("aria-expanded", "false");
+        more.addEventListener("click", () => {
+          const open = bubble.classList.toggle("clamped") === false;
+          more.setAttribute("aria-expanded", String(open));
+          more.textContent = open ? "Show less" : "Show all " +
+            this.input.length.toLocaleString("en") + " characters";
+        });
+        $(".user", this.card).appendChild(more);
+      }
     }
 
     setState(s) {
       this.state = s;
       this.card.dataset.state = s;
-      $(".task-state", this.card).textContent = s;
+      const badge = $(".task-state", this.card);
+      badge.textContent = { pending: "waiting", running: "writing…",
+        input_required: "needs your answer" }[s] || s;
+      $(".agent", this.card).setAttribute("aria-busy", String(s === "pending" || s === "running"));
+      updateComposer();
+    }
+
+    // Elapsed time from the events' own timestamps: the same after a reload.
+    elapsed() {
+      const start = this.firstTs !== null ? this.firstTs : this.localStart;
+      const end = this.endTs !== null ? this.endTs : (this.done ? start : Date.now() / 1000);
+      return Math.max(0, end - start);
     }
 
     tick() {
-      const secs = ((this.finished || Date.now()) - this.started) / 1000;
-      $(".elapsed", this.card).textContent = secs.toFixed(1) + "s";
+      $(".elapsed", this.card).textContent = formatSeconds(this.elapsed());
+      for (const agent of this.agents.values()) {
+        if (agent.thinkingSince !== null && agent.thought) {
+          const s = Math.max(0, Date.now() / 1000 - agent.thinkingSince);
+          $(".thought-label", agent.thought).textContent =
+            "Thinking… " + (s >= 1 ? Math.floor(s) + " s" : "");
+        }
+      }
     }
 
     cancel() {
+      if (this.done) return;
       const button = $(".cancel", this.card);
       button.disabled = true;
-      button.textContent = "cancelling…";
+      button.textContent = "Stopping…";
       request({ type: "cancel", id: requestId(), task_id: this.id }, (ack) => {
         if (ack.type === "cancel_ack" && ack.result !== "accepted" && !this.done) {
-          this.note("cancel: " + ack.result.replace("_", " "));
+          this.note("Stop: " + ack.result.replace("_", " "));
         }
       });
     }
@@ -366,43 +633,37 @@
       const parent = this.agent(slash > 0 ? path.slice(0, slash) : "main");
       const root = el("div", "agent sub");
       root.dataset.agent = path;
-      root.appendChild(el("div", "agent-label", "↳ " + path.slice(slash + 1)));
       const stream = el("div", "stream");
       root.appendChild(stream);
-      // Nest it inside the parent's running sub-agent call, when there is one.
-      const host = [...parent.stream.querySelectorAll(":scope > .tool-card.agents")]
+      // Nest it inside the parent's running sub-agent chip, when there is one.
+      const host = [...parent.stream.querySelectorAll(":scope > .tool.agents")]
         .reverse().find((c) => c.dataset.status === "running");
       (host ? $(".nested", host) : parent.stream).appendChild(root);
-      agent = { root, stream };
+      agent = new AgentView(this, path, root, stream);
       this.agents.set(path, agent);
       return agent;
     }
 
-    // The model call is made again: what it streamed so far will come again, so the partial
-    // text is marked as superseded (kept visible, struck through) rather than shown twice.
-    supersede(path, message) {
-      const agent = this.agent(path);
-      let node = agent.stream.lastElementChild;
-      while (node && /^(reasoning|text-)/.test(node.dataset.block || "")) {
-        node.classList.add("superseded");
-        node = node.previousElementSibling;
-      }
-      agent.stream.appendChild(el("div", "retry-note", "↻ " + (message || "retrying")));
+    step(ev, ts, path) {
+      const item = el("li");
+      const at = this.firstTs !== null ? ts - this.firstTs : 0;
+      item.appendChild(el("span", "at", "+" + at.toFixed(2) + " s"));
+      let label = ev.step;
+      if (ev.turn) label += " (turn " + ev.turn + ")";
+      if (ev.queue_position) label += " #" + ev.queue_position;
+      if (path !== "main") label = path.split("/").pop() + ": " + label;
+      item.appendChild(el("span", "step", label));
+      if (ev.message) item.appendChild(el("span", "msg", ev.message));
+      this.timeline.appendChild(item);
     }
 
-    block(agent, cls, make) {
-      const last = agent.stream.lastElementChild;
-      if (last && last.dataset.block === cls) return last;
-      const node = make();
-      node.dataset.block = cls;
-      agent.stream.appendChild(node);
-      return node;
-    }
-
-    apply(frame) {
-      const ev = frame.event || {};
+    apply(ev, ts) {
       const path = ev.agent || "main";
-      if (this.state === "pending" && !isTerminal(ev.kind)) this.setState("running");
+      this.events += 1;
+      if (this.firstTs === null) this.firstTs = ts;
+      const waiting = ev.kind === "task_progress" &&
+        (ev.step === "queued" || ev.step === "waiting_for_thread");
+      if (this.state === "pending" && !isTerminal(ev.kind) && !waiting) this.setState("running");
       switch (ev.kind) {
         case "task_started": {
           const model = $(".model", this.card);
@@ -413,151 +674,340 @@
             badge.title = "deterministic offline demo model (" + ev.model + "), not a real LLM";
             model.appendChild(badge);
           } else if (ev.model) {
-            model.textContent = "model " + ev.model;
+            model.textContent = ev.model;
           }
+          this.facts.model = (ev.provider ? ev.provider + " · " : "") + (ev.model || "");
           break;
         }
         case "task_progress": {
-          let label = ev.step;
-          if (ev.turn && ev.step === "turn_started") label = "turn " + ev.turn;
-          if (ev.queue_position) label += " #" + ev.queue_position;
-          if (path !== "main") label = path.split("/").pop() + ": " + label;
-          const item = el("li", "", label);
-          item.title = ev.message || ev.step;
-          this.timeline.appendChild(item);
-          if (ev.step === "retrying") this.supersede(path, ev.message);
+          this.step(ev, ts, path);
+          const agent = this.agent(path);
+          if (ev.step === "retrying") agent.supersede(ev.message, ts);
+          else if (ev.step === "turn_started" || ev.step === "summarising") agent.boundary(ts);
+          if (ev.step === "queued") $(".task-state", this.card).textContent = "queued";
+          if (ev.step === "waiting_for_thread" && this.state === "pending") {
+            $(".task-state", this.card).textContent = "after the previous answer";
+          }
           break;
         }
         case "llm_response": {
           const agent = this.agent(path);
           this.transcript += ev.delta;
-          if (ev.channel === "reasoning") {
-            const box = this.block(agent, "reasoning", () => {
-              const d = el("details", "reasoning");
-              d.open = true;
-              d.appendChild(el("summary", "", "reasoning"));
-              d.appendChild(el("div", "body"));
-              return d;
-            });
-            $(".body", box).textContent += ev.delta;
-          } else {
-            const cls = ev.phase === "summary" ? "summary" : "turn";
-            const box = this.block(agent, "text-" + cls, () => el("div", "llm-text " + cls));
-            box.textContent += ev.delta;
+          if (ev.channel === "reasoning") agent.addReasoning(ev, ts);
+          else {
+            agent.addText(ev, ts);
+            if (path === "main" && ev.phase === "summary") this.answerSource += ev.delta;
           }
           break;
         }
         case "tool_call_start": {
           const agent = this.agent(path);
-          const card = el("div", "tool-card" + (ev.server === "agents" ? " agents" : ""));
-          card.dataset.status = "running";
-          card.dataset.callId = ev.call_id;
-          const head = el("div", "tool-head");
-          head.appendChild(el("span", "spinner"));
-          head.appendChild(el("span", "mark ok", "✓"));
-          head.appendChild(el("span", "mark bad", "✗"));
-          const label = ev.server === "agents" ? `sub-agent ${ev.tool}` : `${ev.server} · ${ev.tool}`;
-          head.appendChild(el("span", "tool-name", label));
-          head.appendChild(el("span", "duration", "running…"));
-          card.appendChild(head);
-          card.appendChild(el("pre", "args", JSON.stringify(ev.arguments || {}, null, 0)));
-          if (ev.server === "agents") card.appendChild(el("div", "nested"));
-          agent.stream.appendChild(card);
-          this.tools.set(path + "|" + ev.call_id, card);
+          agent.boundary(ts);
+          agent.stream.appendChild(this.chip(ev, path));
           break;
         }
         case "tool_call_complete": {
-          let card = this.tools.get(path + "|" + ev.call_id);
-          if (!card) {
-            this.apply({ event: { ...ev, kind: "tool_call_start", arguments: {} } });
-            card = this.tools.get(path + "|" + ev.call_id);
+          let chip = this.tools.get(path + "|" + ev.call_id);
+          if (!chip) {
+            chip = this.chip({ ...ev, arguments: undefined }, path);
+            this.agent(path).stream.appendChild(chip);
           }
-          card.dataset.status = ev.error ? "error" : "ok";
-          $(".duration", card).textContent = formatMs(ev.duration_ms || 0);
-          const out = ev.error
-            ? el("pre", "error", "error: " + ev.error)
-            : el("pre", "result", ev.result == null ? "" : String(ev.result));
-          card.appendChild(out);
+          this.completeChip(chip, ev);
           break;
         }
         case "error": {
           const agent = this.agent(path);
-          const note = el("div", "note event-error",
-            `⚠ ${ev.code}: ${ev.message || ""}${ev.retryable ? " (retrying)" : ""}`);
+          const note = el("div", "note event-error" + (ev.retryable ? " retryable" : ""));
+          note.textContent = `⚠ ${ev.code}: ${ev.message || ""}`;
           agent.stream.appendChild(note);
           break;
         }
         case "task_completed": {
-          const box = el("div", "final-answer");
-          box.appendChild(el("div", "label", "final answer"));
-          box.appendChild(el("div", "value", ev.final_answer || "(no boxed answer)"));
-          this.outcome.replaceChildren(box);
+          this.endTs = ts;
+          const main = this.agent("main");
+          main.finish(ts);
+          if (!main.summaryText && ev.summary) this.answerFrom(ev.summary);
+          if (!this.answerSource) this.answerSource = ev.summary || "";
+          this.facts.final_answer = ev.final_answer;
+          this.usage(ev.usage);
           this.finish("completed");
           break;
         }
         case "task_failed": {
-          const box = el("div", "failed-box", `Failed (${ev.code || "failed"}): ${ev.reason}`);
+          this.endTs = ts;
+          const main = this.agent("main");
+          main.finish(ts);
+          if (!main.summaryText && ev.summary) this.answerFrom(ev.summary);
+          const box = el("div", "failed-box");
+          box.appendChild(el("strong", "", "The answer could not be finished. "));
+          box.appendChild(el("span", "reason", `${ev.reason || ""} (${ev.code || "failed"})`));
           this.outcome.replaceChildren(box);
+          this.usage(ev.usage);
           this.finish("failed");
           break;
         }
         case "task_cancelled":
-          this.outcome.replaceChildren(el("div", "cancelled-box", "Cancelled: " + (ev.reason || "")));
+          this.endTs = ts;
+          this.agent("main").finish(ts);
+          this.outcome.replaceChildren(el("div", "cancelled-box", "Stopped — " + (ev.reason || "")));
           this.finish("cancelled");
           break;
-        default: {
-          // A kind this page does not know: show it rather than fail.
-          const { kind, agent: _agent, ...rest } = ev;
-          this.agent(path).stream.appendChild(
-            el("div", "unknown", `${kind || "event"} ${JSON.stringify(rest)}`));
+        case "input_required":
+          this.askCard(ev.request || {});
+          this.setState("input_required");
+          break;
+        case "input_received":
+          this.answered(ev);
+          if (!this.done) this.setState("running");
+          break;
+        case "user_message": {
+          // A message added to the running task (steering), as the agent took it.
+          const agent = this.agent(path);
+          agent.boundary(ts);
+          const note = el("div", "steer");
+          note.appendChild(el("span", "steer-label", "You added"));
+          note.appendChild(el("span", "steer-text", ev.text || ""));
+          agent.stream.appendChild(note);
+          break;
         }
+        default:
+          this.applyUnknown(ev, path);
       }
+    }
+
+    // A question, a tool approval or a choice from the agent: a card under the answer that
+    // sends an `input` frame. Its prompt and the tool's arguments are text, never markup.
+    askCard(req) {
+      if (!req.request_id || $(`.ask-card[data-request-id="${CSS.escape(req.request_id)}"]`, this.card)) return;
+      const card = el("div", "ask-card");
+      card.dataset.requestId = req.request_id;
+      card.dataset.kind = req.kind || "question";
+      card.setAttribute("role", "group");
+      const title = { approval: "Approve this tool call?", choice: "Choose one" }[req.kind] ||
+        "The agent asks";
+      card.setAttribute("aria-label", title);
+      card.appendChild(el("div", "ask-title", title));
+      if (req.prompt) card.appendChild(el("p", "ask-prompt", req.prompt));
+      const controls = el("div", "ask-controls");
+      const send = (answer) => {
+        for (const b of controls.querySelectorAll("button, textarea")) b.disabled = true;
+        $(".ask-error", card).hidden = true;
+        request({ type: "input", id: requestId(), task_id: this.id, request_id: req.request_id,
+          ...answer }, () => { card.dataset.state = "sent"; });
+      };
+      if (req.kind === "approval") {
+        card.appendChild(el("div", "ask-tool", `${req.tool || "tool"} · ${req.server || ""}`));
+        card.appendChild(el("pre", "ask-args", JSON.stringify(req.arguments || {}, null, 2)));
+        const yes = el("button", "primary", "Approve");
+        const no = el("button", "", "Deny");
+        yes.type = no.type = "button";
+        yes.addEventListener("click", () => send({ approved: true }));
+        no.addEventListener("click", () => send({ approved: false }));
+        controls.append(yes, no);
+      } else if (req.kind === "choice") {
+        for (const option of req.options || []) {
+          const b = el("button", "", option);
+          b.type = "button";
+          b.addEventListener("click", () => send({ choice: option }));
+          controls.appendChild(b);
+        }
+      } else {
+        const box = el("textarea", "ask-text");
+        box.rows = 2;
+        box.setAttribute("aria-label", "Your answer");
+        const b = el("button", "primary", "Answer");
+        b.type = "button";
+        const go = () => { if (box.value.trim()) send({ text: box.value.trim() }); };
+        b.addEventListener("click", go);
+        box.addEventListener("keydown", (e) => {
+          if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); go(); }
+        });
+        controls.append(box, b);
+      }
+      card.appendChild(controls);
+      const error = el("p", "ask-error");
+      error.setAttribute("role", "alert");
+      error.hidden = true;
+      card.appendChild(error);
+      this.asks.appendChild(card);
+    }
+
+    answered(ev) {
+      const card = ev.request_id &&
+        $(`.ask-card[data-request-id="${CSS.escape(ev.request_id)}"]`, this.card);
+      if (!card) return;
+      card.dataset.state = "answered";
+      let text;
+      if (ev.timed_out) text = "No answer in time.";
+      else if (ev.approved === true) text = "Approved" + (ev.text ? ": " + ev.text : ".");
+      else if (ev.approved === false) text = "Denied" + (ev.text ? ": " + ev.text : ".");
+      else if (ev.choice != null) text = "Chosen: " + ev.choice;
+      else text = "Answered: " + (ev.text || "");
+      $(".ask-controls", card).replaceChildren(el("span", "ask-answer", text));
+    }
+
+    inputRefused(requestIdOfAsk, text) {
+      const card = $(`.ask-card[data-request-id="${CSS.escape(requestIdOfAsk)}"]`, this.card);
+      if (!card) return this.note(text, "error");
+      for (const b of card.querySelectorAll("button, textarea")) b.disabled = false;
+      const error = $(".ask-error", card);
+      error.textContent = text;
+      error.hidden = false;
+    }
+
+    // A kind this page does not know (a newer server): show it as text rather than fail.
+    applyUnknown(ev, path) {
+      const { kind, agent: _agent, ...rest } = ev;
+      this.agent(path).stream.appendChild(
+        el("div", "unknown", `${kind || "event"} ${JSON.stringify(rest)}`));
+    }
+
+    answerFrom(markdown) {
+      const node = el("div", "md summary");
+      this.agent("main").stream.appendChild(node);
+      const view = new MarkdownView(node);
+      view.append(markdown);
+      view.flushNow();
+    }
+
+    usage(u) {
+      if (u) this.facts.tokens = `${u.input_tokens || 0} in · ${u.output_tokens || 0} out`;
+    }
+
+    chip(ev, path) {
+      const agents = ev.server === "agents";
+      const chip = el("details", "tool" + (agents ? " agents" : ""));
+      chip.dataset.status = "running";
+      chip.dataset.callId = ev.call_id;
+      const summary = el("summary");
+      summary.appendChild(el("span", "tool-icon", ""));
+      const name = agents ? ev.tool : `${ev.tool}`;
+      summary.appendChild(el("span", "tool-name", name));
+      const args = ev.arguments || {};
+      const brief = Object.values(args).filter((v) => typeof v === "string" || typeof v === "number");
+      summary.appendChild(el("span", "tool-brief", brief.length ? String(brief[0]).slice(0, 80) : ""));
+      summary.appendChild(el("span", "duration", "running…"));
+      chip.appendChild(summary);
+      const body = el("div", "tool-body");
+      body.appendChild(el("div", "tool-where", agents ? "sub-agent" : `tool ${ev.tool} · server ${ev.server}`));
+      if (ev.arguments !== undefined) {
+        body.appendChild(el("div", "label", "Arguments"));
+        body.appendChild(el("pre", "args", JSON.stringify(args, null, 2)));
+      }
+      chip.appendChild(body);
+      if (agents) {
+        chip.open = true; // the sub-agent's work is followed as it happens
+        chip.appendChild(el("div", "nested"));
+      }
+      this.tools.set(path + "|" + ev.call_id, chip);
+      return chip;
+    }
+
+    completeChip(chip, ev) {
+      chip.dataset.status = ev.error ? "error" : "ok";
+      $(".duration", chip).textContent = formatMs(ev.duration_ms || 0);
+      const body = $(".tool-body", chip);
+      if (ev.error) {
+        body.appendChild(el("div", "label", "Error"));
+        body.appendChild(el("pre", "error", ev.error));
+        return;
+      }
+      // A sub-agent's result is its summary, already streamed inside the chip: once is enough.
+      const nested = chip.classList.contains("agents") &&
+        [...this.agents.values()].some((a) => a.root.parentElement === $(".nested", chip) && a.summaryText);
+      if (nested) return;
+      body.appendChild(el("div", "label", "Result"));
+      body.appendChild(el("pre", "result", ev.result == null ? "" : String(ev.result)));
     }
 
     note(text, cls) {
       this.agent("main").stream.appendChild(el("div", "note " + (cls || ""), text));
     }
 
+    renderFacts() {
+      const dl = $(".facts", this.card);
+      dl.replaceChildren();
+      const rows = [
+        ["task id", this.id],
+        ["state", this.state],
+        ["last seq", String(this.lastSeq)],
+        ["events", String(this.events)],
+        ["model", this.facts.model || ""],
+        ["tokens", this.facts.tokens || ""],
+        ["final answer", this.facts.final_answer || ""],
+        ["elapsed", formatSeconds(this.elapsed())],
+      ];
+      for (const [k, v] of rows) {
+        if (!v) continue;
+        const row = el("div", "fact");
+        row.dataset.fact = k.replace(" ", "_");
+        row.appendChild(el("dt", "", k));
+        row.appendChild(el("dd", "", v));
+        dl.appendChild(row);
+      }
+    }
+
     finish(s) {
       this.done = true;
-      this.finished = Date.now();
       this.tick();
       clearInterval(this.timer);
+      for (const agent of this.agents.values()) agent.finish(this.endTs || Date.now() / 1000);
       this.setState(s);
-      for (const card of this.tools.values()) {
-        if (card.dataset.status === "running") card.dataset.status = "interrupted";
+      for (const chip of this.tools.values()) {
+        if (chip.dataset.status === "running") {
+          chip.dataset.status = "interrupted";
+          $(".duration", chip).textContent = "interrupted";
+        }
       }
+      $(".copy-answer", this.card).hidden = !this.answerSource;
+      if (!$(".details", this.card).hidden) this.renderFacts();
       refreshStatus();
+    }
+
+    notStarted(text) {
+      this.outcome.replaceChildren(el("div", "failed-box", "Not sent — " + text));
+      this.done = true;
+      clearInterval(this.timer);
+      this.setState("not sent");
+      saveTasks();
     }
 
     lost(text) {
       this.outcome.replaceChildren(el("div", "failed-box", text));
       this.done = true;
       clearInterval(this.timer);
-      this.setState("unknown");
+      this.setState("lost");
       saveTasks();
+    }
+
+    remove() {
+      clearInterval(this.timer);
+      this.card.remove();
     }
   }
 
-  function formatMs(ms) {
-    return ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : ms.toFixed(1) + " ms";
-  }
-
-  function startTask(input) {
-    const task = new Task(newTaskId(), input);
+  /** Start a task from `input`; `extra` holds more `start` fields (e.g. a thread id). */
+  function startTask(input, extra) {
+    // In a gateway with conversations every question continues the page's thread; one asked
+    // while the previous answer is still being written waits for it (`if_busy: enqueue`).
+    const thread = state.threads ? { thread_id: state.thread, if_busy: "enqueue" } : {};
+    const task = new Turn(newTaskId(), input, thread.thread_id);
     state.tasks.set(task.id, task);
     saveTasks();
-    request({ type: "start", id: requestId(), task_id: task.id, input }, (reply) => {
-      if (reply.type === "accepted" && reply.state && !task.done && reply.state !== "pending") {
-        task.setState(reply.state);
-      }
-    });
+    request({ type: "start", id: requestId(), task_id: task.id, input, ...thread, ...(extra || {}) },
+      (reply) => {
+        if (reply.type === "accepted" && reply.state && !task.done && reply.state !== "pending") {
+          task.setState(reply.state);
+        }
+        if (reply.type === "accepted" && state.threads) refreshThreads();
+      });
     refreshStatus();
-    window.scrollTo(0, document.body.scrollHeight);
+    state.follow = true;
+    stickToBottom();
     return task;
   }
 
-  // ------------------------------------------------------------------ status panel
+  // ------------------------------------------------------------------ developer panel
 
   let statusQueued = false;
   function refreshStatus() {
@@ -569,11 +1019,15 @@
     });
   }
 
+  const FINISHED = new Set(["completed", "failed", "cancelled"]);
+  let lastStatus = [];
   function renderStatus(list) {
+    lastStatus = list;
     const body = $("#status tbody");
     body.replaceChildren();
-    list.sort((a, b) => (a.created || 0) - (b.created || 0));
-    for (const t of list) {
+    const shown = list.filter((t) => !state.cleared.has(t.task_id));
+    shown.sort((a, b) => (a.created || 0) - (b.created || 0));
+    for (const t of shown) {
       const row = el("tr");
       row.dataset.taskId = t.task_id;
       row.dataset.state = t.state;
@@ -585,43 +1039,269 @@
       row.appendChild(el("td", "", t.progress || ""));
       body.appendChild(row);
     }
-    $("#status-empty").hidden = list.length > 0;
+    $("#status-empty").hidden = shown.length > 0;
   }
 
-  // ------------------------------------------------------------------ page
+  function clearFinished() {
+    for (const task of [...state.tasks.values()]) {
+      if (task.done) {
+        task.remove();
+        state.tasks.delete(task.id);
+        state.cleared.add(task.id);
+      }
+    }
+    for (const t of lastStatus) if (FINISHED.has(t.state)) state.cleared.add(t.task_id);
+    $("#empty").hidden = state.tasks.size > 0;
+    saveTasks();
+    renderStatus(lastStatus);
+    updateComposer();
+  }
 
-  $("#ask").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const input = $("#input");
+  const WIDE = window.matchMedia("(min-width: 1100px)");
+  function setDev(open, focus) {
+    const dev = $("#dev");
+    dev.dataset.open = String(open);
+    $("#dev-toggle").setAttribute("aria-expanded", String(open));
+    document.body.dataset.dev = open ? "open" : "closed";
+    updateScrim();
+    dev.inert = !open;
+    if (open && focus) $("#dev-close").focus();
+    if (!open && focus) $("#dev-toggle").focus();
+    if (open) refreshStatus();
+  }
+  $("#dev-toggle").addEventListener("click", () => setDev($("#dev").dataset.open !== "true", true));
+  $("#dev-close").addEventListener("click", () => setDev(false, true));
+  $("#scrim").addEventListener("click", () => {
+    if ($("#dev").dataset.open === "true" && !WIDE.matches) setDev(false, true);
+  });
+
+  // On small screens the developer panel and the list of conversations are drawers over the
+  // chat, behind one scrim.
+  function updateScrim() {
+    const drawerOpen = $("#dev").dataset.open === "true" ||
+      (state.threads === true && $("#threads").dataset.open === "true");
+    $("#scrim").hidden = WIDE.matches || !drawerOpen;
+  }
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && $("#dev").dataset.open === "true" && !WIDE.matches) setDev(false, true);
+  });
+  WIDE.addEventListener("change", () => setDev(WIDE.matches, false));
+  setDev(WIDE.matches, false);
+
+  // ------------------------------------------------------------------ conversations
+
+  function refreshThreads() {
+    if (!state.hello || state.threads === false) return;
+    request({ type: "threads", id: requestId(), limit: 50 }, (reply) => {
+      threadsOffered(true);
+      renderThreads(reply.threads || []);
+    });
+  }
+
+  function threadsOffered(yes) {
+    if (state.threads === yes) return;
+    state.threads = yes;
+    document.body.dataset.threads = yes ? "on" : "off";
+    $("#threads-toggle").hidden = !yes;
+    $("#new-chat").hidden = !yes;
+    setThreads(yes && WIDE.matches, false);
+  }
+
+  function renderThreads(list) {
+    const nav = $("#threads");
+    const items = el("ul", "thread-list");
+    for (const t of list) {
+      const li = el("li");
+      const b = el("button", "thread", t.title || t.thread_id);
+      b.type = "button";
+      b.dataset.threadId = t.thread_id;
+      b.title = t.title || t.thread_id;
+      if (t.thread_id === state.thread) b.setAttribute("aria-current", "true");
+      b.addEventListener("click", () => openThread(t.thread_id));
+      li.appendChild(b);
+      items.appendChild(li);
+    }
+    const head = el("div", "threads-head");
+    head.appendChild(el("h2", "", "Chats"));
+    nav.replaceChildren(head, items);
+    if (!list.length) nav.appendChild(el("p", "muted small", "No conversations yet."));
+  }
+
+  /** Leave the page's conversation (its tasks go on at the gateway) and show another. */
+  function showThread(id) {
+    for (const task of state.tasks.values()) task.remove();
+    state.tasks.clear();
+    state.thread = id;
+    $("#empty").hidden = false;
+    composerError("");
+    saveTasks();
+    updateComposer();
+  }
+
+  function newChat() {
+    showThread(newThreadId());
+    refreshThreads();
+    $("#input").focus();
+  }
+
+  function openThread(id) {
+    if (!WIDE.matches) setThreads(false, false);
+    request({ type: "thread", id: requestId(), thread_id: id }, (reply) => {
+      showThread(id);
+      for (const t of reply.tasks || []) {
+        const task = new Turn(t.task_id, t.input || t.task_id, id);
+        state.tasks.set(task.id, task);
+        const sub = requestId();
+        task.subscribeIds.add(sub);
+        send({ type: "subscribe", id: sub, task_id: task.id, after_seq: 0 });
+      }
+      saveTasks();
+      refreshThreads();
+      state.follow = true;
+      stickSoon();
+      $("#input").focus();
+    });
+  }
+
+  function setThreads(open, focus) {
+    const nav = $("#threads");
+    nav.hidden = !(state.threads && open);
+    nav.dataset.open = String(open);
+    $("#threads-toggle").setAttribute("aria-expanded", String(open));
+    updateScrim();
+    if (open && focus) {
+      const current = $('.thread[aria-current="true"]', nav) || $(".thread", nav);
+      if (current) current.focus();
+    }
+    if (!open && focus) $("#threads-toggle").focus();
+  }
+  $("#threads-toggle").addEventListener("click", () =>
+    setThreads($("#threads").dataset.open !== "true", true));
+  $("#new-chat").addEventListener("click", newChat);
+  $("#scrim").addEventListener("click", () => {
+    if (!WIDE.matches && $("#threads").dataset.open === "true") setThreads(false, true);
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && !WIDE.matches && $("#threads").dataset.open === "true") {
+      setThreads(false, true);
+    }
+  });
+  WIDE.addEventListener("change", () => setThreads(WIDE.matches, false));
+
+  // ------------------------------------------------------------------ composer
+
+  const input = $("#input");
+
+  function grow() {
+    input.style.height = "auto";
+    input.style.height = Math.min(input.scrollHeight, window.innerHeight * 0.4) + "px";
+  }
+
+  function running() {
+    return [...state.tasks.values()].filter((t) => !t.done);
+  }
+
+  // The answer being written: the latest task that runs or waits for an answer.
+  function writing() {
+    const list = running().filter((t) => t.state === "running" || t.state === "input_required");
+    return list.length ? list[list.length - 1] : null;
+  }
+
+  function updateComposer() {
     const text = input.value.trim();
-    if (!text) return;
+    $("#send").disabled = !text || state.stopped;
+    $("#stop").hidden = running().length === 0;
+    // Steering (a `message` to the running task) where the gateway has conversations.
+    $("#steer").hidden = !(state.threads && text && writing());
+    input.disabled = state.stopped;
+    const hint = $("#composer-hint");
+    if (state.stopped) hint.textContent = "Disconnected: reload the page to try again.";
+    else if (state.conn !== "open") hint.textContent = "Offline: questions are sent when the connection is back.";
+    else hint.textContent = "Enter to send · Shift+Enter for a new line";
+  }
+
+  function composerError(text) {
+    const box = $("#composer-error");
+    box.textContent = text || "";
+    box.hidden = !text;
+  }
+
+  function restoreComposer(text, why) {
+    if (!input.value.trim()) {
+      input.value = text;
+      grow();
+    }
+    composerError(why);
+    updateComposer();
+  }
+
+  function submit() {
+    const text = input.value.trim();
+    if (!text || state.stopped) return;
+    const limit = state.hello && state.hello.limits && state.hello.limits.max_input_chars;
+    if (limit && text.length > limit) {
+      composerError(`This message has ${text.length.toLocaleString("en")} characters; the ` +
+        `gateway takes at most ${limit.toLocaleString("en")}.`);
+      return; // the text stays in the box
+    }
+    composerError("");
     input.value = "";
+    grow();
     startTask(text);
+    updateComposer();
+  }
+
+  $("#composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    submit();
+  });
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submit();
+    }
+  });
+  input.addEventListener("input", () => {
+    grow();
+    updateComposer();
+  });
+  $("#steer").addEventListener("click", () => {
+    const task = writing();
+    const text = input.value.trim();
+    if (!task || !text) return;
+    composerError("");
+    input.value = "";
+    grow();
+    updateComposer();
+    request({ type: "message", id: requestId(), task_id: task.id, text }, () => {
+      $("#composer-hint").textContent = "Added: the agent reads it at its next step.";
+    });
+  });
+  $("#stop").addEventListener("click", () => {
+    // The answer being written (the latest one that runs), else the latest still waiting.
+    const list = running();
+    const writing = list.filter((t) => t.state !== "pending");
+    const target = writing.length ? writing[writing.length - 1] : list[list.length - 1];
+    if (target) target.cancel();
   });
   for (const button of document.querySelectorAll(".example")) {
     button.addEventListener("click", () => startTask(button.textContent));
   }
   $("#refresh").addEventListener("click", refreshStatus);
-  $("#clear").addEventListener("click", () => {
-    for (const task of [...state.tasks.values()]) {
-      if (task.done) {
-        task.card.remove();
-        state.tasks.delete(task.id);
-      }
-    }
-    $("#empty").hidden = state.tasks.size > 0;
-    saveTasks();
-  });
+  $("#clear").addEventListener("click", clearFinished);
   $("#banner-close").addEventListener("click", () => { $("#banner").hidden = true; });
+  window.addEventListener("offline", () => setConn(state.conn, "offline"));
   setInterval(() => {
-    if ([...state.tasks.values()].some((t) => !t.done)) refreshStatus();
+    if (running().length) refreshStatus();
   }, 3000);
 
-  // A reload: bring back the cards of this tab's tasks and replay them from the start.
+  // A reload: bring back the turns of this tab's tasks and replay them from the start.
   for (const saved of loadTasks()) {
     if (!state.tasks.has(saved.task_id)) {
-      state.tasks.set(saved.task_id, new Task(saved.task_id, saved.input || saved.task_id));
+      state.tasks.set(saved.task_id,
+        new Turn(saved.task_id, saved.input || saved.task_id, saved.thread_id));
     }
   }
+  updateComposer();
   connect();
 })();

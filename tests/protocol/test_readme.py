@@ -74,6 +74,15 @@ def test_there_is_an_example_of_every_frame_and_kind() -> None:
         "task_completed",
         "task_failed",
         "task_cancelled",
+        "threads",
+        "thread",
+        "input",
+        "message",
+        "input_ack",
+        "message_ack",
+        "input_required",
+        "input_received",
+        "user_message",
     }
 
 

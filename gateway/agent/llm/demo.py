@@ -11,9 +11,15 @@ It reads the task (the first user message, without the guidance) and plays an ag
 3. if the task contains arithmetic (``17*23+4``, ``(2^10)/3``), it calls the calculator;
 4. if the task asks about the time or the date (``time``, ``date``, ``today``, ``clock``,
    ``day``), it calls the clock;
-5. then it answers. Asked for a summary, it streams a report ending in ``\\boxed{answer}``:
-   the calculator's result, else the sub-agent's boxed answer, else the document's first line
-   or the code's last line of output (shown in a code block), else the clock's reading.
+5. if the task contains **ask me** and the ``ask_user`` tool is offered, it asks which number
+   to use, then doubles the number in the answer with the calculator;
+6. in a conversation, "add N to that" (also "plus", "subtract N from that", "multiply that by
+   N", "divide that by N") calls the calculator on the previous turn's boxed answer: after
+   "What is 17*23+4?" (395), "Add 5 to that" computes ``395+5``;
+7. then it answers (mentioning any message the user sent meanwhile). Asked for a summary, it
+   streams a report ending in ``\\boxed{answer}``: the calculator's result, else the
+   sub-agent's boxed answer, else the document's first line or the code's last line of output
+   (shown in a code block), else the clock's reading.
 
 One tool call per turn. Before each step it streams its reasoning word by word on the reasoning
 channel, ``pace_ms`` milliseconds per word (``0``: no sleeping at all, for benchmarks).
@@ -57,6 +63,14 @@ TIME_TRIGGER = re.compile(r"\b(time|date|today|clock|day)\b", re.IGNORECASE)
 READ_TRIGGER = re.compile(r"\bread\s+(\S+)", re.IGNORECASE)
 PYTHON_TRIGGER = re.compile(r"\brun\s+python\s*:(.+)", re.IGNORECASE | re.DOTALL)
 SHELL_TRIGGER = re.compile(r"\brun\s+(?:shell|command)\s*:(.+)", re.IGNORECASE | re.DOTALL)
+ASK_TRIGGER = re.compile(r"\bask me\b", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_FOLLOW_UPS = (
+    (re.compile(r"\b(?:add|plus)\s+(-?\d+(?:\.\d+)?)\s+to\s+(?:that|it)\b", re.I), "{p}+{n}"),
+    (re.compile(r"\bsubtract\s+(-?\d+(?:\.\d+)?)\s+from\s+(?:that|it)\b", re.I), "{p}-{n}"),
+    (re.compile(r"\bmultiply\s+(?:that|it)\s+by\s+(-?\d+(?:\.\d+)?)", re.I), "{p}*{n}"),
+    (re.compile(r"\bdivide\s+(?:that|it)\s+by\s+(-?\d+(?:\.\d+)?)", re.I), "{p}/{n}"),
+)
 # From a possible start to the end of its run of arithmetic characters. Nothing after the
 # greedy part must match, so the engine never backtracks: each character is looked at once.
 _ARITHMETIC_RUN = re.compile(r"[\d.(][\d.\s()+\-*/^%×÷]*")
@@ -124,14 +138,18 @@ class DemoProvider:
         messages = request.messages
         task = _task(messages)
         results = _tool_results(messages)
+        previous = _previous_answer(messages)
+        said = _said_meanwhile(messages)
         input_tokens = sum(len(m.content.split()) for m in messages)
         if request.phase == "summary":
             reasoning, text = _summary(task, results)
             action = None
         else:
-            action = _next_action(task, request.tools, results)
+            action = _next_action(task, request.tools, results, previous)
             if action is None:
                 reasoning, text = _final(results)
+                if said:
+                    text += "You also said: " + " / ".join(said) + "\n"
             else:
                 reasoning, text = action.reasoning, action.text
         async for delta in self._words(reasoning, reasoning=True):
@@ -147,19 +165,49 @@ class DemoProvider:
         yield Stop("tool_use" if action is not None else "end_turn")
 
 
+def _task_index(messages: Sequence[Message]) -> int:
+    """Index of the task's message: the (last) one with the guidance; earlier user messages
+    are earlier turns of a conversation, later ones the user's messages meanwhile."""
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if m.role == "user" and GUIDANCE_MARKER in m.content:
+            return i
+    return next((i for i, m in enumerate(messages) if m.role == "user"), -1)
+
+
 def _task(messages: Sequence[Message]) -> str:
     """The task as the demo model sees it: without the files note and the guidance, cut to
     MAX_SCAN_CHARS (so ``run python: …`` is the code alone when the task has files)."""
-    for m in messages:
-        if m.role == "user":
-            content = m.content
-            end = MAX_SCAN_CHARS
-            for note in (FILES_MARKER, GUIDANCE_MARKER):
-                marker = content.find(note, 0, MAX_SCAN_CHARS + len(note))
-                if marker >= 0:
-                    end = min(end, marker)
-            return content[:end].strip()
-    return ""
+    i = _task_index(messages)
+    if i < 0:
+        return ""
+    content = messages[i].content
+    end = MAX_SCAN_CHARS
+    for note in (FILES_MARKER, GUIDANCE_MARKER):
+        marker = content.find(note, 0, MAX_SCAN_CHARS + len(note))
+        if marker >= 0:
+            end = min(end, marker)
+    return content[:end].strip()
+
+
+def _previous_answer(messages: Sequence[Message]) -> str | None:
+    """The number the conversation's previous turn answered (its boxed answer), looking at
+    the last MAX_SCAN_CHARS of it."""
+    i = _task_index(messages)
+    if i > 0 and messages[i - 1].role == "assistant":
+        text = messages[i - 1].content[-MAX_SCAN_CHARS:]
+        numbers = _NUMBER.findall(extract_boxed(text) or text)
+        return numbers[-1] if numbers else None
+    return None
+
+
+def _said_meanwhile(messages: Sequence[Message]) -> list[str]:
+    i = _task_index(messages)
+    return (
+        [m.content[:MAX_SCAN_CHARS] for m in messages[i + 1 :] if m.role == "user"]
+        if i >= 0
+        else []
+    )
 
 
 def _tool_results(messages: Sequence[Message]) -> dict[str, tuple[str, bool]]:
@@ -177,7 +225,10 @@ def _json_string(text: str) -> str:
 
 
 def _next_action(
-    task: str, tools: Sequence[ToolSpec], results: dict[str, tuple[str, bool]]
+    task: str,
+    tools: Sequence[ToolSpec],
+    results: dict[str, tuple[str, bool]],
+    previous: str | None = None,
 ) -> _Action | None:
     names = [t.name for t in tools]
     plan: list[_Action] = []
@@ -198,6 +249,24 @@ def _next_action(
         )
     delegating = bool(plan)  # the sub-agent will do the rest
     expression = find_arithmetic(task)
+    if expression is None and previous is not None:
+        for pattern, form in _FOLLOW_UPS:
+            if m := pattern.search(task):
+                expression = form.format(p=previous, n=m.group(1))
+                break
+    asker = next((n for n in names if n.endswith("__ask_user")), None)
+    if asker and ASK_TRIGGER.search(task) and not delegating:
+        plan.append(
+            _Action(
+                asker,
+                '{"question": "Which number should I use?"}',
+                "The task says to ask, so I will ask the user which number to use.\n",
+                "Asking you which number to use.\n",
+            )
+        )
+        reply = results.get(asker)
+        numbers = _NUMBER.findall(reply[0]) if reply and not reply[1] else []
+        expression = f"{numbers[0]}*2" if numbers else None
     calculator = next((n for n in names if n.endswith("__calculate")), None)
     if expression and calculator and not delegating:
         plan.append(
