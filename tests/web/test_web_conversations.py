@@ -13,7 +13,8 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from gateway.server import RunningGateway, Settings, serve_in_background
-from tests.client.support import QUESTION, demo_config
+from gateway.testing import write_demo_config
+from tests.client.support import QUESTION
 
 from .support import ARGS, CHROMIUM, PHONE, ask, open_page, turn, wait_state
 
@@ -33,7 +34,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
-    config = demo_config(tmp_path_factory.mktemp("web-conv"), 0)
+    config = write_demo_config(tmp_path_factory.mktemp("web-conv"), 0)
     async with serve_in_background(Settings(port=0, agent_config=config)) as gw:
         yield gw
 
@@ -52,7 +53,7 @@ async def page(browser: Browser, gw: RunningGateway) -> AsyncIterator[Page]:
 
 def approval_config(directory: Path) -> str:
     """The demo config with every calculator call waiting for the user's approval."""
-    config = Path(demo_config(directory, 0))
+    config = Path(write_demo_config(directory, 0))
     config.write_text(config.read_text() + "require_approval: [calculator/calculate]\n")
     return str(config)
 
