@@ -274,7 +274,7 @@ def _apply_overrides(
 
 # --- validation ------------------------------------------------------------------------------
 
-_TOP_KEYS = miroflow.TOP_KEYS | {"require_approval"}
+_TOP_KEYS = miroflow.TOP_KEYS
 _AGENT_KEYS = miroflow.AGENT_KEYS
 _TOOL_KEYS = miroflow.TOOL_KEYS
 

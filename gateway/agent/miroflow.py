@@ -77,7 +77,16 @@ provider with their base URL, Claude through our Anthropic provider."""
 
 #: Our own keys, per section (kept in step with :mod:`gateway.agent.config`).
 TOP_KEYS = frozenset(
-    {"chinese_context", "max_depth", "llm", "tools", "main_agent", "sub_agents", "output_dir"}
+    {
+        "chinese_context",
+        "max_depth",
+        "llm",
+        "tools",
+        "main_agent",
+        "sub_agents",
+        "output_dir",
+        "require_approval",
+    }
 )
 AGENT_KEYS = frozenset(
     {
