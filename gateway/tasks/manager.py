@@ -416,16 +416,7 @@ class TaskManager:
         )
         if sub is not None:
             sub._start(None, [], _both(undo, self._detach.watch(task.key)))
-        task.emit = functools.partial(self._emit, task)
-        driver = asyncio.get_running_loop().create_task(
-            self._drive(task), name=f"task:{record.task_id}"
-        )
-        task.driver = driver
-        self._drivers.add(driver)
-        driver.add_done_callback(functools.partial(self._driver_done, task))
-        self._detach.settle(task.key)
-        if self._closing:  # shutdown began while the backend stored it
-            self._cancel(task, "server shutdown")
+        self._start_driver(task, record.task_id)
         return task
 
     def _check_open(self, task_id: str | None) -> None:
@@ -861,18 +852,21 @@ class TaskManager:
             options.on_detach or cfg.on_detach,
             options.detach_ttl if options.detach_ttl is not None else cfg.detach_ttl,
         )
+        self._start_driver(task, record.task_id)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def _start_driver(self, task: _Task, task_id: str) -> None:
+        """Start the driver of a task this process runs (a new one, or one adopted from a lost
+        node); cancel it at once if shutdown began while the backend stored it."""
         task.emit = functools.partial(self._emit, task)
-        driver = asyncio.get_running_loop().create_task(
-            self._drive(task), name=f"task:{record.task_id}"
-        )
+        driver = asyncio.get_running_loop().create_task(self._drive(task), name=f"task:{task_id}")
         task.driver = driver
         self._drivers.add(driver)
         driver.add_done_callback(functools.partial(self._driver_done, task))
         self._detach.settle(task.key)
         if self._closing:
             self._cancel(task, "server shutdown")
-
-    # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self, deadline: float = 30.0) -> None:
         """Refuse new tasks, let active ones run for up to ``deadline`` seconds, then cancel the
