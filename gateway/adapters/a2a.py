@@ -18,18 +18,25 @@ Cancellation policy: ``CancelTask`` is our ``cancel``: it stops the work and ans
 task's ``task_cancelled`` is written (its state ``canceled``). A client that drops a stream does
 not cancel the task: it keeps running under the detach policy (like a dropped WebSocket).
 
-``contextId``: kept per task by this process (a new id when the client sends none) and echoed
-on every event; it is not yet a conversation thread (the thread ids of ``start`` are not on
-this branch's protocol).
+Conversations: ``contextId`` is our thread. A message with a ``contextId`` starts the thread's
+next turn (the agent sees the earlier ones); one without gets a new thread whose id is the
+task's ``contextId``. On a busy thread the new turn waits for the unfinished one
+(:func:`~gateway.adapters.common.start_turn`), unless that one waits for an answer.
+
+Questions and approvals: our ``input_required`` is A2A's ``input-required`` (the prompt as
+text, the request as a data part); a stream ends there, as the standard's interrupted states
+do, and a message with that ``taskId`` answers it (:func:`answer_of`) and streams the rest. A
+message with the ``taskId`` of a task that waits for nothing is a steering message (our
+``message``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -80,6 +87,7 @@ from a2a.utils.errors import (
     TaskNotFoundError,
     UnsupportedOperationError,
 )
+from google.protobuf import json_format
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -88,29 +96,24 @@ import gateway
 from gateway.adapters.common import (
     Caller,
     Feed,
+    Parked,
     Refusal,
     StartGate,
+    asks,
     authorize,
+    checked_id,
     open_stream,
     parse_last_event_id,
     read_body,
+    start_options,
+    start_turn,
     terminal_event,
 )
-from gateway.tasks import Delivery, TaskError
+from gateway.tasks import Delivery, Subscription, TaskError
+from protocol import events as ours
 from protocol.errors import ErrorCode
-from protocol.events import (
-    ErrorEvent,
-    Event,
-    LlmResponse,
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
-    TaskProgress,
-    TaskStarted,
-    ToolCallComplete,
-    ToolCallStart,
-)
-from protocol.frames import EventFrame, Gap
+from protocol.events import Event, InputRequest
+from protocol.frames import EventFrame, Gap, Input
 from protocol.frames import TaskStatus as OurStatus
 
 __all__ = ["A2ATranslator", "OSparkRequestHandler", "a2a_routes", "agent_card"]
@@ -129,19 +132,33 @@ _STATES: dict[str, Any] = {
     "cancelled": TaskState.TASK_STATE_CANCELED,
 }
 
+_WAITING_STEPS = frozenset({"queued", "waiting_for_thread"})
+"""Steps of a task that has not begun: its A2A state stays ``submitted``."""
+
 
 def _text(text: str) -> Part:
     return Part(text=text)
 
 
-def _agent_message(task_id: str, context_id: str, part: Part) -> Message:
+def _data(value: dict[str, Any]) -> Part:
+    part = Part()
+    part.data.struct_value.update(value)
+    return part
+
+
+def _agent_message(task_id: str, context_id: str, *parts: Part) -> Message:
     return Message(
         message_id=uuid.uuid4().hex,
         role=Role.ROLE_AGENT,
         task_id=task_id,
         context_id=context_id,
-        parts=[part],
+        parts=parts,
     )
+
+
+def _request_parts(request: InputRequest) -> tuple[Part, Part]:
+    """What an ``input-required`` shows: the prompt as text, our request as data."""
+    return _text(request.prompt), _data(msgspec.to_builtins(request))
 
 
 class A2ATranslator:
@@ -151,10 +168,15 @@ class A2ATranslator:
     ours                                    A2A (every event: ``metadata {seq, event}``)
     ======================================  ================================================
     ``task_started``, ``task_progress``,    ``status-update`` ``working``, an agent message
-    ``error``                               with the step (or error) as text
+    ``error``                               with the step (or error) as text (``submitted``
+                                            for the steps ``queued``, ``waiting_for_thread``)
     ``llm_response`` (turn, both channels)  ``status-update`` ``working``, the delta as text
     ``llm_response`` (summary, text)        ``artifact-update`` ``summary`` (appended chunks)
-    ``tool_call_start``/``_complete``       ``status-update`` ``working``, a data part
+    ``tool_call_start``/``_complete``,      ``status-update`` ``working``, a data part
+    ``user_message``
+    ``input_required``                      ``status-update`` ``input-required``: the prompt
+                                            as text, the request as a data part
+    ``input_received``                      ``status-update`` ``working``, a data part
     ``task_completed``                      ``artifact-update`` ``answer`` (the final answer),
                                             ``artifact-update`` ``summary`` (whole, last
                                             chunk), ``status-update`` ``completed``
@@ -164,17 +186,27 @@ class A2ATranslator:
     ======================================  ================================================
     """
 
-    def __init__(self, task_id: str, context_id: str) -> None:
+    def __init__(
+        self, task_id: str, context_id: str, settled_seq: int = 0, pending: str | None = None
+    ) -> None:
         self.task_id = task_id
         self.context_id = context_id
+        self.settled_seq = settled_seq
+        """The ``last_seq`` of the status the stream began from: a replayed question up to
+        there has been answered, unless it is the ``pending`` one."""
+        self.pending = pending
         self._summary_started = False
         self.state: Any = TaskState.TASK_STATE_SUBMITTED
+        self.interrupted = False
+        """Whether the last event (or the snapshot) asks a question still open: a stream
+        ends there."""
 
     # -- the snapshot (first event of a stream, tasks/get, tasks/cancel)
 
     def task(self, status: OurStatus, input: str, terminal: Event | None = None) -> Task:
         state = _STATES.get(status.state, TaskState.TASK_STATE_WORKING)
         self.state = state
+        self.interrupted = status.state == "input_required"
         task = Task(
             id=self.task_id,
             context_id=self.context_id,
@@ -191,17 +223,21 @@ class A2ATranslator:
         )
         task.status.timestamp.FromSeconds(int(status.updated or 0))
         task.metadata.update({"last_seq": status.last_seq, "progress": status.progress or ""})
+        if status.state == "input_required" and status.pending_input is not None:
+            parts = _request_parts(status.pending_input)
+            task.status.message.CopyFrom(_agent_message(self.task_id, self.context_id, *parts))
         if terminal is not None:
             message = self._terminal_message(terminal)
             if message is not None:
                 task.status.message.CopyFrom(message)
-            if type(terminal) is TaskCompleted:
+            if type(terminal) is ours.TaskCompleted:
                 task.artifacts.extend(self._final_artifacts(terminal))
         return task
 
     # -- events
 
     def __call__(self, item: Delivery) -> list[StreamItem]:
+        self.interrupted = asks(item, self.settled_seq, self.pending)
         if type(item) is Gap:
             update = self._status(TaskState.TASK_STATE_WORKING)
             update.metadata.update(
@@ -224,7 +260,7 @@ class A2ATranslator:
         tid, cid = self.task_id, self.context_id
         working = TaskState.TASK_STATE_WORKING
         match event:
-            case LlmResponse(phase="summary", channel="text", delta=delta):
+            case ours.LlmResponse(phase="summary", channel="text", delta=delta):
                 append = self._summary_started
                 self._summary_started = True
                 return [
@@ -238,19 +274,26 @@ class A2ATranslator:
                         last_chunk=False,
                     )
                 ]
-            case LlmResponse(delta=delta):
+            case ours.LlmResponse(delta=delta):
                 return [self._status(working, _text(delta))]
-            case TaskStarted(agent_name=name, model=model):
+            case ours.TaskStarted(agent_name=name, model=model):
                 return [self._status(working, _text(f"started: agent {name}, model {model}"))]
-            case TaskProgress(step=step, message=message):
-                return [self._status(working, _text(message or step))]
-            case ErrorEvent(code=code, message=message):
+            case ours.TaskProgress(step=step, message=message):
+                state = TaskState.TASK_STATE_SUBMITTED if step in _WAITING_STEPS else working
+                return [self._status(state, _text(message or step))]
+            case ours.ErrorEvent(code=code, message=message):
                 return [self._status(working, _text(f"error ({code}): {message}"))]
-            case ToolCallStart() | ToolCallComplete():
-                part = Part()
-                part.data.struct_value.update(msgspec.to_builtins(event))
-                return [self._status(working, part)]
-            case TaskCompleted():
+            case ours.InputRequired(request=request):
+                state = TaskState.TASK_STATE_INPUT_REQUIRED
+                return [self._status(state, *_request_parts(request))]
+            case (
+                ours.ToolCallStart()
+                | ours.ToolCallComplete()
+                | ours.InputReceived()
+                | ours.UserMessage()
+            ):
+                return [self._status(working, _data(msgspec.to_builtins(event)))]
+            case ours.TaskCompleted():
                 artifacts: list[StreamItem] = [
                     TaskArtifactUpdateEvent(
                         task_id=tid, context_id=cid, artifact=a, append=False, last_chunk=True
@@ -258,17 +301,17 @@ class A2ATranslator:
                     for a in self._final_artifacts(event)
                 ]
                 return [*artifacts, self._final(TaskState.TASK_STATE_COMPLETED, event)]
-            case TaskFailed():
+            case ours.TaskFailed():
                 return [self._final(TaskState.TASK_STATE_FAILED, event)]
-            case TaskCancelled():
+            case ours.TaskCancelled():
                 return [self._final(TaskState.TASK_STATE_CANCELED, event)]
         return []
 
-    def _status(self, state: Any, part: Part | None = None) -> TaskStatusUpdateEvent:
+    def _status(self, state: Any, *parts: Part) -> TaskStatusUpdateEvent:
         self.state = state
         status = TaskStatus(state=state)
-        if part is not None:
-            status.message.CopyFrom(_agent_message(self.task_id, self.context_id, part))
+        if parts:
+            status.message.CopyFrom(_agent_message(self.task_id, self.context_id, *parts))
         status.timestamp.GetCurrentTime()
         return TaskStatusUpdateEvent(
             task_id=self.task_id, context_id=self.context_id, status=status
@@ -283,18 +326,18 @@ class A2ATranslator:
 
     def _terminal_message(self, event: Event) -> Message | None:
         match event:
-            case TaskCompleted(summary=summary, final_answer=answer):
+            case ours.TaskCompleted(summary=summary, final_answer=answer):
                 text = answer or summary
-            case TaskFailed(reason=reason, code=code):
+            case ours.TaskFailed(reason=reason, code=code):
                 text = f"failed ({code}): {reason}"
-            case TaskCancelled(reason=reason):
+            case ours.TaskCancelled(reason=reason):
                 text = f"cancelled: {reason}"
             case _:
                 return None
         return _agent_message(self.task_id, self.context_id, _text(text))
 
     @staticmethod
-    def _final_artifacts(event: TaskCompleted) -> list[Artifact]:
+    def _final_artifacts(event: ours.TaskCompleted) -> list[Artifact]:
         return [
             Artifact(
                 artifact_id="answer",
@@ -311,6 +354,73 @@ class A2ATranslator:
         ]
 
 
+# --------------------------------------------------------------------------- answers
+
+_APPROVE = re.compile(
+    r"^\s*(?:(yes|y|ok|approve|approved|allow)|(no|n|deny|denied|reject))\b[\s.,:;!-]*(.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _texts(message: Message) -> str:
+    return "\n".join(p.text for p in message.parts if p.WhichOneof("content") == "text")
+
+
+def _data_of(message: Message) -> dict[str, Any]:
+    """The message's data parts that are objects, merged."""
+    data: dict[str, Any] = {}
+    for part in message.parts:
+        if part.WhichOneof("content") == "data":
+            value = json_format.MessageToDict(part.data)
+            if isinstance(value, dict):
+                data.update(value)
+    return data
+
+
+def answer_of(task_id: str, request: InputRequest, message: Message) -> Input:
+    """Our ``input`` for ``request`` from an A2A message.
+
+    - a question: the message's text (or ``text`` of a data part);
+    - an approval: a data part ``{"approved": true|false, "text": "why"}``, or a text that
+      begins with ``approve``/``yes``/``ok`` or ``deny``/``no``/``reject`` (what follows is
+      the reason);
+    - a choice: a data part ``{"choice": "…"}``, or the text: one of the options.
+
+    A data part's ``request_id`` names the request (the pending one by default). Raises
+    ``invalid_answer``."""
+    data = _data_of(message)
+    text = _texts(message).strip()
+    rid = data.get("request_id")
+    answer = Input(
+        id="a2a",
+        task_id=task_id,
+        request_id=rid if isinstance(rid, str) and rid else request.request_id,
+    )
+    given = data.get("text")
+    if request.kind == "question":
+        return msgspec.structs.replace(answer, text=given if isinstance(given, str) else text)
+    if request.kind == "choice":
+        choice = data.get("choice")
+        return msgspec.structs.replace(answer, choice=choice if isinstance(choice, str) else text)
+    approved = data.get("approved")
+    if isinstance(approved, bool):
+        return msgspec.structs.replace(
+            answer, approved=approved, text=given if isinstance(given, str) else (text or None)
+        )
+    words = _APPROVE.match(text)
+    if words is None:
+        raise TaskError(
+            ErrorCode.INVALID_ANSWER,
+            f"task {task_id!r} waits for an approval of {request.server}/{request.tool}: answer "
+            'with a data part {"approved": true} or {"approved": false, "text": "why"}, or a '
+            'text beginning with "approve" or "deny"',
+            task_id=task_id,
+        )
+    return msgspec.structs.replace(
+        answer, approved=words.group(1) is not None, text=words.group(3).strip() or None
+    )
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -320,29 +430,38 @@ def _required_id(task_id: str) -> str:
     return task_id
 
 
+_INVALID_PARAMS = frozenset(
+    {
+        ErrorCode.INVALID_FIELD,
+        ErrorCode.INPUT_TOO_LONG,
+        ErrorCode.INVALID_ANSWER,
+        ErrorCode.UNKNOWN_REQUEST,
+        ErrorCode.ALREADY_ANSWERED,
+    }
+)
+
+
 def _a2a_error(exc: TaskError) -> A2AError:
     data = {"code": exc.code.value}
+    if exc.task_id is not None:
+        data["task_id"] = exc.task_id
     if exc.code == ErrorCode.UNKNOWN_TASK:
         return TaskNotFoundError(exc.message, data)
-    if exc.code in (ErrorCode.INVALID_FIELD, ErrorCode.INPUT_TOO_LONG):
+    if exc.code in _INVALID_PARAMS:
         return InvalidParamsError(exc.message, data)
+    if exc.code == ErrorCode.TASK_FINISHED:
+        return UnsupportedOperationError(exc.message, data)
     return InvalidRequestError(f"{exc.code.value}: {exc.message}", data)
 
 
-class _Contexts:
-    """``contextId`` of the tasks started here (bounded; the oldest are forgotten)."""
+def _context_id(status: OurStatus) -> str:
+    """A task's ``contextId``: its thread (a task started without one: its own id)."""
+    return status.thread_id or status.task_id
 
-    def __init__(self, size: int = 100_000) -> None:
-        self._ids: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._size = size
 
-    def set(self, owner: str, task_id: str, context_id: str) -> None:
-        self._ids[owner, task_id] = context_id
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
+_FINAL = frozenset({"completed", "failed", "cancelled"})
 
-    def get(self, owner: str, task_id: str) -> str:
-        return self._ids.get((owner, task_id), task_id)
+_HOW_TO_ANSWER = ": send a message with its taskId (or cancel it with CancelTask)"
 
 
 # --------------------------------------------------------------------------- the handler
@@ -355,7 +474,7 @@ class OSparkRequestHandler(RequestHandler):
         self._gate = gate
         self._max_stream = max_stream
         self._cancel_wait = cancel_wait
-        self._contexts = _Contexts()
+        self._parked = Parked()
 
     @staticmethod
     def _caller(context: ServerCallContext) -> Caller:
@@ -365,78 +484,141 @@ class OSparkRequestHandler(RequestHandler):
         return caller
 
     async def _snapshot(self, caller: Caller, task_id: str) -> Task:
+        return (await self._look(caller, task_id))[1]
+
+    async def _look(self, caller: Caller, task_id: str) -> tuple[OurStatus, Task]:
+        """The task's status and its A2A snapshot."""
         try:
             status = await caller.manager.status(caller.principal, task_id)
             terminal = None
-            if status.state in ("completed", "failed", "cancelled"):
+            if status.state in _FINAL:
                 terminal = await terminal_event(
                     caller.manager, caller.principal, task_id, status.last_seq
                 )
             record = await caller.manager.backend.get(caller.principal, task_id)
         except TaskError as exc:
             raise _a2a_error(exc) from None
-        translator = A2ATranslator(task_id, self._contexts.get(caller.principal, task_id))
-        return translator.task(status, record.input if record else "", terminal)
+        translator = A2ATranslator(task_id, _context_id(status))
+        return status, translator.task(status, record.input if record else "", terminal)
 
     # -- message/send and message/stream
 
-    def _input(self, params: SendMessageRequest) -> tuple[str, str]:
-        message = params.message
-        if message.task_id:
-            raise UnsupportedOperationError(
-                f"task {message.task_id!r} takes no further input: send a new message without "
-                "taskId (the same contextId) to start the next task"
-            )
-        texts = [p.text for p in message.parts if p.WhichOneof("content") == "text"]
-        if not texts:
-            raise InvalidParamsError(
-                "message.parts has no text part; this agent takes text (mode text/plain)"
-            )
-        return "\n".join(texts), message.context_id or uuid.uuid4().hex
-
-    async def _start(
+    async def _open(
         self, params: SendMessageRequest, context: ServerCallContext
-    ) -> tuple[Caller, A2ATranslator, Feed, Any]:
+    ) -> tuple[A2ATranslator, Feed, Subscription | None, Task]:
+        """Start a task, or continue the one the message names: its translator, its feed (and
+        subscription), and the task's snapshot to begin a stream with."""
         caller = self._caller(context)
-        text, context_id = self._input(params)
-        feed = Feed(self._max_stream)
+        message = params.message
         try:
-            self._gate.check(caller.principal, text)
-            result = await caller.manager.start(caller.principal, text, deliver=feed.deliver)
+            if message.task_id:
+                return await self._continue(caller, message)
+            if not any(p.WhichOneof("content") == "text" for p in message.parts):
+                raise InvalidParamsError(
+                    "message.parts has no text part; this agent takes text (mode text/plain)"
+                )
+            text = _texts(message)
+            context_id = checked_id(message.context_id or uuid.uuid4().hex, "message.contextId")
+            metadata = json_format.MessageToDict(params.metadata)
+            options, if_busy = start_options(metadata.get("ospark"), "metadata.ospark")
+            result, feed = await start_turn(
+                caller,
+                self._gate,
+                text,
+                thread_id=context_id,
+                options=options,
+                if_busy=if_busy,
+                feed_limit=self._max_stream,
+                how_to_answer=_HOW_TO_ANSWER,
+            )
         except TaskError as exc:
             raise _a2a_error(exc) from None
-        self._contexts.set(caller.principal, result.task_id, context_id)
-        return caller, A2ATranslator(result.task_id, context_id), feed, result
+        translator = A2ATranslator(result.task_id, result.thread_id or context_id)
+        now = time.time()
+        status = OurStatus(task_id=result.task_id, state=result.state, created=now, updated=now)
+        return translator, feed, result.subscription, translator.task(status, text)
+
+    async def _continue(
+        self, caller: Caller, message: Message
+    ) -> tuple[A2ATranslator, Feed, Subscription | None, Task]:
+        """A message to a task: the answer to what it waits for, else a steering message."""
+        manager, owner, task_id = caller.manager, caller.principal, message.task_id
+        status = await manager.status(owner, task_id)
+        context_id = _context_id(status)
+        if message.context_id and message.context_id != context_id:
+            raise InvalidParamsError(
+                f"task {task_id!r} belongs to context {context_id!r}, not {message.context_id!r}"
+            )
+        if status.state in _FINAL:
+            raise TaskError(
+                ErrorCode.TASK_FINISHED,
+                f"task {task_id!r} has ended ({status.state}); to go on with the conversation, "
+                f"send a message without taskId, with contextId {context_id!r}",
+                task_id=task_id,
+            )
+        asked = status.pending_input if status.state == "input_required" else None
+        text = _texts(message)
+        answer = answer_of(task_id, asked, message) if asked is not None else None
+        if answer is None and not text.strip():
+            raise TaskError(ErrorCode.INVALID_FIELD, "the message has no text to send the task")
+        feed = Feed(self._max_stream)
+        sub = await manager.subscribe(
+            owner, task_id, after_seq=status.last_seq, deliver=feed.deliver
+        )
+        try:
+            if answer is not None:
+                await manager.answer(owner, answer)
+            else:
+                await manager.message(owner, task_id, text)
+        except BaseException:
+            sub.close()
+            raise
+        self._parked.release(owner, task_id)
+        record = await manager.backend.get(owner, task_id)
+        translator = A2ATranslator(task_id, context_id, status.last_seq)
+        snapshot = translator.task(status, record.input if record else "")
+        if answer is not None:  # the answer was taken: the task works again
+            snapshot.status.state = translator.state = TaskState.TASK_STATE_WORKING
+            snapshot.status.ClearField("message")
+            translator.interrupted = False
+        return translator, feed, sub, snapshot
+
+    def _close(self, sub: Subscription | None, feed: Feed, translator: A2ATranslator) -> None:
+        """End a stream's subscription; one that ended at a question is parked."""
+        if sub is None:
+            return
+        if translator.interrupted and not sub.closed:
+            self._parked.park(sub, feed)
+        else:
+            sub.close()
 
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[StreamItem]:
-        _, translator, feed, result = await self._start(params, context)
-        sub = result.subscription
+        translator, feed, sub, snapshot = await self._open(params, context)
         try:
-            now = time.time()
-            status = OurStatus(task_id=result.task_id, state=result.state, created=now, updated=now)
-            yield translator.task(status, self._input(params)[0])
+            yield snapshot
             async for item in feed:
                 for event in translator(item):
                     yield event
+                if translator.interrupted:
+                    return
         finally:
-            if sub is not None:
-                sub.close()
+            self._close(sub, feed, translator)
 
     async def on_message_send(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> Task | Message:
-        caller, _, feed, result = await self._start(params, context)
-        sub = result.subscription
+        translator, feed, sub, snapshot = await self._open(params, context)
         try:
             if not params.configuration.return_immediately:
-                async for _ in feed:
-                    pass
+                async for item in feed:
+                    translator(item)
+                    if translator.interrupted:
+                        break
         finally:
-            if sub is not None:
-                sub.close()
-        return await self._snapshot(caller, result.task_id)
+            self._close(sub, feed, translator)
+        return await self._snapshot(self._caller(context), snapshot.id)
 
     # -- tasks/get, tasks/list, tasks/cancel, tasks/resubscribe
 
@@ -453,7 +635,7 @@ class OSparkRequestHandler(RequestHandler):
             raise _a2a_error(exc) from None
         tasks = []
         for status in statuses:
-            context_id = self._contexts.get(caller.principal, status.task_id)
+            context_id = _context_id(status)
             if params.context_id and params.context_id != context_id:
                 continue
             translator = A2ATranslator(status.task_id, context_id)
@@ -498,8 +680,8 @@ class OSparkRequestHandler(RequestHandler):
         _required_id(params.id)
         feed = Feed(self._max_stream)
         try:
-            snapshot = await self._snapshot(caller, params.id)
-            last_seq = int(snapshot.metadata["last_seq"])
+            status, snapshot = await self._look(caller, params.id)
+            last_seq = status.last_seq
             sub = await manager.subscribe(
                 owner,
                 params.id,
@@ -508,16 +690,24 @@ class OSparkRequestHandler(RequestHandler):
             )
         except TaskError as exc:
             raise _a2a_error(exc) from None
-        translator = A2ATranslator(params.id, snapshot.context_id)
+        asked = status.pending_input if status.state == "input_required" else None
+        pending = asked.request_id if asked is not None else None
+        translator = A2ATranslator(params.id, snapshot.context_id, last_seq, pending)
+        translator.state = snapshot.status.state
         try:
             yield snapshot
             if sub.closed and not feed.finished:
                 return  # nothing after the cursor: the task had already ended there
+            if pending is not None and (after is None or after >= last_seq):
+                translator.interrupted = True
+                return  # it waits for an answer, and the client has seen the question
             async for item in feed:
                 for event in translator(item):
                     yield event
+                if translator.interrupted:
+                    return
         finally:
-            sub.close()
+            self._close(sub, feed, translator)
 
     # -- what this agent does not offer
 

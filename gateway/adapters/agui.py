@@ -1,15 +1,25 @@
 """The AG-UI adapter: ``POST /agui`` takes a ``RunAgentInput`` and streams the run as AG-UI
-events over SSE (the official ``ag-ui-protocol`` types and ``EventEncoder``; its encoder
-offers SSE only, so there is no binary encoding here).
+events over SSE (the official ``ag-ui-protocol`` types and ``EventEncoder``; the encoder of
+ag-ui-protocol 1.0 encodes SSE only — it names the protobuf media type but has no encoding for
+it — so there is no binary encoding here).
 
-The run is one of our tasks: ``runId`` is the task id (a retried POST with the same ``runId``
-and input joins the same task), the input is the last user message's text, ``threadId`` is
-echoed (conversation threads are not on this branch's protocol). :class:`AGUITranslator` is
+A run is one of our tasks: ``runId`` is the task id (a retried POST with the same ``runId``
+and input joins the same task), the input is the last user message's text, ``threadId`` is our
+thread (the agent sees the thread's earlier turns; on a busy thread the run waits for the
+unfinished turn, see :func:`~gateway.adapters.common.start_turn`). :class:`AGUITranslator` is
 the one translation point from our events to AG-UI's.
 
-Resume: each SSE event carries ``id: <seq>`` (on the last AG-UI event made from one of our
-events). A POST of the same input with ``Last-Event-ID: <seq>`` continues after that seq
-without ``RUN_STARTED`` again, and loses nothing the task log still holds.
+Questions and approvals are AG-UI interrupts: at our ``input_required`` the run ends with
+``RUN_FINISHED`` outcome ``interrupt`` (one :class:`~ag_ui.core.Interrupt`, its id
+``<task id>~<request id>``) while the task waits; the next run on the thread carries
+``resume: [{interruptId, status, payload}]``, which answers (``resolved``) or cancels
+(``cancelled``) the task, and streams the rest of it under the new ``runId``. Until then the
+interrupted run's subscription stays open (:class:`~gateway.adapters.common.Parked`), so the
+task is not detached.
+
+Resume after a drop: each SSE event carries ``id: <seq>`` (on the last AG-UI event made from
+one of our events). A POST of the same input with ``Last-Event-ID: <seq>`` continues after that
+seq without ``RUN_STARTED`` again, and loses nothing the task log still holds.
 
 Cancellation policy: a client that aborts its request (``HttpAgent.abortRun()``, a closed
 page) cancels the run, exactly as our ``cancel`` does (the task's detach policy ``cancel``).
@@ -23,12 +33,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from ag_ui.core import (
     BaseEvent,
     CustomEvent,
+    Interrupt,
     ReasoningEndEvent,
     ReasoningMessageContentEvent,
     ReasoningMessageEndEvent,
@@ -38,11 +50,13 @@ from ag_ui.core import (
     RunErrorEvent,
     RunFinishedCancelledOutcome,
     RunFinishedEvent,
+    RunFinishedInterruptOutcome,
     RunFinishedSuccessOutcome,
     RunStartedEvent,
     StepFinishedEvent,
     StepStartedEvent,
     SubagentFinishedEvent,
+    SubagentFinishedSuspendedOutcome,
     SubagentStartedEvent,
     TextMessageContentEvent,
     TextMessageEndEvent,
@@ -59,33 +73,32 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.adapters.common import (
+    Caller,
     Feed,
+    Parked,
     Refusal,
     StartGate,
+    asks,
     authorize,
+    checked_id,
     open_stream,
     parse_last_event_id,
     read_body,
+    start_options,
+    start_turn,
 )
-from gateway.tasks import Delivery, TaskError
+from gateway.tasks import Delivery, Subscription, TaskError
+from protocol import events as ours
 from protocol.errors import ErrorCode
-from protocol.events import (
-    ErrorEvent,
-    Event,
-    LlmResponse,
-    TaskCancelled,
-    TaskCompleted,
-    TaskFailed,
-    TaskProgress,
-    TaskStarted,
-    ToolCallComplete,
-    ToolCallStart,
-)
-from protocol.frames import EventFrame, Gap, StartOptions
+from protocol.events import Event, InputRequest
+from protocol.frames import EventFrame, Gap, Input
 
 __all__ = ["AGUITranslator", "agui_routes"]
 
 RUN_PATH = "/agui"
+
+INTERRUPT_SEPARATOR = "~"
+"""Between the task id and the request id in an interrupt's id (no task id contains it)."""
 
 
 @dataclass(slots=True)
@@ -98,6 +111,23 @@ class _Agent:
     step: str | None = None
     last_text_id: str | None = None
     agent_calls: list[str] = field(default_factory=list)
+
+
+def _schema(request: InputRequest) -> dict[str, Any]:
+    """The JSON Schema of a resume ``payload`` answering ``request``."""
+    if request.kind == "approval":
+        properties: dict[str, Any] = {
+            "approved": {"type": "boolean"},
+            "text": {"type": "string", "description": "why (optional)"},
+        }
+        required = ["approved"]
+    elif request.kind == "choice":
+        properties = {"choice": {"type": "string", "enum": list(request.options or [])}}
+        required = ["choice"]
+    else:
+        properties = {"text": {"type": "string", "minLength": 1}}
+        required = ["text"]
+    return {"type": "object", "properties": properties, "required": required}
 
 
 class AGUITranslator:
@@ -120,9 +150,16 @@ class AGUITranslator:
     ``task_progress`` ``subagent_started/…ed``    ``SUBAGENT_STARTED`` / ``SUBAGENT_FINISHED``;
                                                   a sub-agent's events carry ``subagentRunId``
                                                   (its agent path)
+    ``input_required``                            ``RUN_FINISHED`` outcome ``interrupt`` (an
+                                                  approval's tool call announced first:
+                                                  ``TOOL_CALL_START/ARGS/END``; open
+                                                  sub-agents ``SUBAGENT_FINISHED``
+                                                  ``suspended``); a replayed one already
+                                                  answered: ``CUSTOM`` ``ospark.input_required``
     other ``task_progress``, ``task_started``,    ``CUSTOM`` ``ospark.progress``,
-    ``error``, a ``gap``                          ``ospark.started``, ``ospark.error``,
-                                                  ``ospark.gap``
+    ``error``, ``input_received``,                ``ospark.started``, ``ospark.error``,
+    ``user_message``, a ``gap``                   ``ospark.input_received``,
+                                                  ``ospark.user_message``, ``ospark.gap``
     ``task_completed``                            ``RUN_FINISHED`` (outcome ``success``,
                                                   result ``{final_answer, summary}``)
     ``task_failed``                               ``RUN_ERROR`` (message, code)
@@ -132,9 +169,29 @@ class AGUITranslator:
     Whatever is open (messages, steps, sub-agents) is closed before the run's last event.
     """
 
-    def __init__(self, thread_id: str, run_id: str) -> None:
+    def __init__(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        task_id: str | None = None,
+        settled_seq: int = 0,
+        pending: str | None = None,
+        announced: InputRequest | None = None,
+    ) -> None:
         self.thread_id = thread_id
         self.run_id = run_id
+        self.task_id = task_id or run_id
+        """Our task: the run itself, or for a run that resumes an interrupt, the task it
+        continues."""
+        self.settled_seq = settled_seq
+        self.pending = pending
+        """See :func:`~gateway.adapters.common.asks`: which ``input_required`` is an interrupt."""
+        self.interrupted = False
+        """Whether the last event ended the run with an interrupt."""
+        self._announced = announced
+        """The approval whose tool call's ``TOOL_CALL_START/ARGS/END`` the interrupted run
+        sent: here that call gets only its result."""
         self._agents: dict[str, _Agent] = {}
         self._subagents: list[str] = []  # started and not finished, in order
         self._ids = 0
@@ -143,6 +200,7 @@ class AGUITranslator:
         return RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id)
 
     def __call__(self, item: Delivery) -> list[BaseEvent]:
+        self.interrupted = asks(item, self.settled_seq, self.pending)
         if type(item) is Gap:
             return [
                 CustomEvent(
@@ -175,7 +233,7 @@ class AGUITranslator:
         return agent
 
     @staticmethod
-    def _call_id(path: str, call_id: str) -> str:
+    def call_id(path: str, call_id: str) -> str:
         """Tool call ids are unique per agent here, per run in AG-UI: a sub-agent's are
         prefixed with its path."""
         return call_id if path == "main" else f"{path}:{call_id}"
@@ -224,16 +282,73 @@ class AGUITranslator:
             self._close_message(path, agent, out)
             self._close_step(path, agent, out)
 
-    def _finish_subagent(self, path: str, result: str, out: list[BaseEvent]) -> None:
+    def _finish_subagent(
+        self, path: str, result: str, out: list[BaseEvent], suspended: list[str] | None = None
+    ) -> None:
         self._close_agent(path, out)
         if path in self._subagents:
             self._subagents.remove(path)
-            out.append(SubagentFinishedEvent(subagent_run_id=path, result=result or None))
+            outcome = None
+            if suspended is not None:
+                outcome = SubagentFinishedSuspendedOutcome(interrupt_ids=suspended or None)
+            out.append(
+                SubagentFinishedEvent(subagent_run_id=path, result=result or None, outcome=outcome)
+            )
 
-    def _close_all(self, out: list[BaseEvent]) -> None:
+    def _close_all(self, out: list[BaseEvent], interrupt: tuple[str, str] | None = None) -> None:
+        """Close everything open; with ``interrupt`` (the asking agent's path and the
+        interrupt's id), the open sub-agents end ``suspended``."""
         for path in reversed(self._subagents[:]):
-            self._finish_subagent(path, "", out)
+            if interrupt is None:
+                self._finish_subagent(path, "", out)
+            else:
+                ids = [interrupt[1]] if path == interrupt[0] else []
+                self._finish_subagent(path, "", out, suspended=ids)
         self._close_agent("main", out)
+
+    def _interrupt(self, path: str, agent: _Agent, request: InputRequest) -> list[BaseEvent]:
+        """The run ends: the task waits for ``request``."""
+        out: list[BaseEvent] = []
+        sub = self._sub(path)
+        self._close_message(path, agent, out)
+        call_id = None
+        if request.kind == "approval" and request.call_id is not None:
+            call_id = self.call_id(path, request.call_id)
+            name = f"{request.server}__{request.tool}" if request.server else request.tool
+            out.append(
+                ToolCallStartEvent(
+                    tool_call_id=call_id,
+                    tool_call_name=name or "",
+                    parent_message_id=agent.last_text_id,
+                    subagent_run_id=sub,
+                )
+            )
+            args = json.dumps(request.arguments or {})
+            out.append(ToolCallArgsEvent(tool_call_id=call_id, delta=args, subagent_run_id=sub))
+            out.append(ToolCallEndEvent(tool_call_id=call_id, subagent_run_id=sub))
+        interrupt_id = f"{self.task_id}{INTERRUPT_SEPARATOR}{request.request_id}"
+        self._close_all(out, (path, interrupt_id))
+        expires = None
+        if request.expires_at is not None:
+            expires = datetime.fromtimestamp(request.expires_at, UTC).isoformat()
+        interrupt = Interrupt(
+            id=interrupt_id,
+            reason="tool_call" if call_id is not None else "input_required",
+            message=request.prompt,
+            tool_call_id=call_id,
+            response_schema=_schema(request),
+            expires_at=expires,
+            metadata={"ospark": msgspec.to_builtins(request)},
+            subagent_run_id=sub,
+        )
+        out.append(
+            RunFinishedEvent(
+                thread_id=self.thread_id,
+                run_id=self.run_id,
+                outcome=RunFinishedInterruptOutcome(interrupts=[interrupt]),
+            )
+        )
+        return out
 
     # -- per kind
 
@@ -243,7 +358,7 @@ class AGUITranslator:
         agent = self._agent(path, out)
         sub = self._sub(path)
         match event:
-            case LlmResponse(delta=delta, channel=channel, phase=phase, turn=turn):
+            case ours.LlmResponse(delta=delta, channel=channel, phase=phase, turn=turn):
                 key = (channel, phase, turn)
                 if agent.stream != key:
                     self._close_message(path, agent, out)
@@ -271,8 +386,16 @@ class AGUITranslator:
                             message_id=agent.message_id, delta=delta, subagent_run_id=sub
                         )
                     )
-            case ToolCallStart(call_id=call_id, server=server, tool=tool, arguments=arguments):
-                call_id = self._call_id(path, call_id)
+            case ours.ToolCallStart(call_id=call_id, server=server, tool=tool, arguments=arguments):
+                announced = self._announced
+                if announced is not None and (call_id, server, tool) == (
+                    announced.call_id,
+                    announced.server,
+                    announced.tool,
+                ):
+                    self._announced = None  # the interrupted run announced it
+                    return out
+                call_id = self.call_id(path, call_id)
                 self._close_message(path, agent, out)
                 if server == "agents":
                     agent.agent_calls.append(call_id)
@@ -290,8 +413,8 @@ class AGUITranslator:
                     )
                 )
                 out.append(ToolCallEndEvent(tool_call_id=call_id, subagent_run_id=sub))
-            case ToolCallComplete(call_id=call_id, result=result, error=error):
-                call_id = self._call_id(path, call_id)
+            case ours.ToolCallComplete(call_id=call_id, result=result, error=error):
+                call_id = self.call_id(path, call_id)
                 self._close_message(path, agent, out)
                 out.append(
                     ToolCallResultEvent(
@@ -302,30 +425,34 @@ class AGUITranslator:
                         subagent_run_id=sub,
                     )
                 )
-            case TaskProgress(step="turn_started", turn=turn):
+            case ours.TaskProgress(step="turn_started", turn=turn):
                 self._close_message(path, agent, out)
                 self._close_step(path, agent, out)
                 agent.step = f"turn {turn}"
                 out.append(StepStartedEvent(step_name=agent.step, subagent_run_id=sub))
-            case TaskProgress(step="summarising"):
+            case ours.TaskProgress(step="summarising"):
                 self._close_message(path, agent, out)
                 self._close_step(path, agent, out)
                 agent.step = "summary"
                 out.append(StepStartedEvent(step_name=agent.step, subagent_run_id=sub))
-            case TaskProgress(step="subagent_started", message=message):
+            case ours.TaskProgress(step="subagent_started", message=message):
                 self._start_subagent(path, message, out)
-            case TaskProgress(step="subagent_finished", message=message):
+            case ours.TaskProgress(step="subagent_finished", message=message):
                 self._finish_subagent(path, message, out)
-            case TaskProgress():
+            case ours.InputRequired(request=request) if self.interrupted:
+                out.extend(self._interrupt(path, agent, request))
+            case (
+                ours.TaskProgress()
+                | ours.TaskStarted()
+                | ours.ErrorEvent()
+                | ours.InputRequired()
+                | ours.InputReceived()
+                | ours.UserMessage()
+            ):
                 value = msgspec.to_builtins(event)
-                out.append(CustomEvent(name="ospark.progress", value=value, subagent_run_id=sub))
-            case TaskStarted():
-                value = msgspec.to_builtins(event)
-                out.append(CustomEvent(name="ospark.started", value=value))
-            case ErrorEvent():
-                value = msgspec.to_builtins(event)
-                out.append(CustomEvent(name="ospark.error", value=value, subagent_run_id=sub))
-            case TaskCompleted(final_answer=answer, summary=summary):
+                name = f"ospark.{value['kind'].removeprefix('task_')}"
+                out.append(CustomEvent(name=name, value=value, subagent_run_id=sub))
+            case ours.TaskCompleted(final_answer=answer, summary=summary):
                 self._close_all(out)
                 out.append(
                     RunFinishedEvent(
@@ -335,10 +462,10 @@ class AGUITranslator:
                         outcome=RunFinishedSuccessOutcome(),
                     )
                 )
-            case TaskFailed(reason=reason, code=code):
+            case ours.TaskFailed(reason=reason, code=code):
                 self._close_all(out)
                 out.append(RunErrorEvent(message=reason, code=code))
-            case TaskCancelled(reason=reason):
+            case ours.TaskCancelled(reason=reason):
                 self._close_all(out)
                 out.append(
                     RunFinishedEvent(
@@ -355,11 +482,19 @@ class AGUITranslator:
 
 _STATUS = {
     ErrorCode.INVALID_FIELD: 400,
+    ErrorCode.INVALID_ANSWER: 400,
     ErrorCode.INPUT_TOO_LONG: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TOO_MANY_TASKS: 429,
     ErrorCode.TASK_EXISTS: 409,
+    ErrorCode.THREAD_BUSY: 409,
+    ErrorCode.UNKNOWN_TASK: 404,
+    ErrorCode.UNKNOWN_REQUEST: 409,
+    ErrorCode.ALREADY_ANSWERED: 409,
+    ErrorCode.TASK_FINISHED: 409,
 }
+
+_HOW_TO_ANSWER = ": run with resume (its interrupt), resolved or cancelled"
 
 
 def _refuse(status: int, code: str, message: str) -> Response:
@@ -381,18 +516,36 @@ def _user_text(run: RunAgentInput) -> str:
     return ""
 
 
-def _options(run: RunAgentInput) -> StartOptions:
-    props = run.forwarded_props if isinstance(run.forwarded_props, dict) else {}
-    ours = props.get("ospark")
-    ttl = ours.get("detach_ttl") if isinstance(ours, dict) else None
-    if ttl is None:
-        return StartOptions(on_detach="cancel")
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 <= ttl <= 86_400:
-        raise TaskError(
-            ErrorCode.INVALID_FIELD,
-            "forwardedProps.ospark.detach_ttl must be a number of seconds from 0 to 86400",
-        )
-    return StartOptions(on_detach="keep", detach_ttl=float(ttl))
+def _ours(run: RunAgentInput) -> Any:
+    props = run.forwarded_props
+    return props.get("ospark") if isinstance(props, dict) else None
+
+
+def _resumed(task_id: str, request: InputRequest, payload: Any) -> Input:
+    """Our ``input`` from a resume ``payload``: ``{"text"}`` (or a string) for a question,
+    ``{"approved", "text"}`` (or a boolean) for an approval, ``{"choice"}`` (or a string) for a
+    choice. What is missing or mistyped is refused by the task (``invalid_answer``)."""
+    fields = payload if isinstance(payload, dict) else {}
+    answer = Input(id="agui", task_id=task_id, request_id=request.request_id)
+    text = payload if isinstance(payload, str) else fields.get("text")
+    text = text if isinstance(text, str) else None
+    if request.kind == "question":
+        return msgspec.structs.replace(answer, text=text)
+    if request.kind == "choice":
+        choice = payload if isinstance(payload, str) else fields.get("choice")
+        return msgspec.structs.replace(answer, choice=choice if isinstance(choice, str) else None)
+    approved = payload if isinstance(payload, bool) else fields.get("approved")
+    approved = approved if isinstance(approved, bool) else None
+    return msgspec.structs.replace(answer, approved=approved, text=text)
+
+
+@dataclass(slots=True)
+class _Run:
+    """What a request streams: its translator, feed and subscription."""
+
+    translator: AGUITranslator
+    feed: Feed
+    sub: Subscription | None
 
 
 def agui_routes(settings: Any) -> list[Route]:
@@ -401,6 +554,82 @@ def agui_routes(settings: Any) -> list[Route]:
     gate = StartGate(limits.max_input_chars, limits.max_starts_per_second)
     max_body = limits.max_frame_bytes
     max_stream = settings.connection.max_outbox
+    parked = Parked()
+
+    async def start(caller: Caller, run_input: RunAgentInput) -> _Run:
+        run_id = checked_id(run_input.run_id, "runId")
+        thread_id = checked_id(run_input.thread_id, "threadId")
+        options, if_busy = start_options(
+            _ours(run_input), "forwardedProps.ospark", on_detach="cancel"
+        )
+        result, feed = await start_turn(
+            caller,
+            gate,
+            _user_text(run_input),
+            thread_id=thread_id,
+            options=options,
+            if_busy=if_busy,
+            feed_limit=max_stream,
+            task_id=run_id,
+            how_to_answer=_HOW_TO_ANSWER,
+        )
+        translator = AGUITranslator(thread_id, run_id)
+        if result.existing:  # a retry: the log is replayed, and its questions may be answered
+            status = await caller.manager.status(caller.principal, run_id)
+            translator.settled_seq = status.last_seq
+            if status.state == "input_required" and status.pending_input is not None:
+                translator.pending = status.pending_input.request_id
+        return _Run(translator, feed, result.subscription)
+
+    async def resume(caller: Caller, run_input: RunAgentInput, after: int | None) -> _Run:
+        manager, owner = caller.manager, caller.principal
+        entries = run_input.resume or []
+        if len(entries) != 1:
+            raise TaskError(
+                ErrorCode.INVALID_FIELD,
+                "resume must answer exactly one interrupt: this agent raises one per run",
+            )
+        entry = entries[0]
+        task_id, _, request_id = entry.interrupt_id.partition(INTERRUPT_SEPARATOR)
+        if not request_id:
+            raise TaskError(
+                ErrorCode.UNKNOWN_REQUEST,
+                f"interrupt {entry.interrupt_id[:80]!r} is not one this agent raised",
+            )
+        run_id = checked_id(run_input.run_id, "runId")
+        status = await manager.status(owner, task_id)
+        if status.thread_id != run_input.thread_id:
+            raise TaskError(
+                ErrorCode.INVALID_FIELD,
+                f"interrupt {entry.interrupt_id!r} belongs to thread {status.thread_id!r}: "
+                "resume on the interrupted run's thread",
+            )
+        asked = status.pending_input if status.state == "input_required" else None
+        feed = Feed(max_stream)
+        cursor = status.last_seq if after is None else after
+        sub = await manager.subscribe(owner, task_id, after_seq=cursor, deliver=feed.deliver)
+        try:
+            if entry.status == "cancelled":
+                await manager.cancel(owner, task_id, "the interrupt was cancelled by the client")
+            elif asked is not None and asked.request_id == request_id:
+                await manager.answer(owner, _resumed(task_id, asked, entry.payload))
+            elif after is None:  # not open (any more): the task says why
+                await manager.answer(
+                    owner, Input(id="agui", task_id=task_id, request_id=request_id)
+                )
+        except BaseException:
+            sub.close()
+            raise
+        parked.release(owner, task_id)
+        announced = asked if asked is not None and asked.kind == "approval" else None
+        translator = AGUITranslator(
+            run_input.thread_id,
+            run_id,
+            task_id=task_id,
+            settled_seq=status.last_seq,
+            announced=announced,
+        )
+        return _Run(translator, feed, sub)
 
     async def run(request: Request) -> Response:
         caller = authorize(request, "agui")
@@ -421,48 +650,16 @@ def agui_routes(settings: Any) -> list[Route]:
             else:
                 message = str(exc)
             return _refuse(400, "invalid_input", message)
-        text = _user_text(run_input)
-        feed = Feed(max_stream)
         try:
-            task_id = msgspec.convert(run_input.run_id, type=_task_id_type())
-            options = _options(run_input)
-            gate.check(caller.principal, text)
-            result = await caller.manager.start(
-                caller.principal, text, task_id=task_id, options=options, deliver=feed.deliver
-            )
-        except msgspec.ValidationError:
-            return _refuse(
-                400,
-                "invalid_input",
-                "runId must be 1-128 characters of letters, digits and . _ : -",
-            )
+            if run_input.resume:
+                opened = await resume(caller, run_input, after)
+            else:
+                opened = await start(caller, run_input)
         except TaskError as exc:
             return _refuse(_STATUS.get(exc.code, 503), exc.code.value, exc.message)
-        translator = AGUITranslator(run_input.thread_id, result.task_id)
         encoder = EventEncoder(accept=request.headers.get("accept", ""))
-        sub = result.subscription
-
-        async def stream() -> AsyncIterator[str]:
-            try:
-                with open_stream(request, "agui"):
-                    if after is None:
-                        yield encoder.encode(translator.started())
-                    async for item in feed:
-                        events = translator(item)  # always: it keeps what is open
-                        seq = item.seq if type(item) is EventFrame else None
-                        if after is not None and seq is not None and seq <= after:
-                            continue
-                        for i, event in enumerate(events):
-                            text = encoder.encode(event)
-                            if seq is not None and i == len(events) - 1:
-                                text = f"id: {seq}\n{text}"
-                            yield text
-            finally:
-                if sub is not None:
-                    sub.close()  # with the run's policy `cancel`, this cancels an aborted run
-
         return StreamingResponse(
-            stream(),
+            _stream(request, opened, encoder, after, parked),
             media_type=encoder.get_content_type(),
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -470,7 +667,30 @@ def agui_routes(settings: Any) -> list[Route]:
     return [Route(RUN_PATH, run, methods=["POST"])]
 
 
-def _task_id_type() -> Any:
-    from protocol.frames import TaskId
-
-    return TaskId
+async def _stream(
+    request: Request, opened: _Run, encoder: EventEncoder, after: int | None, parked: Parked
+) -> AsyncIterator[str]:
+    """The run's SSE body: ``RUN_STARTED`` (unless resuming after ``after``), then the task's
+    events from the feed, until the run's last event."""
+    translator, feed, sub = opened.translator, opened.feed, opened.sub
+    try:
+        with open_stream(request, "agui"):
+            if after is None:
+                yield encoder.encode(translator.started())
+            async for item in feed:
+                events = translator(item)  # always: it keeps what is open
+                seq = item.seq if type(item) is EventFrame else None
+                if after is None or seq is None or seq > after:
+                    for i, event in enumerate(events):
+                        text = encoder.encode(event)
+                        if seq is not None and i == len(events) - 1:
+                            text = f"id: {seq}\n{text}"
+                        yield text
+                if translator.interrupted:
+                    return
+    finally:
+        if sub is not None:
+            if translator.interrupted and not sub.closed:
+                parked.park(sub, feed)  # the task waits for its resume: keep it watched
+            else:
+                sub.close()  # with the run's policy `cancel`, this cancels an aborted run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-async def _node(*args: str) -> dict[str, Any]:
+async def _node(*args: str, props: str | None = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if props is not None:
+        env["AGUI_PROPS"] = props
     proc = await asyncio.create_subprocess_exec(
         "node",
         str(NODE_DIR / "agui_client.mjs"),
         *args,
         cwd=NODE_DIR,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -229,3 +234,151 @@ async def test_a_cancel_through_a2a_ends_the_agui_run() -> None:
     assert events[-1]["type"] == "RUN_FINISHED"
     assert events[-1]["outcome"] == {"type": "cancelled"}
     assert events[-1]["result"] == {"cancelled": "cancelled by an A2A client"}
+
+
+# --------------------------------------------------------------------------- threads, interrupts
+
+ASK = "Please ask me for a number to double"
+
+
+async def _served(*args: str, props: str | None = None) -> dict[str, Any]:
+    """What the node client saw running ``args`` against a gateway of its own."""
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=Held().runner()
+    ) as gw:
+        return await _node(f"{gw.http_url}/agui", *args, props=props)
+
+
+async def test_a_second_run_in_the_thread_sees_the_first() -> None:
+    seen = await _served("thread", QUESTION, "Add 5 to that")
+    first, second = seen["runs"]
+    assert first["error"] is None and second["error"] is None
+    assert first["result"]["final_answer"] == "395"
+    assert second["result"]["final_answer"] == "400"
+    assert first["events"][0]["threadId"] == second["events"][0]["threadId"] == seen["threadId"]
+    started = next(
+        e["value"]
+        for e in second["events"]
+        if e["type"] == "CUSTOM" and e["name"] == "ospark.started"
+    )
+    assert started["thread_id"] == seen["threadId"] and started["history_turns"] == 1
+
+
+def _types(run: dict[str, Any]) -> list[str]:
+    return [e["type"] for e in run["events"]]
+
+
+async def test_a_question_is_an_interrupt_and_a_resume_answers_it() -> None:
+    seen = await _served("interrupt", ASK, '{"text": "21"}')
+    asked, resumed = seen["runs"]
+    assert asked["error"] is None and resumed["error"] is None
+    end = asked["events"][-1]
+    assert end["type"] == "RUN_FINISHED" and end["outcome"]["type"] == "interrupt"
+    (interrupt,) = end["outcome"]["interrupts"]
+    assert interrupt["reason"] == "input_required"
+    assert interrupt["message"] == "Which number should I use?"
+    assert interrupt["responseSchema"]["required"] == ["text"]
+    assert interrupt["id"].startswith(f"{asked['runId']}~")
+    assert asked["interrupts"] == [interrupt]  # the client holds it as pending
+    ask_call = next(e for e in asked["events"] if e["type"] == "TOOL_CALL_START")
+    assert ask_call["toolCallName"] == "user__ask_user"
+
+    types = _types(resumed)
+    assert types[0] == "RUN_STARTED" and resumed["events"][0]["runId"] == resumed["runId"]
+    assert types[-1] == "RUN_FINISHED" and resumed["result"]["final_answer"] == "42"
+    received = next(e for e in resumed["events"] if e.get("name") == "ospark.input_received")
+    assert received["value"]["text"] == "21"
+    # the ask_user call of the first run gets its result in the second
+    result = next(e for e in resumed["events"] if e["type"] == "TOOL_CALL_RESULT")
+    assert result["toolCallId"] == ask_call["toolCallId"] and result["content"] == "21"
+
+
+@pytest.mark.parametrize("payload", ['{"approved": true}', '{"approved": false, "text": "no"}'])
+async def test_an_approval_is_a_tool_call_interrupt(payload: str) -> None:
+    props = '{"ospark": {"agent": "demo-approval"}}'
+    seen = await _served("interrupt", QUESTION, payload, props=props)
+    asked, resumed = seen["runs"]
+    types = _types(asked)
+    # the proposed call is announced in the interrupted run, then the run ends
+    start = types.index("TOOL_CALL_START")
+    assert types[start : start + 3] == ["TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END"]
+    call = asked["events"][start]
+    assert call["toolCallName"] == "calculator__calculate"
+    assert json.loads(asked["events"][start + 1]["delta"]) == {"expression": "17*23+4"}
+    assert "TOOL_CALL_RESULT" not in types
+    (interrupt,) = asked["events"][-1]["outcome"]["interrupts"]
+    assert interrupt["reason"] == "tool_call"
+    assert interrupt["toolCallId"] == call["toolCallId"]
+    assert interrupt["metadata"]["ospark"]["arguments"] == {"expression": "17*23+4"}
+    # the resumed run gives that call its result, without announcing it again
+    assert resumed["error"] is None
+    calls = [e for e in resumed["events"] if e["type"] == "TOOL_CALL_START"]
+    assert call["toolCallId"] not in [e["toolCallId"] for e in calls]
+    result = next(e for e in resumed["events"] if e["type"] == "TOOL_CALL_RESULT")
+    assert result["toolCallId"] == call["toolCallId"]
+    if json.loads(payload)["approved"]:
+        assert result["content"] == "395"
+        assert resumed["result"]["final_answer"] == "395"
+    else:
+        assert result["content"] == "error: denied by the user: no"
+        assert _types(resumed)[-1] == "RUN_FINISHED"
+
+
+async def test_a_cancelled_interrupt_cancels_the_task() -> None:
+    async with serve_in_background(
+        Settings(port=0, web_root=None), runner_factory=Held().runner()
+    ) as gw:
+        seen = await _node(f"{gw.http_url}/agui", "interrupt", ASK, "cancel")
+        asked, resumed = seen["runs"]
+        assert resumed["events"][-1]["outcome"] == {"type": "cancelled"}
+        status = await gw.gateway.manager.status("local", asked["runId"])
+        assert status.state == "cancelled"
+
+
+async def test_an_interrupted_task_waits_and_blocks_its_thread() -> None:
+    async with (
+        serve_in_background(Settings(port=0, web_root=None), runner_factory=Held().runner()) as gw,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        url = f"{gw.http_url}/agui"
+        body: dict[str, Any] = {
+            "threadId": "thread-ask",
+            "runId": "run-ask",
+            "messages": [{"id": "u1", "role": "user", "content": ASK}],
+        }
+        proto = {"Accept": "application/vnd.ag-ui.event+proto"}
+        first = await http.post(url, json=body, headers=proto)
+        # the encoder has no binary encoding: SSE whatever the Accept
+        assert first.headers["content-type"].startswith("text/event-stream")
+        events = [e for _, e in _sse(first.text.splitlines())]
+        assert events[-1]["outcome"]["type"] == "interrupt"
+        interrupt_id = events[-1]["outcome"]["interrupts"][0]["id"]
+        # The stream has ended but the run (detach policy `cancel`) still waits.
+        status = await gw.gateway.manager.status("local", "run-ask")
+        assert status.state == "input_required"
+
+        # A new run on the thread without the resume is refused.
+        again = {**body, "runId": "run-2"}
+        refused = await http.post(url, json=again)
+        assert refused.status_code == 409 and refused.json()["code"] == "thread_busy"
+        assert "waits for an answer" in refused.json()["message"]
+        # A wrong answer, another thread, an unknown interrupt: refused, the wait goes on.
+        resume = {**body, "runId": "run-3", "resume": [{"interruptId": interrupt_id}]}
+        for entry, thread, code in [
+            ({"status": "resolved", "payload": {"text": ""}}, "thread-ask", "invalid_answer"),
+            ({"status": "resolved", "payload": {"text": "4"}}, "other", "invalid_field"),
+        ]:
+            bad = {**resume, "threadId": thread, "resume": [{"interruptId": interrupt_id, **entry}]}
+            reply = await http.post(url, json=bad)
+            assert reply.json()["code"] == code, reply.text
+        unknown = {**resume, "resume": [{"interruptId": "run-ask~nope", "status": "resolved"}]}
+        assert (await http.post(url, json=unknown)).json()["code"] == "unknown_request"
+
+        good = {"interruptId": interrupt_id, "status": "resolved", "payload": {"text": "4"}}
+        resumed = await http.post(url, json={**resume, "resume": [good]})
+        after = [e for _, e in _sse(resumed.text.splitlines())]
+        assert after[0]["type"] == "RUN_STARTED" and after[0]["runId"] == "run-3"
+        assert after[-1]["result"]["final_answer"] == "8"
+        # the answer is taken once
+        twice = await http.post(url, json={**resume, "runId": "run-4", "resume": [good]})
+        assert twice.status_code == 409 and twice.json()["code"] == "task_finished"

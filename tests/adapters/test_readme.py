@@ -7,6 +7,7 @@ import asyncio
 import re
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,16 @@ NODE_DIR = Path(__file__).parent / "node"
 DOCUMENTED = "http://127.0.0.1:8000"
 
 
-def _example(section: str, language: str) -> str:
+def _examples(section: str, language: str) -> list[str]:
+    """The section's code blocks in ``language`` (a block inside a list item dedented)."""
     text = README.read_text(encoding="utf-8")
     start = text.index(f"\n## {section}\n")
-    block = re.search(rf"```{language}\n(.*?)\n```", text[start:], flags=re.S)
-    assert block is not None
-    assert DOCUMENTED in block.group(1)
-    return block.group(1)
+    end = text.find("\n## ", start + 1)
+    blocks = re.findall(rf"^( *)```{language}\n(.*?)\n\1```", text[start:end], flags=re.S | re.M)
+    assert blocks
+    for _, block in blocks:
+        assert DOCUMENTED in block
+    return [textwrap.dedent(block) for _, block in blocks]
 
 
 async def _run(*argv: str, cwd: Path | None = None) -> str:
@@ -37,24 +41,40 @@ async def _run(*argv: str, cwd: Path | None = None) -> str:
     return out.decode()
 
 
-async def test_a2a_example() -> None:
-    code = _example("A2A", "python")
+A2A_PRINTS = [
+    ["answer: 395"],
+    ["asked: Which number should I use?", "answer: 42", "answer: 47"],
+]
+
+
+async def test_a2a_examples() -> None:
+    examples = _examples("A2A", "python")
+    assert len(examples) == len(A2A_PRINTS)
     async with serve_in_background(
         Settings(port=0, web_root=None), runner_factory=Held().runner()
     ) as gw:
-        out = await _run(sys.executable, "-c", code.replace(DOCUMENTED, gw.http_url))
-    assert out.splitlines() == ["answer: 395"]
+        for code, prints in zip(examples, A2A_PRINTS, strict=True):
+            out = await _run(sys.executable, "-c", code.replace(DOCUMENTED, gw.http_url))
+            assert out.splitlines() == prints
+
+
+AGUI_PRINTS = [
+    ["[tool] calculator__calculate", "[result] 395", "answer: 395"],
+    ["asked: Which number should I use?", "answer: 42", "answer: 47"],
+]
 
 
 @pytest.mark.skipif(
     shutil.which("node") is None or not (NODE_DIR / "node_modules" / "@ag-ui" / "client").is_dir(),
     reason="node and @ag-ui/client (make test installs them with npm ci)",
 )
-async def test_agui_example() -> None:
-    code = _example("AG-UI", "js")
+async def test_agui_examples() -> None:
+    examples = _examples("AG-UI", "js")
+    assert len(examples) == len(AGUI_PRINTS)
     async with serve_in_background(
         Settings(port=0, web_root=None), runner_factory=Held().runner()
     ) as gw:
-        script = code.replace(DOCUMENTED, gw.http_url)
-        out = await _run("node", "--input-type=module", "-e", script, cwd=NODE_DIR)
-    assert out.splitlines() == ["[tool] calculator__calculate", "[result] 395", "answer: 395"]
+        for code, prints in zip(examples, AGUI_PRINTS, strict=True):
+            script = code.replace(DOCUMENTED, gw.http_url)
+            out = await _run("node", "--input-type=module", "-e", script, cwd=NODE_DIR)
+            assert out.splitlines() == prints
