@@ -461,6 +461,17 @@ def _context_id(status: OurStatus) -> str:
 
 _FINAL = frozenset({"completed", "failed", "cancelled"})
 
+
+async def _until_asked(feed: Feed, translator: A2ATranslator) -> AsyncIterator[StreamItem]:
+    """A stream's A2A events: until the task's end, or a question it asks (A2A's interrupted
+    state ``input-required`` ends a stream)."""
+    async for item in feed:
+        for event in translator(item):
+            yield event
+        if translator.interrupted:
+            return
+
+
 _HOW_TO_ANSWER = ": send a message with its taskId (or cancel it with CancelTask)"
 
 
@@ -598,11 +609,8 @@ class OSparkRequestHandler(RequestHandler):
         translator, feed, sub, snapshot = await self._open(params, context)
         try:
             yield snapshot
-            async for item in feed:
-                for event in translator(item):
-                    yield event
-                if translator.interrupted:
-                    return
+            async for event in _until_asked(feed, translator):
+                yield event
         finally:
             self._close(sub, feed, translator)
 
@@ -612,10 +620,8 @@ class OSparkRequestHandler(RequestHandler):
         translator, feed, sub, snapshot = await self._open(params, context)
         try:
             if not params.configuration.return_immediately:
-                async for item in feed:
-                    translator(item)
-                    if translator.interrupted:
-                        break
+                async for _ in _until_asked(feed, translator):
+                    pass
         finally:
             self._close(sub, feed, translator)
         return await self._snapshot(self._caller(context), snapshot.id)
@@ -701,11 +707,8 @@ class OSparkRequestHandler(RequestHandler):
             if pending is not None and (after is None or after >= last_seq):
                 translator.interrupted = True
                 return  # it waits for an answer, and the client has seen the question
-            async for item in feed:
-                for event in translator(item):
-                    yield event
-                if translator.interrupted:
-                    return
+            async for event in _until_asked(feed, translator):
+                yield event
         finally:
             self._close(sub, feed, translator)
 

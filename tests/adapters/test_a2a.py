@@ -258,6 +258,14 @@ async def test_refusals_and_bad_requests_have_the_standard_shape() -> None:
                 [e async for e in client.send_message(_message("   "))]
 
 
+async def _rpc(http: httpx.AsyncClient, url: str, method: str, params: Any) -> Any:
+    """The result of a JSON-RPC call, written by hand (as a 0.3 client sends it)."""
+    reply = await http.post(
+        url, json={"jsonrpc": "2.0", "id": uuid.uuid4().hex, "method": method, "params": params}
+    )
+    return reply.json()["result"]
+
+
 async def test_a2a_0_3_method_names() -> None:
     async with serve_in_background(
         Settings(port=0, web_root=None), runner_factory=Held().runner()
@@ -270,29 +278,12 @@ async def test_a2a_0_3_method_names() -> None:
             "parts": [{"kind": "text", "text": QUESTION}],
         }
         async with httpx.AsyncClient(timeout=30) as http:
-            sent = await http.post(
-                url,
-                json={
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "message/send",
-                    "params": {"message": message},
-                },
-            )
-            task = sent.json()["result"]
+            task = await _rpc(http, url, "message/send", {"message": message})
             assert task["status"]["state"] == "completed"
             answer = next(a for a in task["artifacts"] if a["name"] == "answer")
             assert answer["parts"][0]["text"] == "395"
-            got = await http.post(
-                url,
-                json={
-                    "jsonrpc": "2.0",
-                    "id": 2,
-                    "method": "tasks/get",
-                    "params": {"id": task["id"]},
-                },
-            )
-            assert got.json()["result"]["status"]["state"] == "completed"
+            got = await _rpc(http, url, "tasks/get", {"id": task["id"]})
+            assert got["status"]["state"] == "completed"
             lines: list[str] = []
             async with http.stream(
                 "POST",
@@ -307,6 +298,23 @@ async def test_a2a_0_3_method_names() -> None:
             ) as stream:
                 lines = [line async for line in stream.aiter_lines() if line.startswith("data:")]
             assert '"completed"' in lines[-1]
+            # input-required and its answer under the 0.3 names and shapes
+            asking = {**message, "messageId": "m2", "parts": [{"kind": "text", "text": ASK}]}
+            waiting = await _rpc(http, url, "message/send", {"message": asking})
+            assert waiting["status"]["state"] == "input-required"
+            answer = {
+                **message,
+                "messageId": "m3",
+                "taskId": waiting["id"],
+                "contextId": waiting["contextId"],
+                "parts": [{"kind": "text", "text": "21"}],
+            }
+            done = await _rpc(http, url, "message/send", {"message": answer})
+            assert done["status"]["state"] == "completed"
+            assert next(a for a in done["artifacts"] if a["name"] == "answer")["parts"][0] == {
+                "kind": "text",
+                "text": "42",
+            }
 
 
 # --------------------------------------------------------------------------- conversations
@@ -368,8 +376,16 @@ async def test_a_message_on_a_busy_context_waits_for_the_running_turn() -> None:
 
 
 async def test_a_question_is_input_required_and_a_message_answers_it() -> None:
+    await _question_answered(Settings(port=0, web_root=None))
+
+
+async def test_a_question_over_the_redis_backend(redis_url: str) -> None:
+    await _question_answered(Settings(port=0, web_root=None, redis_url=redis_url))
+
+
+async def _question_answered(settings: Settings) -> None:
     async with (
-        serve_in_background(Settings(port=0, web_root=None), runner_factory=Held().runner()) as gw,
+        serve_in_background(settings, runner_factory=Held().runner()) as gw,
         _client(gw.http_url) as client,
     ):
         asked = [e async for e in client.send_message(_message(ASK))]  # ends at the question
@@ -381,6 +397,9 @@ async def test_a_question_is_input_required_and_a_message_answers_it() -> None:
         got = await client.get_task(GetTaskRequest(id=task.id))
         assert got.status.state == INPUT_REQUIRED
         assert got.status.message.parts[0].text == "Which number should I use?"
+        # Resubscribing to the waiting task: its snapshot, and the stream ends.
+        (again,) = [e async for e in client.subscribe(SubscribeToTaskRequest(id=task.id))]
+        assert again.task.status.state == INPUT_REQUIRED
 
         # Another message in the same context is refused: the task waits for its answer.
         with pytest.raises(InvalidRequestError, match="waits for an answer"):
