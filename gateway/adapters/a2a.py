@@ -569,7 +569,10 @@ class OSparkRequestHandler(RequestHandler):
             )
         asked = status.pending_input if status.state == "input_required" else None
         text = _texts(message)
+        self._gate.check_length(text)
         answer = answer_of(task_id, asked, message) if asked is not None else None
+        if answer is not None:
+            self._gate.check_length(answer.text)
         if answer is None and not text.strip():
             raise TaskError(ErrorCode.INVALID_FIELD, "the message has no text to send the task")
         feed = Feed(self._max_stream)

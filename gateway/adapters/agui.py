@@ -612,7 +612,9 @@ def agui_routes(settings: Any) -> list[Route]:
             if entry.status == "cancelled":
                 await manager.cancel(owner, task_id, "the interrupt was cancelled by the client")
             elif asked is not None and asked.request_id == request_id:
-                await manager.answer(owner, _resumed(task_id, asked, entry.payload))
+                answer = _resumed(task_id, asked, entry.payload)
+                gate.check_length(answer.text)
+                await manager.answer(owner, answer)
             elif after is None:  # not open (any more): the task says why
                 await manager.answer(
                     owner, Input(id="agui", task_id=task_id, request_id=request_id)

@@ -172,11 +172,7 @@ class StartGate:
             raise TaskError(
                 ErrorCode.INVALID_FIELD, "the message has no text; say what the task is"
             )
-        if len(text) > self.max_input_chars:
-            raise TaskError(
-                ErrorCode.INPUT_TOO_LONG,
-                f"input of {len(text)} characters exceeds the limit of {self.max_input_chars}",
-            )
+        self.check_length(text)
         now = time.monotonic()
         tokens, stamp = self._buckets.get(principal, (self.burst, now))
         tokens = min(self.burst, tokens + (now - stamp) * self.rate)
@@ -189,6 +185,15 @@ class StartGate:
         if len(self._buckets) > 10_000:  # forget the principals that have been quiet longest
             for key in list(self._buckets)[:5_000]:
                 del self._buckets[key]
+
+    def check_length(self, text: str | None) -> None:
+        """Raise ``input_too_long`` when ``text`` (an input, an answer, a steering message) is
+        over the input limit."""
+        if text is not None and len(text) > self.max_input_chars:
+            raise TaskError(
+                ErrorCode.INPUT_TOO_LONG,
+                f"text of {len(text)} characters exceeds the limit of {self.max_input_chars}",
+            )
 
 
 class Feed:

@@ -405,6 +405,8 @@ async def _question_answered(settings: Settings) -> None:
         with pytest.raises(InvalidRequestError, match="waits for an answer"):
             [e async for e in client.send_message(_message(QUESTION, task.context_id))]
 
+        with pytest.raises(InvalidParamsError, match="exceeds the limit"):
+            [e async for e in client.send_message(_message("1" * 100_001, task_id=task.id))]
         answered = [e async for e in client.send_message(_message("21", task.context_id, task.id))]
         assert answered[0].task.id == task.id
         assert answered[0].task.status.state == WORKING
