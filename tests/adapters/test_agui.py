@@ -382,3 +382,35 @@ async def test_an_interrupted_task_waits_and_blocks_its_thread() -> None:
         # the answer is taken once
         twice = await http.post(url, json={**resume, "runId": "run-4", "resume": [good]})
         assert twice.status_code == 409 and twice.json()["code"] == "task_finished"
+
+
+async def test_a_run_on_a_busy_thread_waits_for_the_running_one() -> None:
+    held = Held("summary")
+    async with (
+        serve_in_background(Settings(port=0, web_root=None), runner_factory=held.runner()) as gw,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        url = f"{gw.http_url}/agui"
+
+        def run(run_id: str, text: str) -> dict[str, Any]:
+            messages = [{"id": run_id, "role": "user", "content": text}]
+            return {"threadId": "thread-busy", "runId": run_id, "messages": messages}
+
+        async with http.stream("POST", url, json=run("run-1", QUESTION)) as first:
+            lines = first.aiter_lines()
+            async for line in lines:
+                if '"STEP_STARTED"' in line and '"summary"' in line:
+                    break
+            await held.reached("summary")  # the first run is still running
+            async with http.stream("POST", url, json=run("run-2", "Add 5 to that")) as second:
+                events = (
+                    json.loads(x[6:]) async for x in second.aiter_lines() if x[:6] == "data: "
+                )
+                assert (await anext(events))["type"] == "RUN_STARTED"
+                waiting = await anext(events)
+                assert waiting["name"] == "ospark.progress"
+                assert waiting["value"]["step"] == "waiting_for_thread"
+                held.release()
+                rest = [e async for e in events]
+            assert '"final_answer":"395"' in "".join([line async for line in lines])
+    assert rest[-1]["type"] == "RUN_FINISHED" and rest[-1]["result"]["final_answer"] == "400"
