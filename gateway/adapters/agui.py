@@ -610,7 +610,13 @@ def agui_routes(settings: Any) -> list[Route]:
         sub = await manager.subscribe(owner, task_id, after_seq=cursor, deliver=feed.deliver)
         try:
             if entry.status == "cancelled":
-                await manager.cancel(owner, task_id, "the interrupt was cancelled by the client")
+                verdict = await manager.cancel(owner, task_id, "the interrupt was cancelled")
+                if verdict != "accepted" and after is None:
+                    raise TaskError(
+                        ErrorCode.TASK_FINISHED,
+                        f"task {task_id!r} has ended ({status.state}); nothing to cancel",
+                        task_id=task_id,
+                    )
             elif asked is not None and asked.request_id == request_id:
                 answer = _resumed(task_id, asked, entry.payload)
                 gate.check_length(answer.text)

@@ -331,8 +331,15 @@ async def test_a_cancelled_interrupt_cancels_the_task() -> None:
         seen = await _node(f"{gw.http_url}/agui", "interrupt", ASK, "cancel")
         asked, resumed = seen["runs"]
         assert resumed["events"][-1]["outcome"] == {"type": "cancelled"}
+        assert resumed["events"][-1]["result"] == {"cancelled": "the interrupt was cancelled"}
         status = await gw.gateway.manager.status("local", asked["runId"])
         assert status.state == "cancelled"
+        # cancelled once: a second cancel of it is refused, not an empty run
+        entry = {"interruptId": asked["interrupts"][0]["id"], "status": "cancelled"}
+        body = {"threadId": seen["threadId"], "runId": "again", "messages": [], "resume": [entry]}
+        async with httpx.AsyncClient(timeout=30) as http:
+            again = await http.post(f"{gw.http_url}/agui", json=body)
+        assert again.status_code == 409 and again.json()["code"] == "task_finished"
 
 
 async def test_an_interrupted_task_waits_and_blocks_its_thread() -> None:
