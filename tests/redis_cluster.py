@@ -25,9 +25,10 @@ __all__ = ["RedisClusterProcesses"]
 
 
 class RedisClusterProcesses:
-    """Three Cluster nodes (primaries, no replicas) on 127.0.0.1."""
+    """Three Cluster nodes (primaries, no replicas) on 127.0.0.1. With ``aof`` each keeps its
+    data across :meth:`stop` and :meth:`restart` (as :class:`RedisServer` does)."""
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
+    def __init__(self, directory: Path, size: int = 3, *, aof: bool = False) -> None:
         self.nodes: list[RedisServer] = []
         for i in range(size):
             node_dir = directory / f"node-{i}"
@@ -42,7 +43,7 @@ class RedisClusterProcesses:
                 "--cluster-node-timeout",
                 "5000",
             )
-            self.nodes.append(RedisServer(node_dir, extra=extra))
+            self.nodes.append(RedisServer(node_dir, aof=aof, extra=extra))
 
     @property
     def url(self) -> str:
@@ -126,6 +127,13 @@ class RedisClusterProcesses:
         for i in range(len(self.nodes)):
             with self.client(i) as client:
                 client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+    def restart(self) -> None:
+        """Start the stopped nodes again (same ports and directories: each finds its Cluster
+        in its ``nodes.conf``) and wait until the Cluster is ok."""
+        for node in self.nodes:
+            node.start()
+        self.wait_ok()
 
     def flushall(self) -> None:
         for node in self.nodes:

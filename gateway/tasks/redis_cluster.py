@@ -42,13 +42,19 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.asyncio.connection import Connection
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, NodesManager, RedisCluster
+from redis.asyncio.connection import Connection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .redis_wire import RespConnection, command
@@ -78,7 +84,9 @@ class ClusterClient(RedisCluster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.nodes_manager.__class__ = _NodesManager
         self._seeds: dict[str, ClusterNode] = dict(self.nodes_manager.startup_nodes)
+        self._plain: dict[str, Redis] = {}
         self.stale = False
         """Set when a redirection or a lost node says the slot map may be out of date."""
 
@@ -107,10 +115,22 @@ class ClusterClient(RedisCluster):
                 raise RedisConnectionError(f"cannot reach the Redis Cluster: {exc}") from exc
         self.stale = False
 
-    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        """A pipeline over the Cluster, or with ``transaction`` a :class:`SlotTransaction`."""
         if shard_hint:
             raise RedisClusterException("shard_hint is not supported on a Cluster")
-        return _Pipeline(self, transaction)
+        if transaction:
+            return SlotTransaction(self)
+        return ClusterPipeline(self)
+
+    def node_client(self, key: bytes) -> Redis:
+        """A plain client of the primary owning ``key``'s slot (one per primary, kept)."""
+        node = self.node_for(key)
+        client = self._plain.get(node.name)
+        if client is None:
+            pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
+            client = self._plain[node.name] = Redis(connection_pool=pool)
+        return client
 
     def node_for(self, key: bytes) -> ClusterNode:
         """The primary that owns ``key``'s slot (as of the last slot map read)."""
@@ -122,19 +142,69 @@ class ClusterClient(RedisCluster):
 
     async def aclose(self) -> None:
         await super().aclose()
+        plain, self._plain = self._plain, {}
+        for client in plain.values():
+            await client.aclose(close_connection_pool=True)
         await asyncio.gather(
             *(node.disconnect() for node in self._seeds.values()), return_exceptions=True
         )
 
 
-class _Pipeline(ClusterPipeline):
-    """redis-py 6.4's Cluster transaction hands a command's ``keys=`` (which the command
-    methods add) to its reply's parser, which refuses it (``XRANGE``, ``SMEMBERS``…); the
-    keys are not needed for routing (taken from the arguments), so they are left out."""
+class _NodesManager(NodesManager):
+    """redis-py 6.4's Cluster transactions hand a connection error to the slot map as if it
+    were a ``MOVED`` reply, after which every slot lookup fails (``AttributeError``) until the
+    map is read again; only real ``MOVED`` replies are taken here (the client reads the map
+    again after connection errors anyway)."""
 
-    def execute_command(self, *args: Any, **kwargs: Any) -> ClusterPipeline:
-        kwargs.pop("keys", None)
-        return super().execute_command(*args, **kwargs)
+    __slots__ = ()
+
+    def update_moved_exception(self, exception: Exception) -> None:
+        if isinstance(exception, MovedError):
+            super().update_moved_exception(exception)  # type: ignore[no-untyped-call]
+
+
+class SlotTransaction:
+    """A ``MULTI``/``EXEC`` transaction on the keys of one slot, for
+    ``ClusterClient.pipeline(transaction=True)``: the commands are recorded (``pipe.hmget(…)``
+    and the like), and :meth:`execute` runs them in a plain redis-py transaction on the primary
+    owning the first key's slot. redis-py 6.4's own Cluster transaction runs each queued
+    command through ``asyncio.run`` in a new thread, blocking the event loop meanwhile and
+    leaving connections bound to that thread's closed loop; this one does neither. A
+    transaction refused as a whole for a moved slot (``MOVED``/``ASK`` make ``EXEC`` abort,
+    nothing applied) is run again once on the new owner."""
+
+    def __init__(self, client: ClusterClient) -> None:
+        self._client = client
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kwargs: Any) -> SlotTransaction:
+            self._calls.append((name, args, kwargs))
+            return self
+
+        return record
+
+    async def execute(self) -> list[Any]:
+        if not self._calls:
+            return []
+        key = self._calls[0][1][0]
+        key = key.encode() if isinstance(key, str) else bytes(key)
+        for attempt in (1, 2):
+            await self._client.ready()
+            pipe = self._client.node_client(key).pipeline(transaction=True)
+            for name, args, kwargs in self._calls:
+                getattr(pipe, name)(*args, **kwargs)
+            try:
+                result: list[Any] = await pipe.execute()
+                return result
+            except AskError:  # or MOVED (a subclass): the slot is elsewhere now
+                self._client.stale = True
+                if attempt == 2:
+                    raise
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                self._client.stale = True  # a failover, maybe: read the slot map next time
+                raise
+        raise AssertionError("unreachable")
 
 
 def _node_url(url: str, host: str, port: int | str) -> str:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
 
-from gateway.tasks.backend import TaskRecord, ThreadTurn
+from gateway.tasks.backend import BackendUnavailable, TaskRecord, ThreadTurn
 from gateway.tasks.redis_backend import RedisBackend, RedisConfig
 from protocol.frames import EventFrame
 from tests.redis_cluster import RedisClusterProcesses
@@ -39,11 +40,14 @@ async def backends(redis_cluster_url: str) -> AsyncIterator[Factory]:
     made: list[RedisBackend] = []
 
     async def make(
-        node: str | None = None, handler: Handler | None = None, **config: object
+        node: str | None = None,
+        handler: Handler | None = None,
+        url: str = redis_cluster_url,
+        **config: object,
     ) -> RedisBackend:
         retention = config.pop("retention", None)
         backend = RedisBackend(
-            RedisConfig(url=redis_cluster_url, lease=LEASE, **config),  # type: ignore[arg-type]
+            RedisConfig(url=url, lease=LEASE, **config),  # type: ignore[arg-type]
             retention,  # type: ignore[arg-type]
         )
         if node is not None:
@@ -196,3 +200,39 @@ async def test_writes_wait_while_their_slot_migrates_and_lose_nothing(
     assert a.health() is None
     found = await b.read("alice", "t1", 0)
     assert found is not None and [f.seq for f in found.frames] == list(range(1, 14))
+
+
+async def test_a_whole_cluster_restart_loses_no_acknowledged_event(
+    backends: Factory, tmp_path: Path
+) -> None:
+    # A Cluster of its own, with AOF: all three nodes go away at once and come back.
+    nodes = RedisClusterProcesses(tmp_path, aof=True)
+    nodes.start()
+    try:
+        handler = Handler()
+        a = await backends("a", handler, url=nodes.url)
+        b = await backends("b", url=nodes.url)
+        rec = record()
+        await a.create(rec)
+        seen = Collector()
+        await b.listen("alice", "t1", seen)
+        rec = run(a, rec, 1, 10)
+        await seen.wait(lambda: 10 in seen.seqs)
+        nodes.stop()
+        rec = run(a, rec, 11, 30)  # buffered while the Cluster is away
+        with pytest.raises(BackendUnavailable):
+            await b.create(record("t2", node="b"))
+        while a.health() is None:
+            a.health_changed.clear()
+            await a.health_changed.wait()
+        assert seen.seqs == list(range(1, 11))
+        await asyncio.to_thread(nodes.restart)
+        a.append(TaskRecord(**{**_asdict(rec), "state": "completed"}), frame("t1", 31, True))
+        await seen.wait(lambda: 31 in seen.seqs)
+        assert seen.seqs == list(range(1, 32))
+        found = await b.read("alice", "t1", 0)
+        assert found is not None and [f.seq for f in found.frames] == list(range(1, 32))
+        assert await b.create(record("t2", node="b")) is None  # serving again
+        assert handler.lost == []
+    finally:
+        nodes.stop()
