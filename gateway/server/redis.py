@@ -45,6 +45,10 @@ def redis_reachable(url: str) -> str | None:
                 return f"{_safe(url)} is a Redis Cluster node: a Cluster has database 0 only"
         finally:
             client.close()
+    except redis.ResponseError as exc:
+        if "cluster mode" in str(exc):  # SELECT refused at connect by a Cluster node
+            return f"{_safe(url)} is a Redis Cluster node: a Cluster has database 0 only"
+        return f"{type(exc).__name__}: {exc}"
     except (redis.RedisError, OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

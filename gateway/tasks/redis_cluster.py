@@ -7,10 +7,14 @@ slot; the per-node keys and the bounds over all owners are written by commands o
 What a Cluster changes is the routing, done here:
 
 - :class:`ClusterClient` is redis-py's asyncio Cluster client (``redis.asyncio.RedisCluster``)
-  for every ordinary command, with two changes for a process that runs for months: the nodes
-  named in the URL stay seeds for rediscovery (redis-py drops a seed that failed once, so after
-  a restart of the whole Cluster it could never reconnect), and a Cluster that cannot be
-  reached raises :exc:`~redis.exceptions.ConnectionError`, as a single Redis does.
+  for every ordinary command and non-transactional pipeline, with changes for a process that
+  runs for months: the nodes named in the URL stay seeds for rediscovery (redis-py drops a
+  seed that failed once, so after a restart of the whole Cluster it could never reconnect); a
+  Cluster that cannot be reached raises :exc:`~redis.exceptions.ConnectionError`, as a single
+  Redis does; only real ``MOVED`` replies patch the slot map; and a transaction
+  (``pipeline(transaction=True)``, always on one slot here) is a :class:`SlotTransaction`, a
+  plain ``MULTI``/``EXEC`` on the slot's primary (redis-py 6.4's Cluster transaction runs each
+  queued command through ``asyncio.run`` in a thread of its own).
 - :class:`ClusterWire` is the flusher's connection (the same interface as
   :class:`~gateway.tasks.redis_wire.RespConnection`): it splits a batch of packed commands by
   the slot of each command's first key and sends each node its part, in order, on its own
@@ -389,22 +393,24 @@ class ShardedPubSub:
         self._leaving: Counter[str] = Counter()  # SUNSUBSCRIBE sent, its reply not yet read
         self._opening = asyncio.Lock()
 
-    async def execute_command(self, name: str, channel: str) -> None:
+    async def execute_command(self, name: str, *channels: str) -> None:
+        """``SSUBSCRIBE`` or ``SUNSUBSCRIBE`` each channel on the primary owning its slot."""
+        if name not in ("SSUBSCRIBE", "SUNSUBSCRIBE"):
+            raise ValueError(f"ShardedPubSub does not send {name}")
         try:
-            if name == "SSUBSCRIBE":
-                await self._client.ready()
-                node = self._client.node_for(channel.encode())
-                conn = await self._connection(node)
-                self._where[channel] = node.name
-                await conn.send_command("SSUBSCRIBE", channel)
-            elif name == "SUNSUBSCRIBE":
+            for channel in channels:
+                if name == "SSUBSCRIBE":
+                    await self._client.ready()
+                    node = self._client.node_for(channel.encode())
+                    conn = await self._connection(node)
+                    self._where[channel] = node.name
+                    await conn.send_command("SSUBSCRIBE", channel)
+                    continue
                 where = self._where.pop(channel, None)
                 subscribed = self._conns.get(where) if where is not None else None
                 if subscribed is not None:
                     self._leaving[channel] += 1
                     await subscribed.send_command("SUNSUBSCRIBE", channel)
-            else:
-                raise ValueError(f"ShardedPubSub does not send {name}")
         except (RedisError, OSError) as exc:
             # Also through parse_response: the subscriber starts again (a subscription that
             # could not be made must not be waited for in silence).

@@ -17,7 +17,15 @@ from redis.crc import key_slot
 from protocol import Accepted, StatusReply, StatusRequest, TaskCompleted
 from tests.redis_cluster import RedisClusterProcesses
 from tests.server import test_multinode as single
-from tests.server.test_multinode import ROOT, Node, StartNode, _start_node, request, started
+from tests.server.test_multinode import (
+    ROOT,
+    Node,
+    StartNode,
+    _serve_fails,
+    _start_node,
+    request,
+    started,
+)
 
 
 @pytest.fixture
@@ -96,3 +104,11 @@ async def test_the_readme_cluster_command_serves(
         await node.close_clients()
         node.kill()
         await node.proc.wait()
+
+
+async def test_a_cluster_node_with_another_database_is_refused(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    url = redis_cluster.url.removesuffix("/0") + "/1"
+    code, err = await _serve_fails("--redis", url)
+    assert code == 2 and "a Cluster has database 0 only" in err and "Traceback" not in err
