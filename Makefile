@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 # System packages the tests need (Debian): headless Chromium for the web demo tests, and
 # bubblewrap (`bwrap`) for the code tool's sandbox, and
-# redis-server, which the Redis backend's tests start on a free port (no persistence).
+# redis-server, which the Redis backend's tests start on a free port (no persistence), and
+# redis-cli, which joins three of them into a Redis Cluster for the Cluster tests.
 sysdeps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser tests"; \
@@ -27,6 +28,9 @@ sysdeps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing Debian redis-server for the Redis backend tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-cli >/dev/null 2>&1 || { \
+	  echo "installing Debian redis-tools (redis-cli) for the Redis Cluster tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; }
 
 # `make serve [HOST=127.0.0.1] [PORT=8000]`. The set-up's build chatter goes to a log that is
 # shown only if it fails; the gateway prints the page to open. It runs the demo config with the

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis",
         metavar="URL",
         help="keep tasks in Redis so that gateways share them: redis://host:6379/0, "
-        "rediss://user:password@host:6380/0 (also OSPARK_REDIS_URL; default: in memory)",
+        "rediss://user:password@host:6380/0, or any node of a Redis Cluster "
+        "(also OSPARK_REDIS_URL; default: in memory)",
     )
     p.add_argument(
         "--shutdown-deadline",

@@ -52,4 +52,4 @@ def _block_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-pytest_plugins = ("tests.redis_server",)
+pytest_plugins = ("tests.redis_server", "tests.redis_cluster")

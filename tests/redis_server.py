@@ -32,10 +32,18 @@ class RedisServer:
     """One ``redis-server`` subprocess on 127.0.0.1; :meth:`start` and :meth:`stop` may be
     called again and again (same port, same directory)."""
 
-    def __init__(self, directory: Path, *, port: int | None = None, aof: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        aof: bool = False,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.aof = aof
+        self.extra = extra  # more redis-server arguments (a Cluster node's)
         self.process: subprocess.Popen[str] | None = None
         self._drain = threading.Thread()
 
@@ -68,6 +76,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        args += self.extra
         self.process = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -4,6 +4,9 @@ With ``--redis URL`` (or ``OSPARK_REDIS_URL``) every gateway process is a node o
 space kept in Redis (see :mod:`gateway.tasks.redis_backend`). Startup fails with a clear
 message when Redis cannot be reached; afterwards an outage makes ``/healthz`` answer 503 with
 the reason while the process keeps serving what it can.
+
+A Redis Cluster needs no option: the backend asks the node in the URL (``INFO cluster``) and,
+on a Cluster, finds the other nodes from it (see :mod:`gateway.tasks.redis_cluster`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -28,18 +32,40 @@ def node_name() -> str:
 
 
 def redis_reachable(url: str) -> str | None:
-    """``None`` if Redis at ``url`` answers a PING, else why not (checked before serving)."""
+    """``None`` if Redis at ``url`` answers a PING (and, if it is a Cluster node, the URL
+    names database 0, the only one a Cluster has), else why not (checked before serving)."""
     import redis
 
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
         try:
             client.ping()
+            db = int(client.connection_pool.connection_kwargs.get("db") or 0)
+            if db and _cluster_enabled(client):
+                return f"{_safe(url)} is a Redis Cluster node: a Cluster has database 0 only"
         finally:
             client.close()
+    except redis.ResponseError as exc:
+        if "cluster mode" in str(exc):  # SELECT refused at connect by a Cluster node
+            return f"{_safe(url)} is a Redis Cluster node: a Cluster has database 0 only"
+        return f"{type(exc).__name__}: {exc}"
     except (redis.RedisError, OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _cluster_enabled(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except redis.ResponseError:  # INFO not allowed to this user: taken for one Redis
+        return False
+
+
+def _safe(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}"
 
 
 def make_backend(settings: Settings) -> RedisBackend:

@@ -17,7 +17,8 @@ is refused with a :class:`ConfigError` naming the entry (never echoing a token).
   address (not recommended);
 - ``OSPARK_CONFIG``: the agent configuration YAML (default: the built-in demo config);
 - ``OSPARK_REDIS_URL``: keep tasks in Redis (``redis://[user:password@]host:port/db`` or
-  ``rediss://``) so that several gateway processes share them (default: in memory);
+  ``rediss://``) so that several gateway processes share them (default: in memory); the URL
+  of any node of a Redis Cluster works too (the Cluster is detected, database 0 only);
 - ``OSPARK_REDIS_LEASE``: seconds after which a silent gateway process is declared lost and
   its tasks end with ``node_lost`` (10);
 - ``OSPARK_REDIS_BUFFER_SECONDS``: seconds of Redis outage after which running tasks are

@@ -38,10 +38,15 @@ Nodes and failure:
   answers again. :meth:`RedisBackend.health` says why the process is unhealthy.
 
 Retention: per task log as in memory (count and bytes, entry ids = seqs); finished tasks per
-owner by count and bytes (the oldest removed past the bound) and by TTL (``expire``). The
-bounds on all owners together (``Retention.max_finished``, ``max_finished_bytes``) are not
-applied: across an owner's keys they would need one Cluster slot for every owner; Redis's
-``maxmemory`` (with ``noeviction``) is the global bound.
+owner by count and bytes (the oldest removed past the bound) and by TTL (``expire``); the
+bounds on all owners together (``Retention.max_finished``, ``max_finished_bytes``) by a count
+kept in keys of their own slot (``P:{:all}:…``), whose oldest entries are then removed by the
+owners' scripts one by one.
+
+Redis Cluster: detected at :meth:`RedisBackend.start` (``INFO cluster``) unless
+:attr:`RedisConfig.cluster` says; every script and transaction touches one slot, and the
+routing (the flusher's batches split by node, sharded pub/sub on the primary owning each
+channel) is in :mod:`gateway.tasks.redis_cluster`.
 """
 
 from __future__ import annotations
@@ -60,13 +65,14 @@ import msgspec
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterError, RedisError, ResponseError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.events import InputRequest, TaskFailed, Usage
 from protocol.frames import EventFrame, Gap, Input, StartOptions, TaskState, ThreadSummary
 
+from . import redis_cluster as cluster
 from . import redis_scripts as lua
 from . import redis_wire as wire
 from .backend import (
@@ -88,7 +94,14 @@ _TURN_DECODER = msgspec.msgpack.Decoder(ThreadTurn)
 
 log = logging.getLogger(__name__)
 
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# On a Cluster also: CLUSTERDOWN (ClusterError) and a slot no node serves.
+_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    SlotNotCoveredError,
+)
 
 _encoder = msgspec.json.Encoder()
 _frame_decoder = msgspec.json.Decoder(EventFrame)
@@ -117,6 +130,9 @@ class RedisConfig:
     """Seconds of outage after which a process stops its running tasks."""
     batch: int = 512
     """Most writes sent in one pipeline."""
+    cluster: bool | None = None
+    """Whether ``url`` names a node of a Redis Cluster (then the others are found from it);
+    ``None``: ask that node at start (``INFO cluster``)."""
 
 
 class _Local:
@@ -177,6 +193,8 @@ class RedisBackend:
         cfg = config or RedisConfig()
         if cfg.lease <= 0 or cfg.buffer_seconds <= 0 or cfg.max_buffered < 1:
             raise ValueError("lease, buffer_seconds and max_buffered must be positive")
+        if "{" in cfg.prefix or "}" in cfg.prefix:
+            raise ValueError("the key prefix must not hold { or } (Cluster hash tags)")
         self.config = cfg
         self.retention = retention or Retention()
         self._log_bounds = wire.bulk(self.retention.max_events) + wire.bulk(
@@ -198,7 +216,7 @@ class RedisBackend:
         self._pubsub_client: Any = aredis.Redis.from_url(
             cfg.url, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
         )
-        self._wire = wire.RespConnection(cfg.url, self._timeout)
+        self._wire: Any = wire.RespConnection(cfg.url, self._timeout)
         self._p = cfg.prefix
         self._nodes_key = f"{cfg.prefix}:nodes"
         self._scripts = {
@@ -215,6 +233,9 @@ class RedisBackend:
                 "TRIM_ALL",
             )
         }
+        self._cluster = cfg.cluster
+        if cfg.cluster:
+            self._use_cluster()
         self._handlers: dict[str, NodeHandler] = {}
         self._local: dict[Key, _Local] = {}
         self._watches: dict[Key, _Watch] = {}
@@ -250,6 +271,35 @@ class RedisBackend:
         self.nodes_alive = 0
         """Nodes with a live lease, as of the last sweep."""
 
+    def _use_cluster(self) -> None:
+        """Replace the single-node clients with Cluster ones (see :mod:`.redis_cluster`)."""
+        cfg = self.config
+        self._redis = cluster.ClusterClient.from_url(
+            cfg.url,
+            socket_connect_timeout=2.0,
+            socket_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._pubsub_client = None  # ShardedPubSub: a connection per primary, made as needed
+        self._wire = cluster.ClusterWire(
+            self._redis, cfg.url, self._timeout, f"{self._p}:node:".encode()
+        )
+        self._scripts = {
+            name: self._redis.register_script(script.script)
+            for name, script in self._scripts.items()
+        }
+
+    async def _disconnect(self) -> None:
+        await self._redis.aclose()
+        if self._pubsub_client is not None:
+            await self._pubsub_client.aclose()
+        await self._wire.close()
+
+    def _new_pubsub(self) -> Any:
+        if self._cluster:
+            return cluster.ShardedPubSub(self._redis)
+        return self._pubsub_client.pubsub()
+
     # ------------------------------------------------------------------ keys
 
     def _base(self, owner: str) -> str:
@@ -278,6 +328,12 @@ class RedisBackend:
 
     async def _start(self) -> None:
         try:
+            if self._cluster is None:
+                self._cluster = await cluster.cluster_enabled(self._redis)
+                if self._cluster:
+                    await self._disconnect()
+                    self._use_cluster()
+                log.info("redis: %s", "a Cluster" if self._cluster else "one Redis (no Cluster)")
             await self._redis.ping()
             for script in self._scripts.values():
                 await self._redis.script_load(script.script)
@@ -485,9 +541,7 @@ class RedisBackend:
                         # A clean exit: its tasks are all finished (the manager drained).
                         pipe.delete(self._node_key(node))
                     await pipe.execute()
-        await self._redis.aclose()
-        await self._pubsub_client.aclose()
-        await self._wire.close()
+        await self._disconnect()
 
     def health(self) -> str | None:
         """``None`` when healthy, else why not (for ``/healthz``)."""
@@ -515,7 +569,9 @@ class RedisBackend:
         live events published meanwhile are lost to this process. For tests."""
         self._subscriber_gate.clear()
         pubsub = self._pubsub
-        if pubsub is not None and pubsub.connection is not None:
+        if isinstance(pubsub, cluster.ShardedPubSub):
+            pubsub.abort()
+        elif pubsub is not None and pubsub.connection is not None:
             pubsub.connection._writer.transport.abort()
 
     def resume_subscriber(self) -> None:
@@ -980,9 +1036,10 @@ class RedisBackend:
         args: list[Any] = [r.max_finished, r.max_finished_bytes, len(added)]
         for owner, task_id, size, ended in added:
             args += [_member(owner, task_id), repr(ended), size]
-        p = self._p
+        # One hash tag for the three keys (no escaped owner holds a ':').
+        every = f"{self._p}:{{:all}}:"
         popped = await self._scripts["TRIM_ALL"](
-            keys=[f"{p}:done", f"{p}:done_bytes", f"{p}:meta"], args=[*args, *forgotten]
+            keys=[every + "done", every + "done_bytes", every + "meta"], args=[*args, *forgotten]
         )
         for member in popped:
             owner, _, task_id = member.decode().partition("\0")
@@ -1082,7 +1139,7 @@ class RedisBackend:
         backoff = 0.05
         reconnected = False
         while not self._closing:
-            pubsub = self._pubsub_client.pubsub()
+            pubsub = self._new_pubsub()
             try:
                 await pubsub.execute_command("SSUBSCRIBE", self._p + ":hello")  # connects
                 # From here on, a new watch subscribes itself; the ones made before are in

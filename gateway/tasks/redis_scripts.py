@@ -13,8 +13,9 @@ holds no ``{``, ``}`` or ``:``; ``T`` the task id):
 ``P:{O}:done``                  sorted set: the owner's finished tasks, by end time
 ``P:{O}:done_bytes``            hash: the size counted for each finished task
 ``P:{O}:meta``                  hash: ``finished_bytes`` of the owner
-``P:done``, ``P:done_bytes``,   the same for all owners (member ``O`` NUL ``T``), for the
-``P:meta``                      bounds on all finished tasks
+``P:{:all}:done``,              the same three for all owners (member ``O`` NUL ``T``), for
+``P:{:all}:done_bytes``,        the bounds on all finished tasks: one slot of their own
+``P:{:all}:meta``               (``:all`` is a hash tag that no escaped owner can be)
 ``P:node:N``                    string with a TTL: node ``N`` is alive (its lease)
 ``P:nodes``                     sorted set: the nodes ever seen, for the sweeper
 ``P:node:N:tasks``              set: unfinished tasks of node ``N`` (``O`` NUL ``T``)
@@ -50,7 +51,10 @@ __all__ = [
 
 def escape_owner(owner: str) -> str:
     """The owner as it appears in a hash tag: ``%``, ``{``, ``}`` and ``:`` percent-escaped,
-    so two different (owner, task id) pairs can never name the same key."""
+    so two different (owner, task id) pairs can never name the same key, and never empty (an
+    empty ``{}`` is no hash tag: the owner's keys would spread over the Cluster's slots)."""
+    if not owner:
+        return "%"
     return owner.replace("%", "%25").replace("{", "%7B").replace("}", "%7D").replace(":", "%3A")
 
 

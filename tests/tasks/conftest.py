@@ -1,7 +1,8 @@
 """Fixtures of the task tests: every backend the contract has, and scripted runners.
 
 ``backend`` is parametrised over the backend implementations; each test that takes it runs
-once per backend (the Redis backend adds its parameter here)."""
+once per backend: in memory, on one Redis, and on a Redis Cluster of three nodes (the same
+Redis backend, which finds out that it talks to a Cluster)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,12 @@ def _redis(retention: Retention | None = None, *, url: str = "") -> TaskBackend:
     return RedisBackend(RedisConfig(url=url), retention)
 
 
-FACTORIES: dict[str, BackendFactory] = {"memory": _memory, "redis": _redis}
+FACTORIES: dict[str, BackendFactory] = {
+    "memory": _memory,
+    "redis": _redis,
+    "redis-cluster": _redis,
+}
+_URLS = {"redis": "redis_url", "redis-cluster": "redis_cluster_url"}
 
 
 @pytest.fixture(params=sorted(FACTORIES))
@@ -33,8 +39,9 @@ async def make_backend(request: pytest.FixtureRequest) -> AsyncIterator[BackendF
     """Makes backends of one kind (``make_backend(retention)``); closes them afterwards."""
     made: list[TaskBackend] = []
     factory = FACTORIES[request.param]
-    if request.param == "redis":
-        factory = functools.partial(_redis, url=request.getfixturevalue("redis_url"))
+    if request.param in _URLS:
+        url = request.getfixturevalue(_URLS[request.param])
+        factory = functools.partial(_redis, url=url)
 
     def make(retention: Retention | None = None) -> TaskBackend:
         backend = factory(retention)
