@@ -574,7 +574,7 @@ def _input_policy(value: Any) -> InputTimeoutPolicy | None:
 def _input_timeout(value: Any) -> float | None:
     if value is None:
         return None
-    seconds = _float(value, "input_timeout")
+    seconds = _float(value, "input_timeout", minimum=float("-inf"))
     if not 0 < seconds <= MAX_INPUT_TIMEOUT:
         raise AgentConfigError(
             "input_timeout",

@@ -43,6 +43,7 @@ def test_defaults_leave_the_server_s_settings(tmp_path: Path) -> None:
     ("top", "key", "message"),
     [
         ({"input_timeout": 0}, "input_timeout", "must be more than 0 and at most 86400 seconds"),
+        ({"input_timeout": -5}, "input_timeout", "more than 0 and at most 86400 seconds, got -5"),
         ({"input_timeout": 100000}, "input_timeout", "at most 86400 seconds, got 100000"),
         ({"input_timeout": "soon"}, "input_timeout", "expected a number, got 'soon'"),
         ({"on_input_timeout": "wait"}, "on_input_timeout", "expected one of fail, continue"),
