@@ -31,6 +31,9 @@ Our format (every key optional; see ``gateway/configs/*.yaml``)::
         tool_config: [calculator]
         max_turns: 10
     output_dir: traces/             # write every task's trace there as JSON (default: nowhere)
+    require_approval: [calculator]  # tool calls that wait for a person's approval
+    input_timeout: 120              # seconds a question or approval waits (default: the server's)
+    on_input_timeout: continue      # then: continue with "no answer", or fail (default: server's)
 
 An agent's ``llm`` is merged over the top-level ``llm`` (and a sub-agent's over the main agent's),
 so overriding the main agent's model also changes the sub-agents that do not name their own.
@@ -45,7 +48,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -57,6 +60,10 @@ log = logging.getLogger("gateway.agent.config")
 BUILTIN_TOOLS = ("calculator", "clock")
 PROVIDERS = ("demo", "openai", "anthropic")
 TOOL_CALLING = ("native", "mirothinker")
+InputTimeoutPolicy = Literal["fail", "continue"]
+INPUT_TIMEOUT_POLICIES: tuple[InputTimeoutPolicy, ...] = ("fail", "continue")
+MAX_INPUT_TIMEOUT = 86_400.0
+"""The longest ``input_timeout`` (a day, as for a task's own ``options.input_timeout``)."""
 
 #: Short names accepted by :meth:`AgentConfig.with_overrides` and :func:`load_config`.
 OVERRIDE_ALIASES = {
@@ -149,9 +156,17 @@ class AgentConfig:
     ``server/tool``, or ``*`` (asked only when the run has someone to ask)."""
     output_dir: Path | None = None
     """Where each task's trace is written as ``<task_id>.json`` (``None``: not written)."""
+    input_timeout: float | None = None
+    """Seconds a question or approval of this agent's tasks waits for an answer, unless the
+    task says otherwise (``None``: the server's ``TaskManagerConfig.input_timeout``)."""
+    on_input_timeout: InputTimeoutPolicy | None = None
+    """What a timed-out wait does, unless the task says otherwise: ``continue`` with "no
+    answer" or ``fail`` the task with code ``input_timeout`` (``None``: the server's)."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     unused: tuple[str, ...] = field(default=(), compare=False)
     """MiroFlow keys of the loaded file that we understand but do not use."""
+    tool_mapping: tuple[str, ...] = field(default=(), compare=False)
+    """MiroFlow tool servers (``src.tool.mcp_servers.*``) run as ours, or left out."""
     source: str = field(default="", compare=False)
     """The file this configuration was loaded from (``""``: built in)."""
 
@@ -167,7 +182,9 @@ class AgentConfig:
         """
         merged = _apply_overrides(copy.deepcopy(dict(self.raw)), overrides)
         merged = _apply_overrides(merged, {k: v for k, v in options.items() if v is not None})
-        return replace(_build(merged), unused=self.unused, source=self.source)
+        return replace(
+            _build(merged), unused=self.unused, tool_mapping=self.tool_mapping, source=self.source
+        )
 
 
 def default_config() -> AgentConfig:
@@ -195,6 +212,7 @@ def load_config(
         raise AgentConfigError("", f"config file not found: {path}")
     (config,) = _load_files(path.parent, [path], overrides).values()
     _warn_unused(str(path), config.unused)
+    _warn_mapped(str(path), config.tool_mapping)
     return config
 
 
@@ -216,6 +234,8 @@ def load_agents(
     agents = _load_files(directory, files, overrides)
     unused = sorted({key for config in agents.values() for key in config.unused})
     _warn_unused(str(directory), tuple(unused))
+    mapped = dict.fromkeys(note for config in agents.values() for note in config.tool_mapping)
+    _warn_mapped(str(directory), tuple(mapped))
     default = "config" if "config" in agents else next(iter(agents))
     return default, agents
 
@@ -233,7 +253,12 @@ def _load_files(
             config = _build(_apply_overrides(normal.raw, overrides))
         except AgentConfigError as exc:
             raise AgentConfigError(exc.key, f"{exc.detail} (in {path})") from None
-        agents[path.stem] = replace(config, unused=tuple(normal.unused), source=str(path))
+        agents[path.stem] = replace(
+            config,
+            unused=tuple(normal.unused),
+            tool_mapping=tuple(normal.mapped),
+            source=str(path),
+        )
     return agents
 
 
@@ -241,6 +266,13 @@ def _warn_unused(source: str, unused: Sequence[str]) -> None:
     if unused:
         log.warning(
             "%s: keys understood but not used by this gateway: %s", source, ", ".join(unused)
+        )
+
+
+def _warn_mapped(source: str, mapped: Sequence[str]) -> None:
+    if mapped:
+        log.warning(
+            "%s: MiroFlow tool servers run as the gateway's own: %s", source, "; ".join(mapped)
         )
 
 
@@ -526,8 +558,29 @@ def _build(raw: dict[str, Any]) -> AgentConfig:
         max_depth=_int(raw.get("max_depth", 3), "max_depth", 1),
         require_approval=_str_list(raw.get("require_approval"), "require_approval"),
         output_dir=_opt_path(raw.get("output_dir"), "output_dir"),
+        input_timeout=_input_timeout(raw.get("input_timeout")),
+        on_input_timeout=_input_policy(raw.get("on_input_timeout")),
         raw=raw,
     )
+
+
+def _input_policy(value: Any) -> InputTimeoutPolicy | None:
+    if value is None:
+        return None
+    text = _choice(value, INPUT_TIMEOUT_POLICIES, "on_input_timeout")
+    return "fail" if text == "fail" else "continue"
+
+
+def _input_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = _float(value, "input_timeout", minimum=float("-inf"))
+    if not 0 < seconds <= MAX_INPUT_TIMEOUT:
+        raise AgentConfigError(
+            "input_timeout",
+            f"must be more than 0 and at most {MAX_INPUT_TIMEOUT:g} seconds, got {seconds:g}",
+        )
+    return seconds
 
 
 def _opt_path(value: Any, key: str) -> Path | None:

@@ -21,6 +21,13 @@ Hydra's own compose API from its directory, so ``defaults:`` lists, ``_self_`` a
    use (:data:`UNUSED_AGENT_KEYS`, :data:`UNUSED_LLM_KEYS`, :data:`UNUSED_TOP_KEYS`) are
    collected so that the loader lists them once in a warning; any other key is refused with a
    did-you-mean suggestion.
+3. **MiroFlow's own tool servers** (:func:`miroflow_server`). A tool entry that runs one of
+   MiroFlow's modules (``tool_command: python``, ``args: [-m, src.tool.mcp_servers.<name>]``)
+   runs the gateway's equivalent (:data:`MIROFLOW_SERVERS`) with its environment mapped onto
+   ours; a MiroFlow module we have no equivalent of is left out of the agent's tools. Both are
+   collected (:attr:`Normalised.mapped`) so that the loader lists each once in a warning. An
+   entry whose ``tool_command`` is an interpreter's full path is left as it is, so a MiroFlow
+   checkout's own servers can still be run.
 """
 
 from __future__ import annotations
@@ -39,10 +46,12 @@ import yaml
 from .errors import AgentConfigError
 
 __all__ = [
+    "MIROFLOW_SERVERS",
     "PROVIDER_CLASSES",
     "ProviderClass",
     "compose",
     "did_you_mean",
+    "miroflow_server",
     "normalise",
     "typed_container",
 ]
@@ -79,6 +88,8 @@ provider with their base URL, Claude through our Anthropic provider."""
 TOP_KEYS = frozenset(
     {
         "chinese_context",
+        "input_timeout",
+        "on_input_timeout",
         "max_depth",
         "llm",
         "tools",
@@ -329,6 +340,184 @@ def in_env(path: tuple[str, ...]) -> bool:
     return "env" in path[:-1]
 
 
+# --- MiroFlow's tool server modules -------------------------------------------------------------
+
+MIROFLOW_PACKAGE = "src.tool.mcp_servers"
+"""Where MiroFlow's tool servers live (``python -m src.tool.mcp_servers.<name>``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MiroFlowServer:
+    """What runs here in place of one of MiroFlow's tool server modules."""
+
+    module: str | None
+    """Our module (``None``: we ship no equivalent; the tool is left out)."""
+    env: Callable[[Mapping[str, str]], tuple[dict[str, str], list[str], list[str]]] | None = None
+    """Maps the entry's environment onto ours: ``(env, renamed, not used)``."""
+    missing: tuple[str, ...] = ()
+    """MiroFlow's tools of that server that ours does not offer."""
+
+
+def _keep(
+    *names: str,
+) -> Callable[[Mapping[str, str]], tuple[dict[str, str], list[str], list[str]]]:
+    """An environment mapping that passes ``names`` as they are and drops the rest."""
+
+    def mapped(env: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+        kept = {k: v for k, v in env.items() if k in names}
+        return kept, [], sorted(k for k in env if k not in names)
+
+    return mapped
+
+
+def _rename(
+    renames: Mapping[str, str], keep: Iterable[str] = (), fixed: Mapping[str, str] | None = None
+) -> Callable[[Mapping[str, str]], tuple[dict[str, str], list[str], list[str]]]:
+    """An environment mapping: ``renames`` (theirs → ours), ``keep`` as they are, ``fixed``
+    settings added; anything else is dropped."""
+    kept_names = frozenset(keep)
+
+    def mapped(env: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+        out = dict(fixed or {})
+        renamed: list[str] = []
+        unused: list[str] = []
+        for name, value in env.items():
+            if name in renames:
+                out[renames[name]] = value
+                renamed.append(f"{name} → {renames[name]}")
+            elif name in kept_names:
+                out[name] = value
+            else:
+                unused.append(name)
+        return out, renamed, sorted(unused)
+
+    return mapped
+
+
+def _reasoning_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """MiroFlow's ``reasoning_mcp_server``: OpenAI (any compatible server) when
+    ``OPENAI_API_KEY`` is given, else Anthropic when ``ANTHROPIC_API_KEY`` is; the model names
+    default as in MiroFlow (``o3``, ``claude-3-7-sonnet-20250219``)."""
+    use = "OPENAI" if env.get("OPENAI_API_KEY") or not env.get("ANTHROPIC_API_KEY") else "ANTHROPIC"
+    out = {"OSPARK_REASONING_PROVIDER": use.lower()}
+    renamed = [f"OSPARK_REASONING_PROVIDER={use.lower()}"]
+    if not env.get(f"{use}_MODEL_NAME"):
+        out["OSPARK_REASONING_MODEL"] = "o3" if use == "OPENAI" else "claude-3-7-sonnet-20250219"
+        renamed.append(f"OSPARK_REASONING_MODEL={out['OSPARK_REASONING_MODEL']} (its default)")
+    for kind, ours in (("MODEL_NAME", "MODEL"), ("API_KEY", "API_KEY"), ("BASE_URL", "BASE_URL")):
+        if env.get(f"{use}_{kind}"):
+            out[f"OSPARK_REASONING_{ours}"] = env[f"{use}_{kind}"]
+            renamed.append(f"{use}_{kind} → OSPARK_REASONING_{ours}")
+    unused = sorted(k for k in env if not k.startswith(f"{use}_"))
+    return out, renamed, unused
+
+
+def _reasoning_os_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """MiroFlow's ``reasoning_mcp_server_os``: an OpenAI-compatible server whose
+    ``REASONING_BASE_URL`` is the full chat completions URL (ours is the API's base)."""
+    out, renamed, unused = _rename(
+        {
+            "REASONING_API_KEY": "OSPARK_REASONING_API_KEY",
+            "REASONING_BASE_URL": "OSPARK_REASONING_BASE_URL",
+            "REASONING_MODEL_NAME": "OSPARK_REASONING_MODEL",
+        },
+        fixed={"OSPARK_REASONING_PROVIDER": "openai"},
+    )(env)
+    url = out.get("OSPARK_REASONING_BASE_URL", "").rstrip("/")
+    if url.endswith("/chat/completions"):
+        out["OSPARK_REASONING_BASE_URL"] = url[: -len("/chat/completions")]
+    return out, renamed, unused
+
+
+_SEARCH_ENV = (
+    "SERPER_API_KEY",
+    "SERPER_BASE_URL",
+    "JINA_API_KEY",
+    "JINA_BASE_URL",
+    "REMOVE_SNIPPETS",
+    "REMOVE_KNOWLEDGE_GRAPH",
+    "REMOVE_ANSWER_BOX",
+)
+
+MIROFLOW_SERVERS: dict[str, MiroFlowServer] = {
+    "searching_mcp_server": MiroFlowServer(
+        "gateway.tools.search",
+        _keep(*_SEARCH_ENV),
+        ("wiki_get_page_content", "search_wiki_revision", "search_archived_webpage"),
+    ),
+    "miroapi_serper_mcp_server": MiroFlowServer("gateway.tools.search", _keep(*_SEARCH_ENV)),
+    "reading_mcp_server": MiroFlowServer("gateway.tools.reading", _keep()),
+    "python_server": MiroFlowServer(
+        "gateway.tools.code",
+        _rename(
+            {
+                "DEFAULT_TEMPLATE_ID": "OSPARK_E2B_TEMPLATE",
+                "DEFAULT_TIMEOUT": "OSPARK_E2B_SANDBOX_TIMEOUT_S",
+            },
+            keep=("E2B_API_KEY",),
+        ),
+        (
+            "create_sandbox",
+            "upload_file_from_local_to_sandbox",
+            "download_file_from_internet_to_sandbox",
+            "download_file_from_sandbox_to_local",
+        ),
+    ),
+    "reasoning_mcp_server": MiroFlowServer("gateway.tools.reasoning", _reasoning_env),
+    "reasoning_mcp_server_os": MiroFlowServer("gateway.tools.reasoning", _reasoning_os_env),
+}
+"""MiroFlow's tool server modules (under :data:`MIROFLOW_PACKAGE`) that have an equivalent
+here. Any other module of that package (audio, vision, browsing, …) has none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """A tool entry naming a MiroFlow module, after :func:`miroflow_server`."""
+
+    entry: dict[str, Any] | None
+    """The entry running our server (``None``: left out)."""
+    note: str
+    """What was done, for the start-up warning."""
+
+
+def miroflow_server(entry: Mapping[str, Any]) -> Replaced | None:
+    """``entry`` (a tool definition, ``command`` already in place) rewritten to run our
+    equivalent of the MiroFlow module it names; ``None`` when it names none (or names its
+    interpreter by a full path: then it is run as it is)."""
+    command = entry.get("command")
+    args = entry.get("args")
+    if command not in ("python", "python3") or not isinstance(args, list):
+        return None
+    module = next(
+        (
+            str(args[i + 1])
+            for i in range(len(args) - 1)
+            if args[i] == "-m" and str(args[i + 1]).startswith(MIROFLOW_PACKAGE + ".")
+        ),
+        None,
+    )
+    if module is None:
+        return None
+    name = str(entry.get("name", "?"))
+    ours = MIROFLOW_SERVERS.get(module[len(MIROFLOW_PACKAGE) + 1 :])
+    if ours is None or ours.module is None:
+        return Replaced(None, f"{name} ({module}): left out, no equivalent here")
+    env = entry.get("env")
+    given = {str(k): v for k, v in env.items()} if isinstance(env, Mapping) else {}
+    mapped, renamed, unused = ours.env(given) if ours.env is not None else (given, [], [])
+    parts = [f"{name}: {module} → {ours.module}"]
+    if renamed:
+        parts.append("env " + ", ".join(renamed))
+    if unused:
+        parts.append("env not used: " + ", ".join(unused))
+    if ours.missing:
+        parts.append("tools not here: " + ", ".join(ours.missing))
+    replaced = {k: v for k, v in entry.items() if k not in ("args", "env")}
+    replaced["args"] = ["-m", ours.module]
+    replaced["env"] = mapped
+    return Replaced(replaced, parts[0] + (f" ({'; '.join(parts[1:])})" if parts[1:] else ""))
+
+
 # --- key mapping ------------------------------------------------------------------------------
 
 
@@ -338,6 +527,10 @@ class Normalised:
 
     raw: dict[str, Any]
     unused: list[str] = field(default_factory=list)
+    mapped: list[str] = field(default_factory=list)
+    """MiroFlow tool servers replaced by ours or left out (:func:`miroflow_server`)."""
+    left_out: set[str] = field(default_factory=set)
+    """Names of the tool servers left out: dropped from every ``tool_config`` too."""
 
 
 def normalise(data: Mapping[str, Any], tool_dir: Path | None) -> Normalised:
@@ -356,7 +549,7 @@ def normalise(data: Mapping[str, Any], tool_dir: Path | None) -> Normalised:
             continue
         else:
             out.raw[key] = value
-    tools: list[Any] = list(_tool_entries(data.get("tools")))
+    tools: list[Any] = list(_tool_entries(data.get("tools"), out))
     defined = {str(t.get("name")) for t in tools if isinstance(t, Mapping)}
     main = data.get("main_agent")
     if main is not None:
@@ -385,26 +578,28 @@ def normalise(data: Mapping[str, Any], tool_dir: Path | None) -> Normalised:
     return out
 
 
-def _tool_entries(value: Any) -> Iterable[Any]:
+def _tool_entries(value: Any, out: Normalised) -> Iterable[Any]:
     if value is None:
         return []
     if isinstance(value, Mapping):  # ``tools: {name: {command: ...}}``
-        return [
+        value = [
             {"name": name, **(entry if isinstance(entry, Mapping) else {})}
             for name, entry in value.items()
         ]
     if isinstance(value, list):
-        return [
-            _tool_entry(e, f"tools[{i}]") if isinstance(e, Mapping) else e
+        entries = [
+            _tool_entry(e, f"tools[{i}]", out) if isinstance(e, Mapping) else e
             for i, e in enumerate(value)
         ]
+        return [e for e in entries if e is not None]
     raise AgentConfigError("tools", f"expected a list of tool servers, got {value!r}")
 
 
-def _tool_entry(entry: Mapping[str, Any], key: str) -> dict[str, Any]:
+def _tool_entry(entry: Mapping[str, Any], key: str, out: Normalised) -> dict[str, Any] | None:
     """A tool server definition: ``tool_command`` is MiroFlow's ``command``; ``python`` means
-    the gateway's own interpreter, as in MiroFlow."""
-    out: dict[str, Any] = {}
+    the gateway's own interpreter, as in MiroFlow; one of MiroFlow's own modules becomes ours
+    (``None``: left out)."""
+    result: dict[str, Any] = {}
     for name, value in entry.items():
         if name == "tool_command":
             if "command" in entry:
@@ -412,13 +607,21 @@ def _tool_entry(entry: Mapping[str, Any], key: str) -> dict[str, Any]:
             name = "command"
         elif name not in TOOL_KEYS:
             raise _unknown(f"{key}.{name}", str(name), TOOL_KEYS | {"tool_command"})
-        out[str(name)] = value
-    if out.get("command") in ("python", "python3"):
-        out["command"] = sys.executable
-    env = out.get("env")
+        result[str(name)] = value
+    env = result.get("env")
     if isinstance(env, Mapping):
-        out["env"] = {str(k): _env_text(v) for k, v in env.items() if v is not None}
-    return out
+        result["env"] = {str(k): _env_text(v) for k, v in env.items() if v is not None}
+    replaced = miroflow_server(result)
+    if replaced is not None:
+        if replaced.note not in out.mapped:
+            out.mapped.append(replaced.note)
+        if replaced.entry is None:
+            out.left_out.add(str(result.get("name")))
+            return None
+        result = replaced.entry
+    if result.get("command") in ("python", "python3"):
+        result["command"] = sys.executable
+    return result
 
 
 def _env_text(value: Any) -> str:
@@ -456,7 +659,7 @@ def _agent(
             if keep is not None and "keep_tool_result" not in data:
                 agent["keep_tool_result"] = keep
         elif name == "tool_config":
-            agent["tool_config"] = _tool_config(value, full, tools, defined, tool_dir)
+            agent["tool_config"] = _tool_config(value, full, out, tools, defined, tool_dir)
         else:
             agent[str(name)] = value
     return agent
@@ -516,9 +719,15 @@ def _llm(data: Any, key: str, out: Normalised) -> tuple[dict[str, Any], Any]:
 
 
 def _tool_config(
-    value: Any, key: str, tools: list[Any], defined: set[str], tool_dir: Path | None
+    value: Any,
+    key: str,
+    out: Normalised,
+    tools: list[Any],
+    defined: set[str],
+    tool_dir: Path | None,
 ) -> Any:
-    """Names stay names; a name defined nowhere else is read from ``tool_dir/<name>.yaml``."""
+    """Names stay names; a name defined nowhere else is read from ``tool_dir/<name>.yaml``; a
+    server left out (:func:`miroflow_server`) is dropped."""
     from .config import BUILTIN_TOOLS
 
     if not isinstance(value, list):
@@ -526,9 +735,13 @@ def _tool_config(
     entries: list[Any] = []
     for i, entry in enumerate(value):
         if isinstance(entry, Mapping):
-            entries.append(_tool_entry(entry, f"{key}[{i}]"))
+            inline = _tool_entry(entry, f"{key}[{i}]", out)
+            if inline is not None:
+                entries.append(inline)
             continue
         name = entry
+        if isinstance(name, str) and name in out.left_out:
+            continue
         if (
             isinstance(name, str)
             and name not in BUILTIN_TOOLS
@@ -540,7 +753,10 @@ def _tool_config(
                 loaded = load_yaml_file(path, in_env)
                 if not isinstance(loaded, Mapping):
                     raise AgentConfigError(f"{key}[{i}]", f"{path}: expected a mapping")
-                definition = _tool_entry({"name": name, **loaded}, str(path))
+                definition = _tool_entry({"name": name, **loaded}, str(path), out)
+                if definition is None:
+                    out.left_out.add(name)
+                    continue
                 tools.append(definition)
                 defined.add(str(definition["name"]))
                 name = definition["name"]

@@ -135,6 +135,11 @@ class StreamingOrchestrator:
             if event is not None:
                 emit(event)
 
+        if spec.interaction is not None:  # the agent config's wait, unless the task set one
+            spec.interaction.set_timeout(
+                config.input_timeout if spec.options.input_timeout is None else None,
+                config.on_input_timeout if spec.options.on_input_timeout is None else None,
+            )
         orchestrator = Orchestrator(config, sink=sink)
         if self.traces is not None:
             self.traces.started(spec.owner, spec.task_id, orchestrator.trace)

@@ -41,7 +41,7 @@ from protocol.events import (
     TaskFailed,
     Usage,
 )
-from protocol.frames import StartOptions
+from protocol.frames import InputTimeoutPolicy, StartOptions
 
 __all__ = [
     "Emit",
@@ -101,6 +101,13 @@ class Interaction(Protocol):
     def close_messages(self) -> None:
         """The agent takes no more messages (it is writing its final report): later ones
         are refused with ``task_finished``."""
+        ...
+
+    def set_timeout(
+        self, timeout: float | None = None, on_timeout: InputTimeoutPolicy | None = None
+    ) -> None:
+        """How long the run's later questions wait and what a timeout does (``None``: left as
+        it is). The runner sets its agent config's values here for a task that gave none."""
         ...
 
 

@@ -145,6 +145,14 @@ class TaskInteraction:
         if self._closed is None:
             self._closed = "it is writing its final report"
 
+    def set_timeout(
+        self, timeout: float | None = None, on_timeout: InputTimeoutPolicy | None = None
+    ) -> None:
+        if timeout is not None:
+            self.timeout = timeout
+        if on_timeout is not None:
+            self.on_timeout = on_timeout
+
     # ------------------------------------------------------------------ the owner's side
 
     def answer(self, frame: Input) -> None:

@@ -30,17 +30,19 @@ If ``bwrap`` is missing or cannot create its namespaces, the tool says so and ru
 is never run unsandboxed.
 
 E2B (``E2B_API_KEY`` set, or ``OSPARK_CODE_SANDBOX=e2b``) runs the code in the cloud sandbox
-MiroFlow uses, through the ``e2b-code-interpreter`` SDK (``pip install 'ospark-gateway[e2b]'``).
+MiroFlow uses, through the ``e2b-code-interpreter`` SDK (``pip install 'ospark-gateway[e2b]'``),
+with the task's files uploaded at their own paths (see :class:`E2BSandbox`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -49,6 +51,8 @@ import anyio
 import anyio.to_thread
 
 from ._common import Finished, ToolError, env_float, env_int, env_str, run_bounded, truncate
+
+log = logging.getLogger("gateway.tools.sandbox")
 
 SCRATCH = "/scratch"
 INPUT = "/input"
@@ -445,29 +449,174 @@ class BwrapSandbox:
             self._workdir = None
 
 
-class E2BSandbox:
-    """Runs code in an E2B cloud sandbox, created on first use and killed by :meth:`aclose`."""
+E2B_FILE_USER = "root"
+"""Task files are written into an E2B sandbox as root: its default user (``user``) can read them
+but not change them. E2B has no read-only mounts for uploads, and that user has ``sudo`` there,
+so this keeps a program from changing them by mistake, not by intent."""
 
-    def __init__(self, limits: Limits, api_key: str) -> None:
+
+def _read_task_file(path: str, max_bytes: int) -> bytes | str:
+    """A task file's bytes for an upload, or why it is left out (the local sandbox's rules:
+    an absolute, canonical path to a regular file), opened without following a link."""
+    if not os.path.isabs(path):
+        return "not an absolute path"
+    try:
+        canonical = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        return f"cannot be opened ({exc.strerror or exc})"
+    if canonical != path:
+        return "a symbolic link or a path through one (only the file's own path is used)"
+    if any(_under(path, reserved) for reserved in ("/proc", "/sys", "/dev")):
+        return "under a directory the sandbox provides itself"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot be opened ({exc.strerror or exc})"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            return f"{kind}; only regular files are uploaded"
+        if info.st_size > max_bytes:
+            return f"larger than the {max_bytes // (1024 * 1024)} MB file limit"
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                return f"larger than the {max_bytes // (1024 * 1024)} MB file limit"
+        return b"".join(chunks)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    finally:
+        os.close(fd)
+
+
+class E2BSandbox:
+    """Runs code in an E2B cloud sandbox (one per server process, so one per task), created on
+    first use with the task's files uploaded at their own paths, and killed by :meth:`aclose`.
+
+    A run that is cancelled or hits its time limit may still be running over there, so the
+    sandbox is killed at once and the next call starts a fresh one (files uploaded again; what
+    earlier calls left in it is gone). Settings: ``OSPARK_E2B_TEMPLATE`` (the sandbox template;
+    default: the SDK's code interpreter template), ``OSPARK_E2B_SANDBOX_TIMEOUT_S`` (how long
+    the sandbox may live, 1800 s). The SDK's own variables (``E2B_DOMAIN``, ``E2B_API_URL``,
+    ``E2B_SANDBOX_URL``, ``E2B_HTTP_VERSION``) reach it from the environment."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        api_key: str,
+        *,
+        template: str | None = None,
+        lifetime_s: int | None = None,
+        task_files: Sequence[str] | None = None,
+    ) -> None:
         self.limits = limits
         self._api_key = api_key
+        self.template = template or env_str("OSPARK_E2B_TEMPLATE") or None
+        self.lifetime_s = lifetime_s or env_int("OSPARK_E2B_SANDBOX_TIMEOUT_S", 1800)
+        self.task_files = task_file_paths() if task_files is None else list(task_files)
         self._sandbox: Any = None
+        self._notes: list[str] = []
+        self._creating = anyio.Lock()
 
     async def _get(self) -> Any:
-        if self._sandbox is None:
-            try:
-                from e2b_code_interpreter import AsyncSandbox
-            except ImportError:
-                raise ToolError(
-                    "E2B is selected but its SDK is not installed: "
-                    "pip install 'ospark-gateway[e2b]'"
-                ) from None
-            self._sandbox = await AsyncSandbox.create(api_key=self._api_key)
+        async with self._creating:  # one sandbox, even when calls come at the same time
+            if self._sandbox is None:
+                try:
+                    from e2b_code_interpreter import AsyncSandbox
+                except ImportError:
+                    raise ToolError(
+                        "E2B is selected but its SDK is not installed: "
+                        "pip install 'ospark-gateway[e2b]'"
+                    ) from None
+                try:
+                    sandbox = await AsyncSandbox.create(
+                        template=self.template, timeout=self.lifetime_s, api_key=self._api_key
+                    )
+                except Exception as exc:
+                    raise ToolError(f"the E2B sandbox could not be created: {exc}") from None
+                try:
+                    self._notes = await self._upload(sandbox)
+                except BaseException:
+                    await _kill(sandbox)
+                    raise
+                self._sandbox = sandbox
         return self._sandbox
 
-    async def run_python(self, code: str) -> RunOutput:
+    async def _upload(self, sandbox: Any) -> list[str]:
+        """Write the task's files into the sandbox at their own paths; a note for each one
+        left out."""
+        notes: list[str] = []
+        limit = self.limits.max_file_mb * 1024 * 1024
+        for path in dict.fromkeys(self.task_files):
+            data = await anyio.to_thread.run_sync(_read_task_file, path, limit)
+            if isinstance(data, str):
+                notes.append(f"task file {path} is not available in the sandbox: {data}")
+                continue
+            try:
+                await sandbox.files.write(path, data, user=E2B_FILE_USER)
+            except Exception as exc:
+                notes.append(f"task file {path} could not be uploaded to the sandbox: {exc}")
+        return notes
+
+    async def _discard(self) -> None:
+        """Kill the sandbox (shielded: also while the call is being cancelled)."""
+        sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            await _kill(sandbox)
+
+    async def _run(self, how: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``await work(sandbox)``. A cancelled call kills the sandbox; a time-out kills it and
+        returns ``None``; a shell command's non-zero exit is returned; another SDK error is a
+        tool error (and a sandbox that is gone or unreachable is replaced at the next call)."""
+        from e2b import (
+            CommandExitException,
+            SandboxNotRunningException,
+            SandboxUnreachableException,
+            TimeoutException,
+        )
+
         sandbox = await self._get()
-        execution = await sandbox.run_code(code, timeout=self.limits.timeout_s)
+        try:
+            return await work(sandbox)
+        except anyio.get_cancelled_exc_class():
+            await self._discard()
+            raise
+        except CommandExitException as exc:
+            return exc
+        except (SandboxNotRunningException, SandboxUnreachableException) as exc:
+            await self._discard()
+            raise ToolError(f"the E2B sandbox failed to {how}: {exc}") from None
+        except TimeoutException:
+            await self._discard()
+            return None
+        except Exception as exc:
+            raise ToolError(f"the E2B sandbox failed to {how}: {exc}") from None
+
+    def _note(self, extra: str = "") -> str:
+        return "; ".join(filter(None, [extra or "E2B sandbox", *self._notes]))
+
+    def _timed_out(self) -> RunOutput:
+        return RunOutput(
+            None,
+            "",
+            "",
+            self._note(
+                f"killed after the {self.limits.timeout_s:g} s time limit: the E2B sandbox "
+                "was discarded, the next call gets a new one"
+            ),
+        )
+
+    async def run_python(self, code: str) -> RunOutput:
+        execution = await self._run(
+            "run the code",
+            lambda sandbox: sandbox.run_code(code, timeout=self.limits.timeout_s),
+        )
+        if execution is None:
+            return self._timed_out()
         stdout = "".join(execution.logs.stdout)
         stderr = "".join(execution.logs.stderr)
         for result in execution.results:
@@ -481,27 +630,38 @@ class E2BSandbox:
             1 if execution.error is not None else 0,
             truncate(stdout, limit, "stdout"),
             truncate(stderr, limit, "stderr"),
-            "E2B sandbox",
+            self._note(),
         )
 
     async def run_shell(self, command: str) -> RunOutput:
-        sandbox = await self._get()
-        try:
-            result = await sandbox.commands.run(command, timeout=self.limits.timeout_s)
-        except Exception as exc:  # the SDK raises on a non-zero exit, with the output attached
-            result = exc
+        result = await self._run(
+            "run the command",
+            lambda sandbox: sandbox.commands.run(command, timeout=self.limits.timeout_s),
+        )
+        if result is None:
+            return self._timed_out()
         limit = self.limits.max_output_chars
         return RunOutput(
             int(getattr(result, "exit_code", 1) or 0),
             truncate(str(getattr(result, "stdout", "") or ""), limit, "stdout"),
-            truncate(str(getattr(result, "stderr", "") or str(result)), limit, "stderr"),
-            "E2B sandbox",
+            truncate(str(getattr(result, "stderr", "") or ""), limit, "stderr"),
+            self._note(),
         )
 
     async def aclose(self) -> None:
-        if self._sandbox is not None:
-            sandbox, self._sandbox = self._sandbox, None
+        await self._discard()
+
+
+async def _kill(sandbox: Any) -> None:
+    """Kill an E2B sandbox, shielded from cancellation and bounded; a failure is only logged
+    (E2B ends it anyway at its lifetime)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+        try:
             await sandbox.kill()
+        except Exception as exc:
+            log.warning(
+                "could not kill E2B sandbox %s: %s", getattr(sandbox, "sandbox_id", "?"), exc
+            )
 
 
 def make_sandbox() -> Sandbox:

@@ -12,7 +12,9 @@ These are the services and tool names MiroFlow's search tools use, so its prompt
 Environment: ``SERPER_API_KEY``, ``JINA_API_KEY`` (a missing key is a clear tool error, the other
 tool still works), ``SERPER_BASE_URL`` (default ``https://google.serper.dev``),
 ``JINA_BASE_URL`` (default ``https://r.jina.ai``), ``OSPARK_SEARCH_TIMEOUT_S`` (30),
-``OSPARK_SEARCH_MAX_CHARS`` (20,000 characters of page text per call).
+``OSPARK_SEARCH_MAX_CHARS`` (20,000 characters of page text per call), and MiroFlow's result
+filters ``REMOVE_SNIPPETS``, ``REMOVE_KNOWLEDGE_GRAPH``, ``REMOVE_ANSWER_BOX`` (``true``, ``1`` or
+``yes`` leaves that part out of ``google_search``'s results; default: kept).
 """
 
 from __future__ import annotations
@@ -45,14 +47,19 @@ def _key(name: str, tool: str) -> str:
     return key
 
 
+def _flag(name: str) -> bool:
+    return env_str(name).lower() in ("true", "1", "yes")
+
+
 def _format_results(data: dict[str, Any], limit: int) -> str:
     lines: list[str] = []
-    box = data.get("answerBox")
+    snippets = not _flag("REMOVE_SNIPPETS")
+    box = None if _flag("REMOVE_ANSWER_BOX") else data.get("answerBox")
     if isinstance(box, dict):
         answer = box.get("answer") or box.get("snippet") or ""
         if answer:
             lines += [f"Answer box: {answer}", f"  {box.get('link', '')}".rstrip(), ""]
-    graph = data.get("knowledgeGraph")
+    graph = None if _flag("REMOVE_KNOWLEDGE_GRAPH") else data.get("knowledgeGraph")
     if isinstance(graph, dict) and graph.get("title"):
         lines.append(f"Knowledge graph: {graph['title']} — {graph.get('description', '')}")
         for name, value in (graph.get("attributes") or {}).items():
@@ -64,12 +71,14 @@ def _format_results(data: dict[str, Any], limit: int) -> str:
         lines.append(f"   {result.get('link', '')}")
         if result.get("date"):
             lines.append(f"   {result['date']}")
-        if result.get("snippet"):
+        if snippets and result.get("snippet"):
             lines.append(f"   {result['snippet']}")
     people = [p for p in data.get("peopleAlsoAsk") or [] if isinstance(p, dict)]
     if people:
         lines += ["", "People also ask:"]
-        lines += [f"- {p.get('question', '')}: {p.get('snippet', '')}" for p in people]
+        for p in people:
+            snippet = p.get("snippet", "") if snippets else ""
+            lines.append(f"- {p.get('question', '')}" + (f": {snippet}" if snippet else ""))
     if not organic and not lines:
         lines.append("No results.")
     return truncate("\n".join(lines).strip(), limit, "search results")

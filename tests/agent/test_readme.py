@@ -79,6 +79,8 @@ def test_serve_config_on_a_miroflow_directory() -> None:
         proc.communicate(timeout=60)
     warnings = [line for line in lines if "keys understood but not used" in str(line.get("msg"))]
     assert len(warnings) == 1 and "main_agent.llm.top_k" in str(warnings[0]["msg"])
+    mapped = [line for line in lines if "MiroFlow tool servers run as" in str(line.get("msg"))]
+    assert len(mapped) == 1 and "→ gateway.tools.search" in str(mapped[0]["msg"])
     assert proc.returncode == 0
 
 

@@ -92,3 +92,29 @@ async def test_an_unreachable_service_names_the_url() -> None:
     async with tool_client("search", env) as client:
         text, is_error = await call(client, "google_search", q="x")
     assert is_error and "Serper: cannot reach http://127.0.0.1:9/search" in text
+
+
+async def test_miroflow_s_result_filters_leave_parts_out() -> None:
+    answer = {
+        **SERPER_ANSWER,
+        "knowledgeGraph": {"title": "OSpark", "description": "A gateway", "attributes": {}},
+    }
+    async with fake_service() as fake:
+        fake.routes = {"/search": lambda request, body: JSONResponse(answer)}
+        env = {"SERPER_API_KEY": "serper-key", "SERPER_BASE_URL": fake.url}
+        async with tool_client("search", env) as client:
+            full, _ = await call(client, "google_search", q="ospark")
+        filters = {
+            "REMOVE_SNIPPETS": "true",
+            "REMOVE_KNOWLEDGE_GRAPH": "1",
+            "REMOVE_ANSWER_BOX": "yes",
+        }
+        async with tool_client("search", {**env, **filters}) as client:
+            filtered, is_error = await call(client, "google_search", q="ospark")
+    assert "Answer box:" in full and "Knowledge graph: OSpark" in full and "Streams agents." in full
+    assert not is_error
+    assert filtered == (
+        "1. OSpark Gateway\n   https://example.org/1\n"
+        "2. Second\n   https://example.org/2\n   2026\n\n"
+        "People also ask:\n- What is it?"
+    )
