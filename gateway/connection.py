@@ -343,9 +343,7 @@ class Connection:
             return
         resent = await self.manager.answer(self.principal, frame)
         self._reply(
-            InputAck(
-                id=frame.id, task_id=frame.task_id, request_id=frame.request_id, resent=resent
-            )
+            InputAck(id=frame.id, task_id=frame.task_id, request_id=frame.request_id, resent=resent)
         )
 
     async def _message(self, frame: Message) -> None:

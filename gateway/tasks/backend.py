@@ -37,7 +37,7 @@ Atomicity
     ``create`` is atomic across processes: for one ``(owner, task_id)`` exactly one create
     wins; the per-owner active-task limit is checked in the same step.
     :meth:`~TaskBackend.create_in_thread` also decides, in that same step, whether the
-    thread is busy (it has a task that has not ended), so of two ``start``\ s on one idle
+    thread is busy (it has a task that has not ended), so of two starts on one idle
     thread through two processes exactly one finds it idle.
 
 Idempotency

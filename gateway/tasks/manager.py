@@ -36,7 +36,7 @@ waits until the thread's earlier tasks have ended, with a ``task_progress`` step
 ``waiting_for_thread``), ``interrupt`` (the earlier tasks are cancelled, then it runs). The
 backend decides "busy" in the same atomic step that creates the task
 (:meth:`~gateway.tasks.backend.TaskBackend.create_in_thread`), so it holds across nodes: of
-two ``reject`` starts on an idle thread exactly one wins, ``enqueue``\ d tasks run in the
+two ``reject`` starts on an idle thread exactly one wins, enqueued tasks run in the
 order they were created (each waits for the terminal event of the ones before it, wherever
 they run), and ``interrupt`` cancels through the backend, which reaches every node.
 

@@ -144,6 +144,7 @@ _FATE_TTL_MS = 600_000
 class _NoReply(Exception):
     """No verdict came for a forwarded request (its message says what is known)."""
 
+
 Key = tuple[str, str]
 
 
@@ -651,10 +652,14 @@ class RedisBackend:
         except (*_UNREACHABLE, RedisError) as exc:
             task = f"{task}, and the task store is unreachable ({exc})"
         if request.op == "input":
-            raise _NoReply(f"{task}; it may have been taken: send it again (the same answer "
-                           "is acknowledged as resent)")
-        raise _NoReply(f"{task}; it may have been queued: look for its user_message event "
-                       "before sending it again")
+            raise _NoReply(
+                f"{task}; it may have been taken: send it again (the same answer "
+                "is acknowledged as resent)"
+            )
+        raise _NoReply(
+            f"{task}; it may have been queued: look for its user_message event "
+            "before sending it again"
+        )
 
     async def _serve(self, node: str, request: _Control, payload: bytes) -> None:
         """Apply a request forwarded to ``node`` (once), store and send the verdict."""

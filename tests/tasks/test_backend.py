@@ -13,6 +13,7 @@ import pytest
 
 from gateway.tasks import (
     ActiveLimitReached,
+    InMemoryBackend,
     Retention,
     TaskBackend,
     TaskRecord,
@@ -21,7 +22,6 @@ from gateway.tasks import (
 from gateway.tasks.backend import ANSWER_RESENT, ThreadBusy
 from protocol.events import Event, LlmResponse, TaskCompleted, TaskStarted, Usage
 from protocol.frames import EventFrame, Gap, Input, StartOptions
-from gateway.tasks import InMemoryBackend
 from tests.tasks.helpers import BackendFactory
 
 
@@ -296,9 +296,7 @@ async def test_answers_and_messages_reach_the_node_running_the_task(
     assert (await backend.send_message("alice", "nope", "x")).startswith("!unknown_task:")
     run_to_end(backend, rec, 2)
     await backend.flush()
-    assert (await backend.send_input("alice", "t1", given("ok")) or "").startswith(
-        "task_finished:"
-    )
+    assert (await backend.send_input("alice", "t1", given("ok")) or "").startswith("task_finished:")
     assert (await backend.send_message("alice", "t1", "x")).startswith("!task_finished:")
     assert len(two.answers) == 3 and len(two.messages) == 2
 
@@ -362,7 +360,10 @@ async def test_create_in_thread_counts_the_active_limit(backend: TaskBackend) ->
     await backend.create(record(task_id="a"), max_active=1)
     with pytest.raises(ActiveLimitReached):
         await backend.create_in_thread(
-            in_thread("t1"), turn_of(in_thread("t1")), if_busy="reject", max_queued=8,
+            in_thread("t1"),
+            turn_of(in_thread("t1")),
+            if_busy="reject",
+            max_queued=8,
             max_active=1,
         )
     assert await backend.thread_turns("alice", "th") is None

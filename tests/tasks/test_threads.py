@@ -3,11 +3,11 @@ with scripted runs."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 
 import pytest
-
-import asyncio
 
 from gateway.streaming import Turn
 from gateway.tasks import (
@@ -188,9 +188,10 @@ async def asking(spec: TaskSpec, emit: object) -> TaskCompleted:
 
 async def test_answers_and_messages_through_another_manager_and_resent_answers() -> None:
     backend = InMemoryBackend()
-    async with TaskManager(asking, backend=backend) as runs, TaskManager(
-        asking, backend=backend
-    ) as other:
+    async with (
+        TaskManager(asking, backend=backend) as runs,
+        TaskManager(asking, backend=backend) as other,
+    ):
         started = await runs.start("alice", "q", task_id="t1")
         sub = await runs.subscribe("alice", "t1")
         async for frame in sub:
@@ -235,9 +236,10 @@ async def test_answers_and_messages_through_another_manager_and_resent_answers()
 async def test_concurrent_starts_through_two_managers_on_one_thread() -> None:
     backend = InMemoryBackend()
     runner = ScriptedRunner([HOLD])
-    async with TaskManager(runner, backend=backend) as one, TaskManager(
-        runner, backend=backend
-    ) as two:
+    async with (
+        TaskManager(runner, backend=backend) as one,
+        TaskManager(runner, backend=backend) as two,
+    ):
         outcomes = await asyncio.gather(
             one.start("alice", "a", thread_id="th"),
             two.start("alice", "b", thread_id="th"),
@@ -255,7 +257,7 @@ async def test_concurrent_starts_through_two_managers_on_one_thread() -> None:
         assert queued[1].after_task_id == queued[0].task_id
         # They run one after the other, in that order, whichever manager runs each.
         order = [won[0].task_id, queued[0].task_id, queued[1].task_id]
-        for before, later in zip(order, order[1:], strict=False):
+        for before, later in itertools.pairwise(order):
             (await runner.started(before)).release()
             await runner.started(later)
             assert runner.runs[before].finished.is_set()
