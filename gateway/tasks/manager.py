@@ -753,13 +753,27 @@ class TaskManager:
             if turn.task_id == task_id:
                 break
             if not turn.final:
-                continue
+                turn = await self._ended_turn(owner, turn)
+                if not turn.final:
+                    continue
             if turn.state == "completed":
                 answer = turn.summary or turn.final_answer or "(no answer)"
             else:
                 answer = f"(this turn ended without an answer: {turn.state}, {turn.reason})"
             history.append(Turn(turn.input, answer))
         return tuple(history)
+
+    async def _ended_turn(self, owner: str, turn: ThreadTurn) -> ThreadTurn:
+        """The turn as its task's record and terminal event have it: the thread's copy lags
+        when another node ended the task and its thread write is not stored yet."""
+        record = await self._backend.get(owner, turn.task_id)
+        if record is None or not record.final:
+            return turn
+        found = await self._backend.read(owner, turn.task_id, record.last_seq - 1)
+        last = found.frames[-1] if found is not None and found.frames else None
+        if last is None or type(last.event) not in TERMINAL_STATES:
+            return turn
+        return _turn(record, last.event, last.ts)
 
     def _queued(self, task: _Task, position: int) -> None:
         self._emit(
