@@ -34,8 +34,9 @@ Nodes and failure:
   the same channel and set: the request carries a correlation id and the sending node to reply
   to; the running node claims the id (:data:`~gateway.tasks.redis_scripts.CLAIM`), applies the
   request through its handler, stores the verdict under the id and publishes it to the
-  sender's control channel, where it reaches the one call waiting for it. A sender that gets
-  no verdict within ``reply_timeout`` claims the id as abandoned: from then on the request is
+  sender's control channel, where it reaches the one call waiting for it (which also reads
+  the stored verdict now and then, in case the reply was lost). A sender that gets no
+  verdict within ``reply_timeout`` claims the id as abandoned: from then on the request is
   never applied, and the caller gets a retryable ``unavailable`` refusal (or the verdict, when
   the reply alone was lost). A lost publish is made good by the set on the next lease tick, if
   the sender still waits.
@@ -615,20 +616,20 @@ class RedisBackend:
     async def _await_verdict(
         self, corr: str, future: asyncio.Future[str], replied: bool
     ) -> str | None:
+        """Wait for the reply; now and then read the fate key too, where the verdict is
+        stored when the reply is lost (or when there is no node here to reply to)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.reply_timeout
-        step = 0.01
+        step = 0.05 if replied else 0.01
         while (left := deadline - loop.time()) > 0:
-            # With no node here to reply to, read the fate key now and then instead.
-            done, _ = await asyncio.wait([future], timeout=left if replied else min(left, step))
+            done, _ = await asyncio.wait([future], timeout=min(left, step))
             if done:
                 return future.result()
-            if not replied:
-                step = min(step * 2, 0.5)
-                with contextlib.suppress(RedisError, *_UNREACHABLE):
-                    fate = await self._redis.get(self._fate_key(corr))
-                    if fate is not None and fate.startswith(_VERDICT):
-                        return str(fate[len(_VERDICT) :].decode())
+            step = min(step * 2, 0.5)
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                fate = await self._redis.get(self._fate_key(corr))
+                if fate is not None and fate.startswith(_VERDICT):
+                    return str(fate[len(_VERDICT) :].decode())
         return None
 
     async def _give_up(self, corr: str, request: _Control, what: str) -> str:
