@@ -341,8 +341,10 @@ class Connection:
                 "$.text",
             )
             return
-        await self.manager.answer(self.principal, frame)
-        self._reply(InputAck(id=frame.id, task_id=frame.task_id, request_id=frame.request_id))
+        resent = await self.manager.answer(self.principal, frame)
+        self._reply(
+            InputAck(id=frame.id, task_id=frame.task_id, request_id=frame.request_id, resent=resent)
+        )
 
     async def _message(self, frame: Message) -> None:
         limit = self.settings.limits.max_input_chars

@@ -45,7 +45,8 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_REQUEST = "unknown_request"
     """``input`` names a request the task never made, or one that timed out."""
     ALREADY_ANSWERED = "already_answered"
-    """``input`` for a request that was answered already (the first valid answer wins)."""
+    """``input`` for a request that was answered already, with another answer (the first
+    valid answer wins; the same answer again gets ``input_ack`` with ``resent``)."""
     INVALID_ANSWER = "invalid_answer"
     """``input`` does not fit the request: no ``text`` for a question, no ``approved`` for an
     approval, a ``choice`` not among the options."""
@@ -58,8 +59,9 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     """A server bug; the request may be retried."""
     UNAVAILABLE = "unavailable"
-    """The gateway cannot reach its task store (Redis) right now. Retryable: retry with
-    backoff, on this gateway or another."""
+    """The gateway cannot reach its task store (Redis) right now, or the gateway running the
+    task did not reply to a forwarded ``input`` / ``message``. Retryable: retry with backoff,
+    on this gateway or another."""
 
 
 class CloseCode(enum.IntEnum):

@@ -231,7 +231,9 @@ class ThreadRequest(_Frame, tag="thread"):
 class Input(_Frame, tag="input"):
     """Answer a task's ``input_required``. Replied to by ``input_ack`` or ``error``
     (``already_answered``, ``unknown_request``, ``invalid_answer``, ``task_finished``,
-    ``unknown_task``). The first valid answer from any connection of the owner wins."""
+    ``unknown_task``). The first valid answer from any connection of the owner wins; sending
+    that same answer again is acknowledged with ``resent`` (a different one gets
+    ``already_answered``)."""
 
     id: RequestId
     """Request id, echoed in ``input_ack``/``error``."""
@@ -472,7 +474,8 @@ class ThreadReply(_Frame, tag="thread"):
 
 
 class InputAck(_Frame, tag="input_ack"):
-    """Reply to ``input``: the answer was taken (an ``input_received`` event records it)."""
+    """Reply to ``input``: the answer was taken (an ``input_received`` event records it), or
+    it had been taken already (``resent``)."""
 
     id: RequestId
     """The ``input`` request id."""
@@ -480,6 +483,9 @@ class InputAck(_Frame, tag="input_ack"):
     """The task."""
     request_id: str
     """The request answered."""
+    resent: bool = False
+    """True when this answer had been taken already (the same answer to the same request,
+    e.g. resent after a dropped connection): nothing changed, no new ``input_received``."""
 
 
 class MessageAck(_Frame, tag="message_ack"):

@@ -36,6 +36,9 @@ Atomicity
     never sees a record whose ``last_seq`` names an event it cannot read, nor the reverse.
     ``create`` is atomic across processes: for one ``(owner, task_id)`` exactly one create
     wins; the per-owner active-task limit is checked in the same step.
+    :meth:`~TaskBackend.create_in_thread` also decides, in that same step, whether the
+    thread is busy (it has a task that has not ended), so of two starts on one idle
+    thread through two processes exactly one finds it idle.
 
 Idempotency
     ``create`` of an existing ``(owner, task_id)`` changes nothing and returns the stored
@@ -65,7 +68,8 @@ Failures
 Threads
     A thread (conversation) is a list of :class:`ThreadTurn` per ``(owner, thread_id)``, kept
     apart from the task records so that a conversation outlives its tasks' logs:
-    :meth:`~TaskBackend.thread_add` appends a turn (creating the thread),
+    :meth:`~TaskBackend.create_in_thread` creates a task as the thread's next turn (atomically
+    with the busy check), :meth:`~TaskBackend.thread_add` appends a turn (creating the thread),
     :meth:`~TaskBackend.thread_update` replaces the turn of a task (queued, like ``update``),
     :meth:`~TaskBackend.thread_turns` and :meth:`~TaskBackend.list_threads` read them. Another
     owner's thread of the same id is another thread. Threads have their own retention
@@ -75,7 +79,11 @@ Interaction
     An answer to a task's question (:meth:`~TaskBackend.send_input`) and a steering message
     (:meth:`~TaskBackend.send_message`) go to the node running the task (its
     :meth:`NodeHandler.input_given` / :meth:`NodeHandler.message_given`), which decides and
-    replies: the first valid answer wins wherever it came from.
+    replies: the first valid answer wins wherever it came from. The call returns that node's
+    verdict, the same a call on that node would give. Each request is applied at most once;
+    when no verdict comes in time (the node is gone, the store is unreachable) the call
+    returns a refusal with code ``unavailable`` and the request is never applied later, except
+    where the refusal says it may have been (the node took it but its reply was lost).
 
 Fencing
     Records carry the ``node`` that runs the task and an ``epoch``. A backend that ends the
@@ -100,9 +108,18 @@ from typing import Literal, Protocol
 import msgspec
 
 from protocol.events import TERMINAL_STATES, InputRequest, LlmResponse, Usage
-from protocol.frames import EventFrame, Gap, Input, StartOptions, TaskState, ThreadSummary
+from protocol.frames import (
+    EventFrame,
+    Gap,
+    IfBusy,
+    Input,
+    StartOptions,
+    TaskState,
+    ThreadSummary,
+)
 
 __all__ = [
+    "ANSWER_RESENT",
     "FINAL_STATES",
     "ActiveLimitReached",
     "BackendError",
@@ -115,7 +132,9 @@ __all__ = [
     "Retention",
     "TaskBackend",
     "TaskRecord",
+    "ThreadBusy",
     "ThreadTurn",
+    "thread_admission",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,6 +145,11 @@ a finished one, or none (also another owner's task)."""
 
 FINAL_STATES: frozenset[TaskState] = frozenset(TERMINAL_STATES.values())
 """The states a task ends in."""
+
+ANSWER_RESENT = "resent"
+"""The verdict of :meth:`NodeHandler.input_given` (and :meth:`TaskBackend.send_input`) for an
+answer that had been taken already, exactly as given now (a resend): acknowledged, nothing
+changed."""
 
 Listener = Callable[[EventFrame | Gap], None]
 """Receives each stored event of a task, in ``seq`` order (a ``Gap`` first when live events
@@ -255,6 +279,26 @@ class ActiveLimitReached(BackendError):
         self.limit = limit
 
 
+class ThreadBusy(BackendError):
+    """:meth:`TaskBackend.create_in_thread` refused a new task: the thread has tasks that have
+    not ended (``busy``, oldest first) and the policy is ``reject``, or ``enqueue`` with more
+    than ``max_queued`` of them."""
+
+    def __init__(self, busy: tuple[str, ...], queue_full: bool) -> None:
+        super().__init__(f"the thread is busy with task {busy[-1]!r}")
+        self.busy = busy
+        self.queue_full = queue_full
+
+
+def thread_admission(busy: tuple[str, ...], if_busy: IfBusy, max_queued: int) -> None:
+    """Raise :exc:`ThreadBusy` when a new task may not join a thread whose unfinished tasks are
+    ``busy`` under the policy ``if_busy``."""
+    if busy and if_busy == "reject":
+        raise ThreadBusy(busy, False)
+    if if_busy == "enqueue" and len(busy) > max_queued:
+        raise ThreadBusy(busy, True)
+
+
 class NodeHandler(Protocol):
     """What a backend tells the node that runs a task. Called on the event loop; must not
     block. A node registers its handler with :meth:`TaskBackend.attach`."""
@@ -270,8 +314,9 @@ class NodeHandler(Protocol):
 
     def input_given(self, owner: str, task_id: str, answer: Input) -> str | None:
         """An answer to one of the task's requests arrived (from any node). Returns ``None``
-        when it was taken, else ``"code: message"`` (an :class:`~protocol.errors.ErrorCode`
-        value and the reason) to refuse it with."""
+        when it was taken, :data:`ANSWER_RESENT` when this same answer had been taken before,
+        else ``"code: message"`` (an :class:`~protocol.errors.ErrorCode` value and the reason)
+        to refuse it with."""
         ...
 
     def message_given(self, owner: str, task_id: str, text: str) -> str:
@@ -304,6 +349,24 @@ class TaskBackend(Protocol):
 
         With ``max_active``, raise :exc:`ActiveLimitReached` instead of creating when the
         owner already has that many active tasks; an existing id is returned even then."""
+        ...
+
+    async def create_in_thread(
+        self,
+        record: TaskRecord,
+        turn: ThreadTurn,
+        *,
+        if_busy: IfBusy,
+        max_queued: int,
+        max_active: int | None = None,
+    ) -> TaskRecord | tuple[str, ...]:
+        """Create ``record`` (whose ``thread_id`` is set) as :meth:`create` does and append
+        ``turn`` to its thread, as one atomic step with the check of the thread's tasks that
+        have not ended (the thread's turns not final whose task is stored and not final).
+        Returns the stored record when ``(owner, task_id)`` exists (nothing else is done),
+        else those unfinished tasks, oldest first (empty when the thread was idle). Raises
+        :exc:`ThreadBusy` (see :func:`thread_admission`) or :exc:`ActiveLimitReached`
+        instead of creating."""
         ...
 
     async def get(self, owner: str, task_id: str) -> TaskRecord | None:
@@ -358,12 +421,15 @@ class TaskBackend(Protocol):
 
     async def send_input(self, owner: str, task_id: str, answer: Input) -> str | None:
         """Hand ``answer`` to the node running the active task (:meth:`NodeHandler.input_given`)
-        and return its verdict (``None`` = taken, else ``"code: message"``)."""
+        and return its verdict (``None`` = taken, :data:`ANSWER_RESENT`, else
+        ``"code: message"``; ``unknown_task`` and ``task_finished`` when there is no active
+        task, ``unavailable`` when no verdict came)."""
         ...
 
     async def send_message(self, owner: str, task_id: str, text: str) -> str:
         """Hand a steering message to the node running the active task
-        (:meth:`NodeHandler.message_given`) and return its verdict."""
+        (:meth:`NodeHandler.message_given`) and return its verdict (the ``message_id``, or
+        ``"!code: message"``)."""
         ...
 
     async def thread_add(self, owner: str, thread_id: str, turn: ThreadTurn) -> None:
@@ -502,6 +568,32 @@ class InMemoryBackend:
         else:
             self._active[record.owner] = active + 1
         return None
+
+    async def create_in_thread(
+        self,
+        record: TaskRecord,
+        turn: ThreadTurn,
+        *,
+        if_busy: IfBusy,
+        max_queued: int,
+        max_active: int | None = None,
+    ) -> TaskRecord | tuple[str, ...]:
+        # Nothing below awaits anything that yields: one step on the event loop.
+        owner, thread_id = record.owner, record.thread_id
+        assert thread_id is not None, "create_in_thread needs record.thread_id"
+        existing = self._entries.get((owner, record.task_id))
+        if existing is not None:
+            return existing.stored()
+        thread = self._live_threads(owner).get(thread_id)
+        busy: list[str] = []
+        for old in thread.turns if thread is not None else ():
+            entry = None if old.final else self._entries.get((owner, old.task_id))
+            if entry is not None and not entry.record.final:
+                busy.append(old.task_id)
+        thread_admission(tuple(busy), if_busy, max_queued)
+        await self.create(record, max_active=max_active)
+        await self.thread_add(owner, thread_id, turn)
+        return tuple(busy)
 
     async def get(self, owner: str, task_id: str) -> TaskRecord | None:
         entry = self._entries.get((owner, task_id))

@@ -6,7 +6,9 @@ each run. The run asks (:meth:`TaskInteraction.ask`) and takes messages at turn 
 (:meth:`TaskInteraction.answer`) and send messages (:meth:`TaskInteraction.add_message`).
 Everything happens on the event loop, so "the first valid answer wins" needs no lock: the
 first :meth:`~TaskInteraction.answer` that passes the checks resolves the request, and every
-later one finds it answered.
+later one finds it answered: ``already_answered``, unless it gives the very answer that was
+taken (a client resending its own answer after a dropped connection), which is acknowledged
+again as *resent* and changes nothing.
 
 Rules:
 
@@ -41,7 +43,7 @@ from protocol.frames import Input, InputTimeoutPolicy
 
 from .errors import TaskError
 
-__all__ = ["DEFAULT_INPUT_TIMEOUT", "TaskInteraction"]
+__all__ = ["DEFAULT_INPUT_TIMEOUT", "TaskInteraction", "same_answer"]
 
 DEFAULT_INPUT_TIMEOUT = 300.0
 """Seconds a question waits when neither the task nor the server says otherwise."""
@@ -72,8 +74,8 @@ class TaskInteraction:
         self._ids = itertools.count(1)
         self._message_ids = itertools.count(1)
         self._waiting: dict[str, tuple[InputRequest, asyncio.Future[InputReceived]]] = {}
-        self._resolved: dict[str, bool] = {}
-        """Request id → True when answered, False when it timed out."""
+        self._resolved: dict[str, tuple[InputRequest, InputReceived] | None] = {}
+        """Request id → the request and the answer taken, or None when it timed out."""
         self._messages: deque[tuple[str, str]] = deque()
         self._closed: str | None = None
 
@@ -116,7 +118,7 @@ class TaskInteraction:
         # Timed out (an answer that raced the deadline is honoured).
         if future.done() and not future.cancelled():
             return future.result()
-        self._resolved[request_id] = False
+        self._resolved[request_id] = None
         self._set_waiting(None)
         received = InputReceived(request_id=request_id, timed_out=True)
         self._emit(received)
@@ -155,12 +157,16 @@ class TaskInteraction:
 
     # ------------------------------------------------------------------ the owner's side
 
-    def answer(self, frame: Input) -> None:
-        """Take an answer, or raise :class:`TaskError` saying why not."""
+    def answer(self, frame: Input) -> bool:
+        """Take an answer, or raise :class:`TaskError` saying why not. Returns ``True`` when
+        the request was answered before with this same answer (a resend: nothing changes)."""
         rid = frame.request_id
         waiting = self._waiting.get(rid)
         if waiting is None:
-            if self._resolved.get(rid):
+            answered = self._resolved.get(rid)
+            if answered is not None:
+                if same_answer(*answered, frame):
+                    return True
                 raise TaskError(
                     ErrorCode.ALREADY_ANSWERED,
                     f"request {rid!r} was already answered",
@@ -175,10 +181,11 @@ class TaskInteraction:
         request, future = waiting
         received = _check(request, frame, self.task_id)
         del self._waiting[rid]
-        self._resolved[rid] = True
+        self._resolved[rid] = (request, received)
         self._set_waiting(None)
         self._emit(received)
         future.set_result(received)
+        return False
 
     def add_message(self, text: str) -> str:
         """Queue a steering message; returns its id, or raises :class:`TaskError`."""
@@ -202,6 +209,16 @@ class TaskInteraction:
     def finish(self, why: str) -> None:
         """The task ended: refuse later messages with ``why``."""
         self._closed = why
+
+
+def same_answer(request: InputRequest, received: InputReceived, frame: Input) -> bool:
+    """True when ``frame`` answers ``request`` exactly as ``received`` recorded (a resend)."""
+    if received.timed_out:
+        return False
+    try:
+        return _check(request, frame, "") == received
+    except TaskError:
+        return False
 
 
 def _check(request: InputRequest, frame: Input, task_id: str) -> InputReceived:

@@ -33,11 +33,18 @@ backend, :meth:`TaskManager.threads` / :meth:`TaskManager.thread` list them); it
 thread's earlier turns (:attr:`TaskSpec.history`). A ``start`` on a thread whose previous task
 has not ended follows its ``if_busy`` policy: ``reject`` (``thread_busy``), ``enqueue`` (the run
 waits until the thread's earlier tasks have ended, with a ``task_progress`` step
-``waiting_for_thread``), ``interrupt`` (the earlier tasks are cancelled, then it runs).
+``waiting_for_thread``), ``interrupt`` (the earlier tasks are cancelled, then it runs). The
+backend decides "busy" in the same atomic step that creates the task
+(:meth:`~gateway.tasks.backend.TaskBackend.create_in_thread`), so it holds across nodes: of
+two ``reject`` starts on an idle thread exactly one wins, enqueued tasks run in the
+order they were created (each waits for the terminal event of the ones before it, wherever
+they run), and ``interrupt`` cancels through the backend, which reaches every node.
 
 Questions and steering: every run gets a :class:`~.interaction.TaskInteraction`
 (:attr:`TaskSpec.interaction`); :meth:`TaskManager.answer` and :meth:`TaskManager.message`
-reach it on whichever node runs the task (through the backend).
+reach it on whichever node runs the task (through the backend). An answer that repeats the
+one taken (same request, same answer: a client resending after a dropped connection) is
+acknowledged as resent, also once the task has ended (found in its log).
 
 Owner isolation: every call takes the owner (principal); another owner's task is reported as
 ``unknown_task``, exactly like a task that does not exist, and task ids are per owner.
@@ -67,7 +74,9 @@ from protocol.errors import ErrorCode
 from protocol.events import (
     TERMINAL_STATES,
     Event,
+    InputReceived,
     InputRequest,
+    InputRequired,
     LlmResponse,
     TaskCancelled,
     TaskCompleted,
@@ -92,17 +101,19 @@ from protocol.frames import (
 
 from .admission import RunSlots
 from .backend import (
+    ANSWER_RESENT,
     ActiveLimitReached,
     BackendUnavailable,
     CancelResult,
     InMemoryBackend,
     TaskBackend,
     TaskRecord,
+    ThreadBusy,
     ThreadTurn,
 )
 from .detach import DetachClocks
 from .errors import TaskError
-from .interaction import DEFAULT_INPUT_TIMEOUT, TaskInteraction
+from .interaction import DEFAULT_INPUT_TIMEOUT, TaskInteraction, same_answer
 from .observer import TaskObserver, TerminalObserver, TimingObserver
 from .subscription import Deliver, Subscription
 
@@ -302,8 +313,6 @@ class TaskManager:
                 if found is not None:
                     return await self._existing(found, input, options, deliver, thread_id)
             self._check_open(task_id)
-            if thread_id is not None:
-                after = await self._thread_admission(owner, thread_id, if_busy, task_id)
             now = time.time()
             record = TaskRecord(
                 owner=owner,
@@ -322,9 +331,15 @@ class TaskManager:
                 undo = await self._backend.listen(owner, record.task_id, sub._on_live)
             try:
                 self._check_open(task_id)
-                found = await self._backend.create(
-                    record, max_active=self.config.max_tasks_per_owner
-                )
+                if thread_id is None:
+                    found = await self._backend.create(
+                        record, max_active=self.config.max_tasks_per_owner
+                    )
+                else:
+                    found, after = await self._create_in_thread(record, if_busy)
+            except ThreadBusy as exc:
+                undo()
+                raise _thread_busy(str(thread_id), exc, self.config.max_queued_per_thread) from None
             except ActiveLimitReached as exc:
                 undo()
                 raise TaskError(
@@ -339,10 +354,6 @@ class TaskManager:
         if found is not None:  # lost a race with an identical start
             undo()
             return await self._existing(found, input, options, deliver, thread_id)
-        if thread_id is not None:
-            turn = ThreadTurn(task_id=record.task_id, input=input, created=now, updated=now)
-            with _unavailable_refuses("start"):
-                await self._backend.thread_add(owner, thread_id, turn)
         task = self._launch(record, sub, undo, after)
         if if_busy == "interrupt":
             for other in after:
@@ -356,35 +367,27 @@ class TaskManager:
             after[-1] if after and if_busy == "enqueue" and not task.terminal else None,
         )
 
-    async def _thread_admission(
-        self, owner: str, thread_id: str, if_busy: IfBusy, task_id: str | None
-    ) -> tuple[str, ...]:
-        """The thread's unfinished tasks the new one must wait for (after cancelling them,
-        for ``interrupt``); raises ``thread_busy`` under ``reject`` or a full queue."""
-        turns = await self._backend.thread_turns(owner, thread_id) or []
-        busy = [t.task_id for t in turns if not t.final]
-        if busy:
-            # A turn's own record may be more recent than the thread's copy (ended on a node
-            # whose thread write is still queued, or expired).
-            records = [await self._backend.get(owner, t) for t in busy]
-            busy = [t for t, r in zip(busy, records, strict=True) if r is not None and not r.final]
-        if not busy:
-            return ()
-        if if_busy == "reject":
-            raise TaskError(
-                ErrorCode.THREAD_BUSY,
-                f"thread {thread_id!r} is busy with task {busy[-1]!r}; retry when it ends, or "
-                "start with if_busy enqueue or interrupt",
-                task_id=busy[-1],
-            )
-        limit = self.config.max_queued_per_thread
-        if if_busy == "enqueue" and len(busy) > limit:
-            raise TaskError(
-                ErrorCode.THREAD_BUSY,
-                f"thread {thread_id!r} already has {limit} tasks waiting (the limit)",
-                task_id=busy[-1],
-            )
-        return tuple(busy)
+    async def _create_in_thread(
+        self, record: TaskRecord, if_busy: IfBusy
+    ) -> tuple[TaskRecord | None, tuple[str, ...]]:
+        """Create the task as its thread's next turn: the existing record (an idempotent
+        retry), or ``None`` and the thread's unfinished tasks it was admitted behind."""
+        turn = ThreadTurn(
+            task_id=record.task_id,
+            input=record.input,
+            created=record.created,
+            updated=record.updated,
+        )
+        admitted = await self._backend.create_in_thread(
+            record,
+            turn,
+            if_busy=if_busy,
+            max_queued=self.config.max_queued_per_thread,
+            max_active=self.config.max_tasks_per_owner,
+        )
+        if isinstance(admitted, TaskRecord):
+            return admitted, ()
+        return None, admitted
 
     def _launch(
         self,
@@ -560,18 +563,43 @@ class TaskManager:
 
     # ------------------------------------------------------------------ questions, messages
 
-    async def answer(self, owner: str, answer: Input) -> None:
-        """Answer one of a task's requests (the first valid answer wins); raises
+    async def answer(self, owner: str, answer: Input) -> bool:
+        """Answer one of a task's requests (the first valid answer wins). Returns ``True``
+        when this very answer had been taken before (a resend; nothing changes). Raises
         :class:`TaskError` (``unknown_task``, ``task_finished``, ``unknown_request``,
-        ``already_answered``, ``invalid_answer``)."""
+        ``already_answered``, ``invalid_answer``, ``unavailable`` when the node running the
+        task did not reply)."""
         task = self._active.get((owner, answer.task_id))
         if task is not None and task.interaction is not None and not task.terminal:
-            task.interaction.answer(answer)
-            return
+            return task.interaction.answer(answer)
         with _unavailable_refuses("input"):
             verdict = await self._backend.send_input(owner, answer.task_id, answer)
-        if verdict is not None:
-            raise _refusal(verdict, answer.task_id)
+            if verdict is None:
+                return False
+            if verdict == ANSWER_RESENT:
+                return True
+            if verdict.startswith(ErrorCode.TASK_FINISHED + ":"):
+                answered = await self._answered(owner, answer)
+                if answered is not None:
+                    if answered:
+                        return True
+                    verdict = f"already_answered: request {answer.request_id!r} was answered"
+        raise _refusal(verdict, answer.task_id)
+
+    async def _answered(self, owner: str, answer: Input) -> bool | None:
+        """For a task that has ended: whether its log records this very answer to the request
+        (``True``) or another one (``False``); ``None`` when it records no answer to it."""
+        found = await self._backend.read(owner, answer.task_id, 0)
+        request = received = None
+        for frame in found.frames if found is not None else ():
+            event = frame.event
+            if type(event) is InputRequired and event.request.request_id == answer.request_id:
+                request = event.request
+            elif type(event) is InputReceived and event.request_id == answer.request_id:
+                received = event
+        if request is None or received is None or received.timed_out:
+            return None
+        return same_answer(request, received, answer)
 
     async def message(self, owner: str, task_id: str, text: str) -> str:
         """Queue a steering message for the task's agent; returns its ``message_id``. Raises
@@ -725,13 +753,27 @@ class TaskManager:
             if turn.task_id == task_id:
                 break
             if not turn.final:
-                continue
+                turn = await self._ended_turn(owner, turn)
+                if not turn.final:
+                    continue
             if turn.state == "completed":
                 answer = turn.summary or turn.final_answer or "(no answer)"
             else:
                 answer = f"(this turn ended without an answer: {turn.state}, {turn.reason})"
             history.append(Turn(turn.input, answer))
         return tuple(history)
+
+    async def _ended_turn(self, owner: str, turn: ThreadTurn) -> ThreadTurn:
+        """The turn as its task's record and terminal event have it: the thread's copy lags
+        when another node ended the task and its thread write is not stored yet."""
+        record = await self._backend.get(owner, turn.task_id)
+        if record is None or not record.final:
+            return turn
+        found = await self._backend.read(owner, turn.task_id, record.last_seq - 1)
+        last = found.frames[-1] if found is not None and found.frames else None
+        if last is None or type(last.event) not in TERMINAL_STATES:
+            return turn
+        return _turn(record, last.event, last.ts)
 
     def _queued(self, task: _Task, position: int) -> None:
         self._emit(
@@ -932,10 +974,10 @@ class _Handler:
         if task is None or task.interaction is None or task.terminal:
             return f"task_finished: task {task_id!r} has ended"
         try:
-            task.interaction.answer(answer)
+            resent = task.interaction.answer(answer)
         except TaskError as exc:
             return f"{exc.code.value}: {exc.message}"
-        return None
+        return ANSWER_RESENT if resent else None
 
     def message_given(self, owner: str, task_id: str, text: str) -> str:
         task = self._manager._active.get((owner, task_id))
@@ -965,6 +1007,17 @@ def _turn(record: TaskRecord, terminal: Event, now: float) -> ThreadTurn:
         summary=summary,
         reason=reason,
     )
+
+
+def _thread_busy(thread_id: str, exc: ThreadBusy, limit: int) -> TaskError:
+    if exc.queue_full:
+        message = f"thread {thread_id!r} already has {limit} tasks waiting (the limit)"
+    else:
+        message = (
+            f"thread {thread_id!r} is busy with task {exc.busy[-1]!r}; retry when it ends, "
+            "or start with if_busy enqueue or interrupt"
+        )
+    return TaskError(ErrorCode.THREAD_BUSY, message, task_id=exc.busy[-1])
 
 
 def _refusal(verdict: str, task_id: str) -> TaskError:

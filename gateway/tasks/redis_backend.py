@@ -30,6 +30,16 @@ Nodes and failure:
 - ``request_cancel`` marks the task (``cancel`` field), publishes to the running node's
   control channel, and adds the request to that node's ``cancels`` set, which the node reads
   on every lease tick: a lost publish delays a cancel by one tick, never forever.
+- ``send_input`` / ``send_message`` for a task another process runs are a request/reply over
+  the same channel and set: the request carries a correlation id and the sending node to reply
+  to; the running node claims the id (:data:`~gateway.tasks.redis_scripts.CLAIM`), applies the
+  request through its handler, stores the verdict under the id and publishes it to the
+  sender's control channel, where it reaches the one call waiting for it (which also reads
+  the stored verdict now and then, in case the reply was lost). A sender that gets no
+  verdict within ``reply_timeout`` claims the id as abandoned: from then on the request is
+  never applied, and the caller gets a retryable ``unavailable`` refusal (or the verdict, when
+  the reply alone was lost). A lost publish is made good by the set on the next lease tick, if
+  the sender still waits.
 - Redis unavailable: coroutines raise :exc:`~gateway.tasks.backend.BackendUnavailable`;
   writes stay queued and the flusher retries with backoff (50 ms doubling to 2 s). Past
   ``max_buffered`` writes or ``buffer_seconds`` of outage, the running tasks of this process
@@ -56,6 +66,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -70,7 +81,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol.events import InputRequest, TaskFailed, Usage
-from protocol.frames import EventFrame, Gap, Input, StartOptions, TaskState, ThreadSummary
+from protocol.frames import (
+    EventFrame,
+    Gap,
+    IfBusy,
+    Input,
+    StartOptions,
+    TaskState,
+    ThreadSummary,
+)
 
 from . import redis_cluster as cluster
 from . import redis_scripts as lua
@@ -84,6 +103,7 @@ from .backend import (
     NodeHandler,
     Retention,
     TaskRecord,
+    ThreadBusy,
     ThreadTurn,
 )
 
@@ -108,7 +128,36 @@ _frame_decoder = msgspec.json.Decoder(EventFrame)
 _options_decoder = msgspec.json.Decoder(StartOptions)
 _usage_decoder = msgspec.json.Decoder(Usage)
 _input_request_decoder = msgspec.json.Decoder(InputRequest)
-_ctl_decoder = msgspec.json.Decoder(dict[str, str])
+
+
+class _Control(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A message on a node's control channel (and in its ``cancels`` set)."""
+
+    owner: str = ""
+    task_id: str = ""
+    op: str = "cancel"
+    """``cancel``; ``input`` and ``message`` (requests); ``reply`` (to one of those)."""
+    reason: str = ""
+    """Of a cancel."""
+    corr: str = ""
+    """Correlation id of a request and its reply."""
+    reply_to: str = ""
+    """The node whose control channel gets the reply (none: the sender reads the fate key)."""
+    answer: Input | None = None
+    text: str | None = None
+    verdict: str | None = None
+    """Of a reply: the handler's verdict, ``""`` for an answer taken."""
+
+
+_ctl_decoder = msgspec.json.Decoder(_Control)
+_TAKEN, _ABANDONED, _VERDICT = b"taken", b"abandoned", b"v:"
+_FATE_TTL_MS = 600_000
+"""How long the fate of a forwarded request is kept: far longer than any sender waits."""
+
+
+class _NoReply(Exception):
+    """No verdict came for a forwarded request (its message says what is known)."""
+
 
 Key = tuple[str, str]
 
@@ -231,12 +280,20 @@ class RedisBackend:
                 "REMOVE",
                 "TRIM_OWNER",
                 "TRIM_ALL",
+                "THREAD_CREATE",
+                "CLAIM",
             )
         }
         self._cluster = cfg.cluster
         if cfg.cluster:
             self._use_cluster()
         self._handlers: dict[str, NodeHandler] = {}
+        self._replies: dict[str, asyncio.Future[str]] = {}
+        """Correlation id → the call waiting for the verdict of its forwarded request."""
+        self.reply_timeout = cfg.lease / 3 + self._timeout
+        """Seconds a forwarded answer or message waits for the running node's verdict: one
+        lease tick (when the publish was lost, the node reads it from its set) and a round
+        trip's timeout."""
         self._local: dict[Key, _Local] = {}
         self._watches: dict[Key, _Watch] = {}
         self._by_channel: dict[str, Key] = {}
@@ -471,30 +528,221 @@ class RedisBackend:
             )
         return out
 
+    async def create_in_thread(
+        self,
+        record: TaskRecord,
+        turn: ThreadTurn,
+        *,
+        if_busy: IfBusy,
+        max_queued: int,
+        max_active: int | None = None,
+    ) -> TaskRecord | tuple[str, ...]:
+        owner, task_id, thread_id = record.owner, record.task_id, record.thread_id
+        assert thread_id is not None, "create_in_thread needs record.thread_id"
+        keys = self._task_keys(owner, task_id)
+        base = self._base(owner)
+        thread_key, idx = self._thread_keys(owner, thread_id)
+        r = self.retention
+        changed = max(turn.created, turn.updated)
+        member = _member(owner, task_id)
+        tasks_key = self._node_key(record.node, "tasks")
+        await self._ensure()
+        await self._thread_writes_done()  # the busy check reads this node's turn updates
+        try:
+            await self._redis.sadd(tasks_key, member)  # as in create: swept if this dies
+            result = await self._scripts["THREAD_CREATE"](
+                keys=[keys[0], base + "idx", keys[3], thread_key, idx],
+                args=[
+                    task_id,
+                    record.created,
+                    max_active or 0,
+                    if_busy,
+                    max_queued,
+                    _TURN_ENCODER.encode(turn),
+                    int((changed + r.thread_ttl) * 1000),
+                    r.max_turns_per_thread,
+                    thread_id,
+                    changed,
+                    time.time() - r.thread_ttl,
+                    r.max_threads_per_owner,
+                    base,
+                    *_fields(record, full=True),
+                    "first_seq",
+                    record.last_seq + 1,
+                    "bytes",
+                    0,
+                ],
+            )
+        except (*_UNREACHABLE, RedisError) as exc:
+            raise _unavailable(exc) from exc
+        verdict = result[0]
+        if verdict == 1:
+            self._created_here(record)
+            return tuple(b.decode() for b in result[1])
+        with contextlib.suppress(RedisError, *_UNREACHABLE):
+            await self._redis.srem(tasks_key, member)
+        if verdict == -1:
+            raise ActiveLimitReached(max_active or 0)
+        if verdict in (-2, -3):
+            raise ThreadBusy(tuple(b.decode() for b in result[1]), verdict == -3)
+        return _record_from(_pairs(result[1]))
+
+    def _created_here(self, record: TaskRecord) -> None:
+        """This process created ``record`` and writes it from now on."""
+        key = (record.owner, record.task_id)
+        self._local[key] = self._new_local(record)
+        watch = self._watches.get(key)
+        if watch is not None and watch.remote:
+            watch.remote = False  # fed by the flusher now, not by the channel
+            self._unsubscribe(watch)
+
+    # ------------------------------------------------------------------ answers and messages
+    #
+    # To a task this process runs: straight to its node's handler. To a task another process
+    # runs: a request over that node's control channel (see the module docstring).
+
     async def send_input(self, owner: str, task_id: str, answer: Input) -> str | None:
-        handler = await self._running_handler(owner, task_id)
-        return handler if isinstance(handler, str) else handler.input_given(owner, task_id, answer)
+        node = await self._running_node(owner, task_id)
+        if node.startswith("!"):
+            return node[1:]
+        handler = self._handlers.get(node)
+        if handler is not None:
+            return handler.input_given(owner, task_id, answer)
+        request = _Control(op="input", owner=owner, task_id=task_id, answer=answer)
+        try:
+            verdict = await self._forward(node, request)
+        except _NoReply as exc:
+            return f"unavailable: {exc}"
+        return verdict or None
 
     async def send_message(self, owner: str, task_id: str, text: str) -> str:
-        handler = await self._running_handler(owner, task_id)
-        if isinstance(handler, str):
-            return "!" + handler
-        return handler.message_given(owner, task_id, text)
+        node = await self._running_node(owner, task_id)
+        if node.startswith("!"):
+            return node
+        handler = self._handlers.get(node)
+        if handler is not None:
+            return handler.message_given(owner, task_id, text)
+        request = _Control(op="message", owner=owner, task_id=task_id, text=text)
+        try:
+            return await self._forward(node, request)
+        except _NoReply as exc:
+            return f"!unavailable: {exc}"
 
-    async def _running_handler(self, owner: str, task_id: str) -> NodeHandler | str:
+    async def _running_node(self, owner: str, task_id: str) -> str:
+        """The node running the owner's active task, or ``"!code: message"``."""
         record = await self.get(owner, task_id)
         if record is None:
-            return f"unknown_task: no task {task_id!r}"
+            return f"!unknown_task: no task {task_id!r}"
         if record.final:
-            return f"task_finished: task {task_id!r} has ended ({record.state})"
-        handler = self._handlers.get(record.node)
-        if handler is None:
-            # Not yet: a request/reply to the running node over its control channel.
-            return (
-                f"internal: task {task_id!r} runs on another gateway; answer or steer it "
-                "through a connection to that gateway"
+            return f"!task_finished: task {task_id!r} has ended ({record.state})"
+        return record.node
+
+    def _fate_key(self, corr: str) -> str:
+        return f"{self._p}:rr:{corr}"
+
+    async def _forward(self, node: str, request: _Control) -> str:
+        """Send a request to ``node`` and return its verdict; raises :exc:`_NoReply`."""
+        corr = uuid.uuid4().hex
+        request.corr = corr
+        request.reply_to = next(iter(self._handlers), "")
+        payload = _encoder.encode(request)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._replies[corr] = future
+        try:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                # The set first: the node takes the request out of it once applied.
+                pipe.sadd(self._node_key(node, "cancels"), payload)
+                pipe.execute_command("SPUBLISH", self._node_key(node, "ctl"), payload)
+                pipe.exists(self._node_key(node))
+                _, _, alive = await pipe.execute()
+            except (*_UNREACHABLE, RedisError) as exc:
+                raise _unavailable(exc) from exc
+            if alive:
+                verdict = await self._await_verdict(corr, future, bool(request.reply_to))
+                if verdict is not None:
+                    return verdict
+                what = f"did not reply within {self.reply_timeout:g} s"
+            else:
+                what = "has lost its lease (it stopped or was cut off)"
+            return await self._give_up(corr, request, what)
+        finally:
+            self._replies.pop(corr, None)
+
+    async def _await_verdict(
+        self, corr: str, future: asyncio.Future[str], replied: bool
+    ) -> str | None:
+        """Wait for the reply; now and then read the fate key too, where the verdict is
+        stored when the reply is lost (or when there is no node here to reply to)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reply_timeout
+        step = 0.05 if replied else 0.01
+        while (left := deadline - loop.time()) > 0:
+            done, _ = await asyncio.wait([future], timeout=min(left, step))
+            if done:
+                return future.result()
+            step = min(step * 2, 0.5)
+            with contextlib.suppress(RedisError, *_UNREACHABLE):
+                fate = await self._redis.get(self._fate_key(corr))
+                if fate is not None and fate.startswith(_VERDICT):
+                    return str(fate[len(_VERDICT) :].decode())
+        return None
+
+    async def _give_up(self, corr: str, request: _Control, what: str) -> str:
+        """No verdict came: claim the request as abandoned (then it is never applied), or
+        learn what became of it."""
+        task = f"the gateway running task {request.task_id!r} {what}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reply_timeout
+        try:
+            while True:
+                fate = await self._scripts["CLAIM"](
+                    keys=[self._fate_key(corr)], args=[_ABANDONED, _FATE_TTL_MS]
+                )
+                if fate is None:
+                    raise _NoReply(f"{task}; it was not taken: retry shortly")
+                if fate.startswith(_VERDICT):
+                    return str(fate[len(_VERDICT) :].decode())
+                if loop.time() >= deadline:  # taken, and no verdict stored since
+                    break
+                await asyncio.sleep(0.05)
+        except (*_UNREACHABLE, RedisError) as exc:
+            task = f"{task}, and the task store is unreachable ({exc})"
+        if request.op == "input":
+            raise _NoReply(
+                f"{task}; it may have been taken: send it again (the same answer "
+                "is acknowledged as resent)"
             )
-        return handler
+        raise _NoReply(
+            f"{task}; it may have been queued: look for its user_message event "
+            "before sending it again"
+        )
+
+    async def _serve(self, node: str, request: _Control, payload: bytes) -> None:
+        """Apply a request forwarded to ``node`` (once), store and send the verdict."""
+        handler = self._handlers.get(node)
+        fate_key = self._fate_key(request.corr)
+        try:
+            fate = await self._scripts["CLAIM"](keys=[fate_key], args=[_TAKEN, _FATE_TTL_MS])
+        except (*_UNREACHABLE, RedisError) as exc:
+            log.warning("redis: a forwarded %s was not served: %s", request.op, exc)
+            return  # its sender gives up after its timeout
+        if fate is not None or handler is None:
+            return  # served already (it came twice: channel and set), or abandoned
+        if request.op == "input" and request.answer is not None:
+            verdict = handler.input_given(request.owner, request.task_id, request.answer) or ""
+        else:
+            verdict = handler.message_given(request.owner, request.task_id, request.text or "")
+        reply = _Control(op="reply", corr=request.corr, verdict=verdict)
+        with contextlib.suppress(RedisError, *_UNREACHABLE):  # the sender reads the fate key
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(fate_key, _VERDICT + verdict.encode(), px=_FATE_TTL_MS)
+            pipe.srem(self._node_key(node, "cancels"), payload)
+            if request.reply_to:
+                pipe.execute_command(
+                    "SPUBLISH", self._node_key(request.reply_to, "ctl"), _encoder.encode(reply)
+                )
+            await pipe.execute()
 
     async def flush(self) -> None:
         await self._ensure()
@@ -917,13 +1165,21 @@ class RedisBackend:
         handler = self._handlers.get(node)
         try:
             msg = _ctl_decoder.decode(payload)
-            owner, task_id, reason = msg["owner"], msg["task_id"], msg["reason"]
-        except (msgspec.DecodeError, KeyError):
+        except msgspec.DecodeError:
             log.warning("redis: bad control message %r", payload[:200])
             return
-        local = self._local.get((owner, task_id))
+        if msg.op == "reply":
+            future = self._replies.get(msg.corr)
+            if future is not None and not future.done():
+                future.set_result(msg.verdict or "")
+            return
+        if msg.op in ("input", "message"):
+            if handler is not None and msg.corr:
+                self._spawn(self._serve(node, msg, payload))
+            return
+        local = self._local.get((msg.owner, msg.task_id))
         if handler is not None and local is not None and not local.fenced:
-            handler.cancel_requested(owner, task_id, reason)
+            handler.cancel_requested(msg.owner, msg.task_id, msg.reason)
 
     # ------------------------------------------------------------------ the flusher
 

@@ -19,8 +19,13 @@ holds no ``{``, ``}`` or ``:``; ``T`` the task id):
 ``P:node:N``                    string with a TTL: node ``N`` is alive (its lease)
 ``P:nodes``                     sorted set: the nodes ever seen, for the sweeper
 ``P:node:N:tasks``              set: unfinished tasks of node ``N`` (``O`` NUL ``T``)
-``P:node:N:cancels``            set: cancel requests for node ``N`` (the fallback of ``ctl``)
-``P:node:N:ctl``                sharded pub/sub channel: cancel requests for node ``N``
+``P:node:N:cancels``            set: control requests for node ``N`` (the fallback of ``ctl``)
+``P:node:N:ctl``                sharded pub/sub channel: control requests for node ``N``
+                                (cancels; answers and messages, and the replies to them)
+``P:{O}:th:H``                  list: the turns of thread ``H`` (MessagePack)
+``P:{O}:thidx``                 sorted set: the owner's threads by latest change
+``P:rr:C``                      string with a TTL: the fate of forwarded request ``C``
+                                (:data:`CLAIM`)
 ==============================  ==========================================================
 
 Every script touches the keys of one owner only, whose hash tag ``{O}`` puts them in one
@@ -39,9 +44,11 @@ __all__ = [
     "ADOPT",
     "APPEND",
     "CANCEL",
+    "CLAIM",
     "CREATE",
     "END_LOST",
     "REMOVE",
+    "THREAD_CREATE",
     "TRIM_ALL",
     "TRIM_OWNER",
     "UPDATE",
@@ -295,3 +302,73 @@ return popped
 """
 """The bounds on the finished tasks of all owners: count them in (and out), and pop the
 oldest past the bounds (whoever pops a task removes it, so each is removed once)."""
+
+
+THREAD_CREATE = """
+-- KEYS: hash, idx, active, thread list, thread index
+-- ARGV: task_id, created, max_active (0: no limit), if_busy, max_queued, turn (MessagePack),
+--       thread expiry (unix ms), max turns, thread_id, thread score, thread horizon,
+--       max threads, key base, field, value, ...
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local function ended(state)
+  return state == 'completed' or state == 'failed' or state == 'cancelled'
+end
+local busy = {}
+for _, raw in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+  local turn = cmsgpack.unpack(raw)
+  if not ended(turn['state']) then
+    -- The turn's copy lags its task's record (ended on a node whose thread write is queued,
+    -- or removed): the record decides. Same slot: the owner's hash tag.
+    local state = redis.call('HGET', ARGV[13] .. 't:' .. turn['task_id'], 'state')
+    if state and not ended(state) then
+      busy[#busy + 1] = turn['task_id']
+    end
+  end
+end
+if #busy > 0 and ARGV[4] == 'reject' then
+  return {-2, busy}
+end
+if ARGV[4] == 'enqueue' and #busy > tonumber(ARGV[5]) then
+  return {-3, busy}
+end
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then
+  return {-1}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 14))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('RPUSH', KEYS[4], ARGV[6])
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[8]), -1)
+redis.call('PEXPIREAT', KEYS[4], ARGV[7])
+redis.call('ZADD', KEYS[5], ARGV[10], ARGV[9])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[11])
+for _, name in ipairs(redis.call('ZRANGE', KEYS[5], 0, -(tonumber(ARGV[12]) + 1))) do
+  redis.call('ZREM', KEYS[5], name)
+  redis.call('DEL', ARGV[13] .. 'th:' .. name)
+end
+return {1, busy}
+"""
+"""Create an active task as the next turn of its thread, in one step with the check of the
+thread's unfinished tasks, so that two starts on one thread through two gateways cannot both
+find it idle. Returns ``{0, record}`` for an existing id, ``{-1}`` past the active-task limit,
+``{-2, busy}`` (``reject``) or ``{-3, busy}`` (``enqueue`` beyond ``max_queued``) for a busy
+thread, else ``{1, busy}``: created, behind the ``busy`` tasks (oldest first)."""
+
+
+CLAIM = """
+-- KEYS: the request's fate
+-- ARGV: value, ttl (ms)
+local fate = redis.call('GET', KEYS[1])
+if fate then
+  return fate
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+"""Decide the fate of a forwarded answer or message once: the node running the task claims it
+(``taken``) before applying it, the sender claims it (``abandoned``) when it stops waiting.
+Whoever comes second gets the first one's value (or the verdict written after ``taken``), so
+a request is applied at most once, and never after its sender gave up."""

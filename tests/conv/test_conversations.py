@@ -212,9 +212,15 @@ async def test_a_question_is_answered_once_from_any_connection(tmp_path: Path) -
         other = await answer(bob, task_id="ask-1", request_id=rid, text="1")
         assert isinstance(other, ErrorFrame) and other.code == "unknown_task"
 
-        assert isinstance(await answer(phone, task_id="ask-1", request_id=rid, text="21"), InputAck)
+        taken = await answer(phone, task_id="ask-1", request_id=rid, text="21")
+        assert isinstance(taken, InputAck) and taken.resent is False
         late = await answer(alice, task_id="ask-1", request_id=rid, text="5")
         assert isinstance(late, ErrorFrame) and late.code == "already_answered"
+        # The phone lost its connection before the ack and sends its answer again.
+        await phone.close()
+        phone = await Client.connect(gw.url + f"?token={ALICE}")
+        again = await answer(phone, task_id="ask-1", request_id=rid, text="21")
+        assert isinstance(again, InputAck) and again.resent is True
         await alice.until_finished([task.task_id])
         (received,) = events(alice, "ask-1", InputReceived)
         assert received == InputReceived(request_id=rid, text="21")
@@ -223,7 +229,13 @@ async def test_a_question_is_answered_once_from_any_connection(tmp_path: Path) -
         assert call.arguments == {"expression": "21*2"}
         assert alice.events["ask-1"][-1].event.final_answer == "42"  # type: ignore[union-attr]
         assert_seq_continuous(alice.events["ask-1"])
-        finished = await answer(alice, task_id="ask-1", request_id=rid, text="5")
+        # Once the task has ended, its log still tells a resend from another answer, and a
+        # request it never made is refused as finished.
+        again = await answer(phone, task_id="ask-1", request_id=rid, text="21")
+        assert isinstance(again, InputAck) and again.resent is True
+        other = await answer(alice, task_id="ask-1", request_id=rid, text="5")
+        assert isinstance(other, ErrorFrame) and other.code == "already_answered"
+        finished = await answer(alice, task_id="ask-1", request_id="question-9", text="5")
         assert isinstance(finished, ErrorFrame) and finished.code == "task_finished"
         for c in (alice, phone, bob):
             await c.close()

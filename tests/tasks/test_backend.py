@@ -7,17 +7,21 @@ it wrote calls ``flush()`` first, and waits for listeners on events, never on ti
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from gateway.tasks import (
     ActiveLimitReached,
+    InMemoryBackend,
     Retention,
     TaskBackend,
     TaskRecord,
+    ThreadTurn,
 )
+from gateway.tasks.backend import ANSWER_RESENT, ThreadBusy
 from protocol.events import Event, LlmResponse, TaskCompleted, TaskStarted, Usage
-from protocol.frames import EventFrame, Gap, StartOptions
+from protocol.frames import EventFrame, Gap, Input, StartOptions
 from tests.tasks.helpers import BackendFactory
 
 
@@ -63,6 +67,8 @@ class Handler:
     def __init__(self) -> None:
         self.cancels: list[tuple[str, str, str]] = []
         self.lost: list[tuple[str, str, str]] = []
+        self.answers: list[tuple[str, str, Input]] = []
+        self.messages: list[tuple[str, str, str]] = []
         self.told = asyncio.Event()
 
     def cancel_requested(self, owner: str, task_id: str, reason: str) -> None:
@@ -72,6 +78,15 @@ class Handler:
     def task_lost(self, owner: str, task_id: str, reason: str) -> None:
         self.lost.append((owner, task_id, reason))
         self.told.set()
+
+    def input_given(self, owner: str, task_id: str, answer: Input) -> str | None:
+        # A node's verdicts, as a manager gives them: by the answer's text here.
+        self.answers.append((owner, task_id, answer))
+        return {"ok": None, "again": ANSWER_RESENT}.get(answer.text or "", "invalid_answer: no")
+
+    def message_given(self, owner: str, task_id: str, text: str) -> str:
+        self.messages.append((owner, task_id, text))
+        return f"msg-{len(self.messages)}" if text != "full" else "!too_many_messages: full"
 
 
 # -- registry
@@ -254,6 +269,138 @@ async def test_cancel_requests_reach_the_node_running_the_task(backend: TaskBack
     run_to_end(backend, rec, 2)
     await backend.flush()
     assert await backend.request_cancel("alice", "t1", "stop") == "already_terminal"
+
+
+async def test_answers_and_messages_reach_the_node_running_the_task(
+    backend: TaskBackend,
+) -> None:
+    one, two = Handler(), Handler()
+    backend.attach("n1", one)
+    backend.attach("n2", two)
+    rec = record(node="n2")
+    await backend.create(rec)
+
+    def given(text: str) -> Input:
+        return Input(id=1, task_id="t1", request_id="question-1", text=text)
+
+    # The running node's verdicts come back as they are.
+    assert await backend.send_input("alice", "t1", given("ok")) is None
+    assert await backend.send_input("alice", "t1", given("again")) == ANSWER_RESENT
+    assert await backend.send_input("alice", "t1", given("x")) == "invalid_answer: no"
+    assert await backend.send_message("alice", "t1", "steer") == "msg-1"
+    assert await backend.send_message("alice", "t1", "full") == "!too_many_messages: full"
+    assert [a[2].text for a in two.answers] == ["ok", "again", "x"] and one.answers == []
+    assert [m[2] for m in two.messages] == ["steer", "full"] and one.messages == []
+    # No active task: refused without asking a node (another owner's task is unknown).
+    assert (await backend.send_input("bob", "t1", given("ok")) or "").startswith("unknown_task:")
+    assert (await backend.send_message("alice", "nope", "x")).startswith("!unknown_task:")
+    run_to_end(backend, rec, 2)
+    await backend.flush()
+    assert (await backend.send_input("alice", "t1", given("ok")) or "").startswith("task_finished:")
+    assert (await backend.send_message("alice", "t1", "x")).startswith("!task_finished:")
+    assert len(two.answers) == 3 and len(two.messages) == 2
+
+
+# -- threads
+
+
+def in_thread(task_id: str, thread_id: str = "th", owner: str = "alice") -> TaskRecord:
+    now = time.time()
+    return record(owner, task_id, created=now, updated=now, thread_id=thread_id)
+
+
+def turn_of(rec: TaskRecord) -> ThreadTurn:
+    return ThreadTurn(task_id=rec.task_id, input=rec.input, created=rec.created)
+
+
+async def create_in_thread(
+    backend: TaskBackend, rec: TaskRecord, if_busy: str = "reject", max_queued: int = 8
+) -> TaskRecord | tuple[str, ...]:
+    return await backend.create_in_thread(
+        rec,
+        turn_of(rec),
+        if_busy=if_busy,  # type: ignore[arg-type]
+        max_queued=max_queued,
+    )
+
+
+async def test_create_in_thread_decides_busy_with_the_create(backend: TaskBackend) -> None:
+    first = in_thread("t1")
+    assert await create_in_thread(backend, first) == ()
+    assert [t.task_id for t in await backend.thread_turns("alice", "th") or []] == ["t1"]
+    assert await backend.get("alice", "t1") == first
+    with pytest.raises(ThreadBusy) as busy:
+        await create_in_thread(backend, in_thread("t2"))
+    assert busy.value.busy == ("t1",) and not busy.value.queue_full
+    assert await backend.get("alice", "t2") is None  # refused: nothing stored
+    assert await create_in_thread(backend, in_thread("t2"), "enqueue") == ("t1",)
+    with pytest.raises(ThreadBusy) as full:
+        await create_in_thread(backend, in_thread("t3"), "enqueue", max_queued=1)
+    assert full.value.busy == ("t1", "t2") and full.value.queue_full
+    assert await create_in_thread(backend, in_thread("t3"), "interrupt") == ("t1", "t2")
+    # An existing id is returned, whatever the thread's state (an idempotent retry).
+    assert await create_in_thread(backend, in_thread("t1")) == first
+    # Another owner's thread of that id is another thread; another thread is idle.
+    assert await create_in_thread(backend, in_thread("t1", owner="bob")) == ()
+    assert await create_in_thread(backend, in_thread("u1", thread_id="other")) == ()
+    # A task that ended is no longer busy, even before the thread's copy of its turn says so.
+    for rec in (first, in_thread("t2"), in_thread("t3")):
+        run_to_end(backend, rec, 2)
+    await backend.flush()
+    assert await create_in_thread(backend, in_thread("t4")) == ()
+    assert [t.task_id for t in await backend.thread_turns("alice", "th") or []] == [
+        "t1",
+        "t2",
+        "t3",
+        "t4",
+    ]
+
+
+async def test_create_in_thread_counts_the_active_limit(backend: TaskBackend) -> None:
+    await backend.create(record(task_id="a"), max_active=1)
+    with pytest.raises(ActiveLimitReached):
+        await backend.create_in_thread(
+            in_thread("t1"),
+            turn_of(in_thread("t1")),
+            if_busy="reject",
+            max_queued=8,
+            max_active=1,
+        )
+    assert await backend.thread_turns("alice", "th") is None
+
+
+async def test_concurrent_starts_on_an_idle_thread_one_wins(
+    make_backend: BackendFactory,
+) -> None:
+    # Two backends on one store play two gateways (one store for the in-memory one).
+    first = make_backend()
+    second = make_backend() if not isinstance(first, InMemoryBackend) else first
+    for n in range(5):
+        outcomes = await asyncio.gather(
+            *(
+                create_in_thread(b, in_thread(f"{n}-{i}", thread_id=f"race-{n}"))
+                for i, b in enumerate((first, second, first, second))
+            ),
+            return_exceptions=True,
+        )
+        assert sorted(type(o).__name__ for o in outcomes) == [
+            "ThreadBusy",
+            "ThreadBusy",
+            "ThreadBusy",
+            "tuple",
+        ], outcomes
+        assert len(await first.thread_turns("alice", f"race-{n}") or []) == 1
+        enqueued = await asyncio.gather(
+            *(
+                create_in_thread(b, in_thread(f"{n}-q{i}", thread_id=f"race-{n}"), "enqueue")
+                for i, b in enumerate((first, second, first))
+            )
+        )
+        # Each waits for all the thread's tasks created before it: one order, no ties.
+        assert sorted(len(e) for e in enqueued) == [1, 2, 3]  # type: ignore[arg-type]
+        turns = [t.task_id for t in await second.thread_turns("alice", f"race-{n}") or []]
+        for e in enqueued:
+            assert isinstance(e, tuple) and list(e) == turns[: len(e)]
 
 
 # -- lifetime

@@ -3,14 +3,30 @@ with scripted runs."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 
 import pytest
 
 from gateway.streaming import Turn
-from gateway.tasks import Retention, TaskError, TaskManager, TaskSpec, ThreadTurn
+from gateway.tasks import (
+    InMemoryBackend,
+    Retention,
+    TaskError,
+    TaskManager,
+    TaskSpec,
+    ThreadTurn,
+)
 from gateway.testing import HOLD, ScriptedRunner
-from protocol import Input, InputReceived, InputRequired, TaskCompleted, TaskProgress
+from protocol import (
+    Input,
+    InputReceived,
+    InputRequired,
+    TaskCompleted,
+    TaskProgress,
+    UserMessage,
+)
 from tests.tasks.helpers import BackendFactory
 
 NOW = time.time()
@@ -160,3 +176,89 @@ async def test_answers_reach_the_run_through_the_manager() -> None:
         InputReceived(request_id=rid, choice="y"),
         TaskCompleted(final_answer="y"),
     ]
+
+
+async def asking(spec: TaskSpec, emit: object) -> TaskCompleted:
+    """A run that asks for a choice, then takes the messages sent meanwhile."""
+    assert spec.interaction is not None
+    got = await spec.interaction.ask("choice", "pick", options=["x", "y"])
+    said = spec.interaction.take_messages(2)
+    return TaskCompleted(final_answer=f"{got.choice} {' '.join(said)}".strip())
+
+
+async def test_answers_and_messages_through_another_manager_and_resent_answers() -> None:
+    backend = InMemoryBackend()
+    async with (
+        TaskManager(asking, backend=backend) as runs,
+        TaskManager(asking, backend=backend) as other,
+    ):
+        started = await runs.start("alice", "q", task_id="t1")
+        sub = await runs.subscribe("alice", "t1")
+        async for frame in sub:
+            if isinstance(frame.event, InputRequired):  # type: ignore[union-attr]
+                break
+        rid = "choice-1"
+
+        def pick(choice: str) -> Input:
+            return Input(id=1, task_id=started.task_id, request_id=rid, choice=choice)
+
+        assert await other.message("alice", "t1", "hi") == "msg-1"
+        assert await other.answer("alice", pick("y")) is False
+        # Resent after a dropped connection: acknowledged as such, through either manager.
+        assert await other.answer("alice", pick("y")) is True
+        assert await runs.answer("alice", pick("y")) is True
+        for manager in (runs, other):
+            with pytest.raises(TaskError) as late:
+                await manager.answer("alice", pick("x"))
+            assert late.value.code == "already_answered"
+        frames = [f async for f in sub]
+        assert [f.event for f in frames] == [  # type: ignore[union-attr]
+            InputReceived(request_id=rid, choice="y"),
+            UserMessage(text="hi", message_id="msg-1", turn=2),
+            TaskCompleted(final_answer="y hi"),
+        ]
+        # Once the task has ended, its log still tells a resend from another answer.
+        for manager in (runs, other):
+            assert await manager.answer("alice", pick("y")) is True
+            with pytest.raises(TaskError) as ended:
+                await manager.answer("alice", pick("x"))
+            assert ended.value.code == "already_answered"
+            with pytest.raises(TaskError) as never:
+                await manager.answer(
+                    "alice", Input(id=1, task_id="t1", request_id="choice-9", choice="x")
+                )
+            assert never.value.code == "task_finished"
+            with pytest.raises(TaskError) as hidden:
+                await manager.answer("bob", pick("y"))
+            assert hidden.value.code == "unknown_task"
+
+
+async def test_concurrent_starts_through_two_managers_on_one_thread() -> None:
+    backend = InMemoryBackend()
+    runner = ScriptedRunner([HOLD])
+    async with (
+        TaskManager(runner, backend=backend) as one,
+        TaskManager(runner, backend=backend) as two,
+    ):
+        outcomes = await asyncio.gather(
+            one.start("alice", "a", thread_id="th"),
+            two.start("alice", "b", thread_id="th"),
+            return_exceptions=True,
+        )
+        won = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, TaskError)]
+        assert len(won) == 1 and len(refused) == 1
+        assert refused[0].code == "thread_busy" and refused[0].task_id == won[0].task_id
+        queued = await asyncio.gather(
+            two.start("alice", "c", thread_id="th", if_busy="enqueue"),
+            one.start("alice", "d", thread_id="th", if_busy="enqueue"),
+        )
+        assert queued[0].after_task_id == won[0].task_id
+        assert queued[1].after_task_id == queued[0].task_id
+        # They run one after the other, in that order, whichever manager runs each.
+        order = [won[0].task_id, queued[0].task_id, queued[1].task_id]
+        for before, later in itertools.pairwise(order):
+            (await runner.started(before)).release()
+            await runner.started(later)
+            assert runner.runs[before].finished.is_set()
+        runner.runs[order[-1]].release()
