@@ -712,10 +712,10 @@ class RedisBackend:
             keys.append(local.keys)
             args += (
                 local.tail,
-                wire.bulk(record.epoch),
+                _small(record.epoch),
                 b"$1\r\n1\r\n" if record.final else b"$1\r\n0\r\n",
-                wire.bulk(len(frames)),
-                wire.bulk(len(fields) // 2 + 1),
+                _small(len(frames)),
+                _small(len(fields) // 2 + 1),
             )
             for frame in frames:
                 payload = _event_bytes(frame)
@@ -1021,8 +1021,21 @@ class RedisBackend:
                     self._untrimmed.append((*key, int(done[1]), write.updated))
                 # Sent again after a lost reply (0), its events are delivered here now: the
                 # listeners drop what they had already.
-                for frame in write.frames:
-                    self._dispatch(key, frame)
+                watch = self._watches.get(key)
+                if watch is None:
+                    continue
+                if watch.remote or watch.filling:
+                    for frame in write.frames:
+                        self._dispatch(key, frame)
+                    continue
+                for frame in write.frames:  # the usual case, as _deliver does it
+                    if frame.seq > watch.last_seq:
+                        watch.last_seq = frame.seq
+                        for listener in watch.listeners:
+                            try:
+                                listener(frame)
+                            except Exception:  # one broken subscriber must not stop the others
+                                log.exception("event listener of task %s failed", key[1])
         elif op.kind == _REMOVE and result:
             self._untrimmed.append((*op.key, -1, 0.0))
         elif op.kind == _TRIM_ALL:
@@ -1394,6 +1407,14 @@ class RedisBackend:
 
 def _seq(frame: EventFrame) -> int:
     return frame.seq
+
+
+_SMALL = [wire.bulk(i) for i in range(1024)]
+
+
+def _small(n: int) -> bytes:
+    """A count as a RESP bulk string (the small ones packed once)."""
+    return _SMALL[n] if 0 <= n < 1024 else wire.bulk(n)
 
 
 def _event_bytes(frame: EventFrame) -> bytes:
