@@ -5,10 +5,15 @@ Tasks, their event logs and their state live in Redis (key layout and scripts in
 node running a task is the only writer of its log, and writes under the task's epoch.
 
 Writes (``update``, ``append``, ``expire``) return at once; a *flusher* sends them in
-pipelined batches, one script call per event (epoch check, ``XADD`` with the seq as entry id,
-trim, record update, ``SPUBLISH``). **Durable before visible**: this process's listeners get an
-event only once Redis has it, and other processes get it from the publish that the same
-script does, so a client never sees an event that a later reader cannot replay.
+pipelined batches. The events and record changes of one owner's tasks queued since the last
+flush are one *write*, sent as one script call that does, for each of those tasks: the epoch
+check, ``XADD`` of each event with its seq as entry id, one trim, one record update, one
+``SPUBLISH`` of its new events (a JSON array). While a batch is in flight the next one
+gathers, so the busier the process, the more events each call carries (the owner's hash tag
+keeps all of them in one Redis Cluster slot). **Durable before visible**: this process's
+listeners get an event only once Redis has it, and other processes get it from the publish
+that the same script does, so a client never sees an event that a later reader cannot
+replay.
 
 Listening to a task that another process writes subscribes to its channel (``listen``
 returns once the subscription is in place, so the replay/live join of
@@ -69,7 +74,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -125,6 +130,7 @@ _UNREACHABLE = (
 
 _encoder = msgspec.json.Encoder()
 _frame_decoder = msgspec.json.Decoder(EventFrame)
+_frames_decoder = msgspec.json.Decoder(list[EventFrame])
 _options_decoder = msgspec.json.Decoder(StartOptions)
 _usage_decoder = msgspec.json.Decoder(Usage)
 _input_request_decoder = msgspec.json.Decoder(InputRequest)
@@ -178,7 +184,8 @@ class RedisConfig:
     buffer_seconds: float = 30.0
     """Seconds of outage after which a process stops its running tasks."""
     batch: int = 512
-    """Most writes sent in one pipeline."""
+    """Most writes (events, record changes, expiries) sent in one pipeline, and most events
+    in one script call."""
     cluster: bool | None = None
     """Whether ``url`` names a node of a Redis Cluster (then the others are found from it);
     ``None``: ask that node at start (``INFO cluster``)."""
@@ -188,15 +195,28 @@ class _Local:
     """A task this process writes: the last record queued, the seq after it, and the constant
     parts of its append command."""
 
-    __slots__ = ("fenced", "prefix", "record", "sent", "seq", "tail")
+    __slots__ = ("fenced", "keys", "record", "sent", "seq", "tail")
 
-    def __init__(self, record: TaskRecord, prefix: bytes, tail: bytes) -> None:
+    def __init__(self, record: TaskRecord, keys: bytes, tail: bytes) -> None:
         self.record = record
-        self.sent: TaskRecord | None = None  # the record whose fields were queued last
+        self.sent: TaskRecord | None = None  # the record whose fields were packed last
         self.seq = record.last_seq
         self.fenced = False
-        self.prefix = prefix  # EVALSHA <sha> 4 <keys>
-        self.tail = tail  # <task_id> <key base>
+        self.keys = keys  # <hash> <stream> <channel>, RESP-encoded
+        self.tail = tail  # <task_id>
+
+
+class _TaskWrite:
+    """What one write carries for one task: its events in seq order, its latest record."""
+
+    __slots__ = ("frames", "local", "record", "updated", "writes")
+
+    def __init__(self, local: _Local, record: TaskRecord) -> None:
+        self.local = local
+        self.record = record
+        self.frames: list[EventFrame] = []
+        self.updated = record.updated
+        self.writes = 0
 
 
 class _Watch:
@@ -214,7 +234,7 @@ class _Watch:
         self.held: list[EventFrame] = []
 
 
-_APPEND, _UPDATE, _EXPIRE, _PERSIST, _REMOVE = 0, 1, 2, 3, 4
+_WRITE, _EXPIRE, _PERSIST, _REMOVE, _TRIM_ALL = 0, 1, 2, 3, 4
 
 Finished = tuple[str, str, int, float]
 """A task that ended: owner, task id, the size it counts, when it ended."""
@@ -224,12 +244,14 @@ Finished = tuple[str, str, int, float]
 class _Op:
     kind: int
     key: Key
-    packed: bytes
-    """The command(s), RESP-encoded; the first reply is the op's result."""
+    packed: bytes = b""
+    """The command(s), RESP-encoded; the first reply is the op's result. A write is packed
+    when the flusher takes it (and keeps that packing if it is sent again)."""
     replies: int = 1
-    frame: EventFrame | None = None
-    final: bool = False
-    node: str = ""
+    writes: int = 1
+    """How many writes (events, record changes, expiries) it carries."""
+    tasks: dict[Key, _TaskWrite] = field(default_factory=dict)
+    """A write (kind ``_WRITE``, key ``(owner, "")``): the owner's tasks written."""
 
 
 class RedisBackend:
@@ -246,6 +268,10 @@ class RedisBackend:
             raise ValueError("the key prefix must not hold { or } (Cluster hash tags)")
         self.config = cfg
         self.retention = retention or Retention()
+        r = self.retention
+        self._owner_bounds = wire.bulk(r.max_finished_per_owner) + wire.bulk(
+            r.max_finished_bytes_per_owner
+        )
         self._log_bounds = wire.bulk(self.retention.max_events) + wire.bulk(
             self.retention.max_bytes
         )
@@ -273,7 +299,6 @@ class RedisBackend:
             for name in (
                 "CREATE",
                 "APPEND",
-                "UPDATE",
                 "END_LOST",
                 "ADOPT",
                 "CANCEL",
@@ -284,6 +309,7 @@ class RedisBackend:
                 "CLAIM",
             )
         }
+        self._append_sha = wire.bulk("EVALSHA") + wire.bulk(self._scripts["APPEND"].sha)
         self._cluster = cfg.cluster
         if cfg.cluster:
             self._use_cluster()
@@ -298,6 +324,8 @@ class RedisBackend:
         self._watches: dict[Key, _Watch] = {}
         self._by_channel: dict[str, Key] = {}
         self._ops: deque[_Op] = deque()
+        self._queued = 0  # writes in _ops
+        self._open: dict[str, _Op] = {}  # by owner: the write still gathering (not yet taken)
         self._thread_writes: set[asyncio.Task[None]] = set()
         self._thread_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -771,9 +799,7 @@ class RedisBackend:
                         await self._flushed.wait()
         self._closing = True
         if self._ops:
-            log.error(
-                "redis: %d queued writes lost at shutdown (Redis unreachable)", len(self._ops)
-            )
+            log.error("redis: %d queued writes lost at shutdown (Redis unreachable)", self._queued)
         # redis-py may turn a cancellation inside a command into a connection error, which
         # the loops survive by design: they also stop on _closing.
         self._wake.set()
@@ -796,14 +822,14 @@ class RedisBackend:
         if self._outage_since is not None:
             return (
                 f"Redis unreachable for {time.monotonic() - self._outage_since:.1f} s "
-                f"({self.last_error}); {len(self._ops)} writes queued"
+                f"({self.last_error}); {self._queued} writes queued"
             )
         return None
 
     @property
     def buffered(self) -> int:
         """Writes not yet in Redis."""
-        return len(self._ops)
+        return self._queued
 
     # -- fault injection (tests)
 
@@ -924,9 +950,7 @@ class RedisBackend:
 
     def _new_local(self, record: TaskRecord) -> _Local:
         keys = self._task_keys(record.owner, record.task_id)
-        prefix = b"".join(map(wire.bulk, ("EVALSHA", self._scripts["APPEND"].sha, 4, *keys)))
-        tail = wire.bulk(record.task_id) + wire.bulk(self._base(record.owner))
-        return _Local(record, prefix, tail)
+        return _Local(record, b"".join(map(wire.bulk, keys[:3])), wire.bulk(record.task_id))
 
     def update(self, record: TaskRecord) -> None:
         key = (record.owner, record.task_id)
@@ -934,32 +958,7 @@ class RedisBackend:
         if local is None or local.fenced:
             return
         local.record = record
-        local.sent = record
-        keys = self._task_keys(*key)
-        packed = wire.command(
-            "EVALSHA",
-            self._scripts["UPDATE"].sha,
-            2,
-            keys[0],
-            keys[3],
-            record.epoch,
-            1 if record.final else 0,
-            record.task_id,
-            self._base(record.owner),
-            *_fields(record),
-        )
-        self._queue(self._with_node_set(_Op(_UPDATE, key, packed), record))
-
-    def _with_node_set(self, op: _Op, record: TaskRecord) -> _Op:
-        """A final record also takes the task out of its node's set (swept no more)."""
-        op.node = record.node
-        if record.final and record.node:
-            op.final = True
-            op.packed += wire.command(
-                "SREM", self._node_key(record.node, "tasks"), _member(*op.key)
-            )
-            op.replies += 1
-        return op
+        self._write_of(local, key, record).updated = record.updated
 
     # ------------------------------------------------------------------ event log
 
@@ -969,35 +968,79 @@ class RedisBackend:
         if local is None or local.fenced:
             return
         local.seq = frame.seq
-        if record is local.sent:  # the usual case: only the time moves
-            self._queue_append(local, key, record, frame, [])
-        else:
-            local.record = local.sent = record
-            self._queue_append(local, key, record, frame, _fields(record))
+        local.record = record
+        self._queue_append(local, key, record, frame)
 
-    def _queue_append(
-        self, local: _Local, key: Key, record: TaskRecord, frame: EventFrame, fields: list[Any]
-    ) -> None:
-        # The hot path: packed by hand (see redis_wire); the task's keys, id and key base
-        # were packed once, in local.prefix and local.tail.
-        payload = _encoder.encode(frame)
-        seq = b"%d" % frame.seq
-        ts = repr(frame.ts).encode()
-        packed = b"".join(
-            (
-                b"*%d\r\n" % (17 + len(fields)),
-                local.prefix,
-                wire.bulk(record.epoch),
-                b"$%d\r\n%s\r\n" % (len(seq), seq),
-                b"$%d\r\n%s\r\n" % (len(payload), payload),
-                self._log_bounds,
-                b"$1\r\n1\r\n" if record.final else b"$1\r\n0\r\n",
+    def _queue_append(self, local: _Local, key: Key, record: TaskRecord, frame: EventFrame) -> None:
+        # The hot path: the event joins its owner's write (packed when the flusher takes it).
+        write = self._write_of(local, key, record)
+        write.frames.append(frame)
+        write.updated = frame.ts
+
+    def _write_of(self, local: _Local, key: Key, record: TaskRecord) -> _TaskWrite:
+        """The task's part of its owner's write still gathering (a new write at the end of
+        the queue if there is none, or it is full), counted one write more. A task's writes
+        stay in the order made: each joins the newest write of its owner."""
+        owner = key[0]
+        op = self._open.get(owner)
+        if op is None or op.writes >= self.config.batch:
+            op = self._open[owner] = _Op(_WRITE, (owner, ""), writes=0)
+            self._ops.append(op)
+            if not self._wake.is_set():
+                self._wake.set()
+        write = op.tasks.get(key)
+        if write is None:
+            write = op.tasks[key] = _TaskWrite(local, record)
+        else:
+            write.record = record
+        write.writes += 1
+        op.writes += 1
+        self._queued += 1
+        return write
+
+    def _pack_write(self, op: _Op) -> None:
+        """Pack a write as one ``APPEND`` call, by hand (see redis_wire; each task's keys and
+        id were packed once, in its ``_Local``); a final record also takes its task out of its
+        node's set (swept no more), by a command after the call."""
+        base = self._base(op.key[0])
+        keys = [wire.bulk(base + "active")]
+        args = [self._log_bounds, wire.bulk(base), self._owner_bounds]
+        n_args = 5
+        after: list[bytes] = []
+        for key, write in op.tasks.items():
+            local, record, frames = write.local, write.record, write.frames
+            fields: list[Any] = []
+            if record is not local.sent:  # else only the time moved
+                local.sent = record
+                fields = _fields(record)
+            keys.append(local.keys)
+            args += (
                 local.tail,
-                *map(wire.bulk, fields),
-                b"$7\r\nupdated\r\n$%d\r\n%s\r\n" % (len(ts), ts),
+                _small(record.epoch),
+                b"$1\r\n1\r\n" if record.final else b"$1\r\n0\r\n",
+                _small(len(frames)),
+                _small(len(fields) // 2 + 1),
             )
-        )
-        self._queue(self._with_node_set(_Op(_APPEND, key, packed, frame=frame), record))
+            for frame in frames:
+                payload = _event_bytes(frame)
+                seq = b"%d" % frame.seq
+                args += (
+                    b"$%d\r\n%s\r\n$%d\r\n" % (len(seq), seq, len(payload)),
+                    payload,
+                    b"\r\n",
+                )
+            args += map(wire.bulk, fields)
+            ts = repr(write.updated).encode()
+            args.append(b"$7\r\nupdated\r\n$%d\r\n%s\r\n" % (len(ts), ts))
+            n_args += 7 + 2 * len(frames) + len(fields)
+            if record.final and record.node:
+                after.append(
+                    wire.command("SREM", self._node_key(record.node, "tasks"), _member(*key))
+                )
+        n_keys = 1 + 3 * len(op.tasks)
+        head = b"*%d\r\n%s%s" % (3 + n_keys + n_args, self._append_sha, wire.bulk(n_keys))
+        op.packed = b"".join((head, *keys, *args, *after))
+        op.replies = 1 + len(after)
 
     async def read(self, owner: str, task_id: str, after_seq: int) -> LogSlice | None:
         keys = self._task_keys(owner, task_id)
@@ -1111,21 +1154,7 @@ class RedisBackend:
             return  # another node ended it and decides
         keys = self._task_keys(owner, task_id)
         if after <= 0:
-            base = self._base(owner)
-            packed = wire.command(
-                "EVALSHA",
-                self._scripts["REMOVE"].sha,
-                7,
-                keys[0],
-                keys[1],
-                base + "idx",
-                keys[3],
-                base + "done",
-                base + "done_bytes",
-                base + "meta",
-                task_id,
-            )
-            self._queue(_Op(_REMOVE, key, packed))
+            self._queue_remove(owner, task_id)
         elif math.isinf(after):
             packed = wire.command("PERSIST", keys[0]) + wire.command("PERSIST", keys[1])
             self._queue(_Op(_PERSIST, key, packed, 2))
@@ -1133,6 +1162,24 @@ class RedisBackend:
             ms = max(1, int(after * 1000))
             packed = wire.command("PEXPIRE", keys[0], ms) + wire.command("PEXPIRE", keys[1], ms)
             self._queue(_Op(_EXPIRE, key, packed, 2))
+
+    def _queue_remove(self, owner: str, task_id: str) -> None:
+        keys = self._task_keys(owner, task_id)
+        base = self._base(owner)
+        packed = wire.command(
+            "EVALSHA",
+            self._scripts["REMOVE"].sha,
+            7,
+            keys[0],
+            keys[1],
+            base + "idx",
+            keys[3],
+            base + "done",
+            base + "done_bytes",
+            base + "meta",
+            task_id,
+        )
+        self._queue(_Op(_REMOVE, (owner, task_id), packed))
 
     # ------------------------------------------------------------------ cancel across nodes
 
@@ -1185,6 +1232,7 @@ class RedisBackend:
 
     def _queue(self, op: _Op) -> None:
         self._ops.append(op)
+        self._queued += op.writes
         if not self._wake.is_set():
             self._wake.set()
 
@@ -1197,7 +1245,7 @@ class RedisBackend:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = [ops[i] for i in range(min(len(ops), self.config.batch))]
+            batch = self._take()
             started = time.perf_counter()
             try:
                 results = await self._execute(batch)
@@ -1208,12 +1256,12 @@ class RedisBackend:
                 continue
             backoff = 0.05
             self.rtt = time.perf_counter() - started
-            self.last_batch = len(batch)
+            self.last_batch = sum(op.writes for op in batch)
             if self._outage_since is not None:
                 log.warning(
                     "redis: reachable again after %.1f s; writing %d queued writes",
                     time.monotonic() - self._outage_since,
-                    len(self._ops),
+                    self._queued,
                 )
                 self._outage_since = None
                 self._aborted = False
@@ -1222,13 +1270,28 @@ class RedisBackend:
             for op in batch:
                 if ops and ops[0] is op:
                     ops.popleft()
+                    self._queued -= op.writes
             for op, result in zip(batch, results, strict=True):
                 self._applied(op, result)
             if self._untrimmed:
-                try:
-                    await self._trim()
-                except _UNREACHABLE as exc:
-                    self._note_outage(exc)
+                self._queue_trim_all()
+
+    def _take(self) -> list[_Op]:
+        """The ops at the head of the queue, up to ``batch`` writes (one at least); a write
+        taken gathers no more (later ones of its owner start a new write behind it)."""
+        batch: list[_Op] = []
+        limit = self.config.batch
+        n = 0
+        for op in self._ops:
+            if batch and n + op.writes > limit:
+                break
+            if op.kind == _WRITE and not op.packed:
+                if self._open.get(op.key[0]) is op:
+                    del self._open[op.key[0]]
+                self._pack_write(op)
+            batch.append(op)
+            n += op.writes
+        return batch
 
     async def _execute(self, batch: list[_Op]) -> list[Any]:
         raw = await self._wire.call(
@@ -1254,19 +1317,66 @@ class RedisBackend:
 
     def _applied(self, op: _Op, result: Any) -> None:
         if isinstance(result, Exception):
-            log.error("redis: a write of task %s failed: %s", op.key[1], result)
+            tasks = ", ".join(k[1] for k in op.tasks) or op.key[1]
+            log.error("redis: a write of task(s) %s failed: %s", tasks, result)
             return
-        if result == -1 and op.kind in (_APPEND, _UPDATE):
-            self._fenced(op.key, op.node)
-            return
-        if isinstance(result, list) and result[1]:  # the task ended: count it as finished
-            ended = op.frame.ts if op.frame is not None else time.time()
-            self._untrimmed.append((*op.key, int(result[1]), ended))
+        if op.kind == _WRITE:
+            results, removed = result
+            owner = op.key[0]
+            for task_id in removed[::2]:  # by the owner's bounds: not counted for all owners
+                self._untrimmed.append((owner, task_id.decode(), -1, 0.0))
+            for (key, write), done in zip(op.tasks.items(), results, strict=True):
+                if done == -1:
+                    self._fenced(key, write.record.node)
+                    continue
+                if done != 0 and done[1]:  # the task ended: count it as finished
+                    self._untrimmed.append((*key, int(done[1]), write.updated))
+                # Sent again after a lost reply (0), its events are delivered here now: the
+                # listeners drop what they had already.
+                watch = self._watches.get(key)
+                if watch is None:
+                    continue
+                if watch.remote or watch.filling:
+                    for frame in write.frames:
+                        self._dispatch(key, frame)
+                    continue
+                for frame in write.frames:  # the usual case, as _deliver does it
+                    if frame.seq > watch.last_seq:
+                        watch.last_seq = frame.seq
+                        for listener in watch.listeners:
+                            try:
+                                listener(frame)
+                            except Exception:  # one broken subscriber must not stop the others
+                                log.exception("event listener of task %s failed", key[1])
         elif op.kind == _REMOVE and result:
             self._untrimmed.append((*op.key, -1, 0.0))
-        if op.kind == _APPEND:
-            assert op.frame is not None
-            self._dispatch(op.key, op.frame)
+        elif op.kind == _TRIM_ALL:
+            for member in result:  # past the bounds on all owners: remove them
+                owner, _, task_id = member.decode().partition("\0")
+                self._queue_remove(owner, task_id)
+
+    def _queue_trim_all(self) -> None:
+        """Count the tasks that ended in (and the ones removed out of) the bounds on all
+        owners, in the next batch (see :data:`~gateway.tasks.redis_scripts.TRIM_ALL`); the
+        owners' bounds were applied by the writes that ended them."""
+        finished, self._untrimmed = self._untrimmed, []
+        r = self.retention
+        added = [f for f in finished if f[2] >= 0]
+        args: list[Any] = [r.max_finished, r.max_finished_bytes, len(added)]
+        for owner, task_id, size, ended in added:
+            args += [_member(owner, task_id), repr(ended), size]
+        args += [_member(o, t) for o, t, size, _ in finished if size < 0]
+        p = self._p
+        packed = wire.command(
+            "EVALSHA",
+            self._scripts["TRIM_ALL"].sha,
+            3,
+            f"{p}:done",
+            f"{p}:done_bytes",
+            f"{p}:meta",
+            *args,
+        )
+        self._queue(_Op(_TRIM_ALL, ("", ""), packed, writes=len(finished)))
 
     async def _trim(self) -> None:
         """Apply the bounds on finished tasks: the owners' in their slots, then all owners'
@@ -1320,7 +1430,14 @@ class RedisBackend:
             return
         local.fenced = True
         log.warning("redis: task %s was ended by another node; stopping it here", key[1])
-        self._ops = deque(op for op in self._ops if op.key != key or op.kind >= _EXPIRE)
+        for op in self._ops:  # none is packed: the batches sent were all taken off
+            write = op.tasks.pop(key, None)
+            if write is not None:
+                op.writes -= write.writes
+        self._ops = deque(op for op in self._ops if op.kind != _WRITE or op.tasks)
+        if key[0] in self._open and not self._open[key[0]].tasks:
+            del self._open[key[0]]
+        self._queued = sum(op.writes for op in self._ops)
         watch = self._watches.get(key)
         if watch is not None:  # the other node's terminal event is in the log already
             watch.remote = True
@@ -1336,14 +1453,14 @@ class RedisBackend:
             self._outage_since = now
             log.warning("redis: unreachable (%s); queueing writes", self.last_error)
             self.health_changed.set()
-        over = len(self._ops) > self.config.max_buffered or (
+        over = self._queued > self.config.max_buffered or (
             now - self._outage_since > self.config.buffer_seconds
         )
         if over and not self._aborted:
             self._aborted = True
             self._abort_running(
                 f"the task store (Redis) has been unreachable for {now - self._outage_since:.0f} s"
-                f" ({len(self._ops)} writes queued)"
+                f" ({self._queued} writes queued)"
             )
 
     def _abort_running(self, reason: str) -> None:
@@ -1368,7 +1485,8 @@ class RedisBackend:
                 ts=now,
                 event=TaskFailed(reason=reason, code="store_unavailable"),
             )
-            self._queue_append(local, key, final, frame, _fields(final))
+            local.record = final
+            self._queue_append(local, key, final, frame)
 
     # ------------------------------------------------------------------ subscriber
 
@@ -1435,7 +1553,8 @@ class RedisBackend:
         if kind == b"smessage":
             key = self._by_channel.get(channel)
             if key is not None:
-                self._dispatch(key, _frame_decoder.decode(msg[2]))
+                for frame in _frames_decoder.decode(msg[2]):  # one task's write: its events
+                    self._dispatch(key, frame)
             elif channel.endswith(":ctl"):
                 node = channel[len(self._p) + len(":node:") : -len(":ctl")]
                 self._on_control(node, msg[2])
@@ -1555,7 +1674,7 @@ class RedisBackend:
                     node,
                     record.epoch,
                     record.last_seq,
-                    _encoder.encode(frame),
+                    _event_bytes(frame),
                     task_id,
                     repr(frame.ts),
                     r.max_events,
@@ -1601,6 +1720,20 @@ class RedisBackend:
 
 def _seq(frame: EventFrame) -> int:
     return frame.seq
+
+
+_SMALL = [wire.bulk(i) for i in range(1024)]
+
+
+def _small(n: int) -> bytes:
+    """A count as a RESP bulk string (the small ones packed once)."""
+    return _SMALL[n] if 0 <= n < 1024 else wire.bulk(n)
+
+
+def _event_bytes(frame: EventFrame) -> bytes:
+    """An event as stored in its task's log and published to other processes (JSON): the one
+    place events are encoded for Redis."""
+    return _encoder.encode(frame)
 
 
 def _member(owner: str, task_id: str) -> str:

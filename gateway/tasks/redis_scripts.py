@@ -7,7 +7,8 @@ holds no ``{``, ``}`` or ``:``; ``T`` the task id):
 ``P:{O}:t:T``                   hash: the task record, ``node`` running it, ``epoch``,
                                 ``cancel`` reason, ``first_seq``, ``bytes`` of the log
 ``P:{O}:e:T``                   stream: the event log, entry id ``<seq>-0``, field ``f``
-``P:{O}:c:T``                   sharded pub/sub channel: each event once it is stored
+``P:{O}:c:T``                   sharded pub/sub channel: the events once stored (JSON
+                                arrays of event frames, one per write)
 ``P:{O}:idx``                   sorted set: the owner's tasks by creation time
 ``P:{O}:active``                set: the owner's active tasks (the per-owner limit)
 ``P:{O}:done``                  sorted set: the owner's finished tasks, by end time
@@ -51,7 +52,6 @@ __all__ = [
     "THREAD_CREATE",
     "TRIM_ALL",
     "TRIM_OWNER",
-    "UPDATE",
     "escape_owner",
 ]
 
@@ -101,73 +101,136 @@ local function finish(base, hash, active, task_id, updated)
 end
 """
 
-_STORE = """
-local function store(hash, stream, seq, payload, max_events, max_bytes)
-  redis.call('XADD', stream, seq .. '-0', 'f', payload)
-  local bytes = redis.call('HINCRBY', hash, 'bytes', #payload)
+_TRIM = """
+local function trim(hash, stream, bytes, max_events, max_bytes)
+  -- Drop the oldest entries past the log's bounds (the newest one always stays), several per
+  -- XRANGE/XDEL, and note where the log now starts.
   local n = redis.call('XLEN', stream)
-  if n > max_events or bytes > max_bytes then
-    while n > 1 and (n > max_events or bytes > max_bytes) do
-      local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-      redis.call('XDEL', stream, oldest[1])
-      bytes = bytes - #oldest[2][2]
+  if n <= max_events and bytes <= max_bytes then
+    return
+  end
+  while n > 1 and (n > max_events or bytes > max_bytes) do
+    local want = math.min(math.max(n - max_events, 16), 1000)
+    local ids = {}
+    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', want)) do
+      if n <= 1 or (n <= max_events and bytes <= max_bytes) then
+        break
+      end
+      ids[#ids + 1] = entry[1]
+      bytes = bytes - #entry[2][2]
       n = n - 1
     end
-    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
-    redis.call('HSET', hash, 'bytes', bytes, 'first_seq', string.match(first, '^%d+'))
+    redis.call('XDEL', stream, unpack(ids))
   end
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
+  redis.call('HSET', hash, 'bytes', bytes, 'first_seq', string.match(first, '^%d+'))
+end
+"""
+
+_STORE = (
+    _TRIM
+    + """
+local function store(hash, stream, seq, payload, max_events, max_bytes)
+  redis.call('XADD', stream, seq .. '-0', 'f', payload)
+  trim(hash, stream, redis.call('HINCRBY', hash, 'bytes', #payload), max_events, max_bytes)
+end
+"""
+)
+
+_OWNER_BOUNDS = """
+local function owner_bounds(base, max_finished, max_bytes)
+  -- Remove the owner's oldest finished tasks past the bounds; returns {task_id, size, ...}.
+  local done, sizes, meta = base .. 'done', base .. 'done_bytes', base .. 'meta'
+  local removed = {}
+  local n = redis.call('ZCARD', done)
+  local total = tonumber(redis.call('HGET', meta, 'finished_bytes') or '0')
+  while n > 1 and (n > max_finished or total > max_bytes) do
+    local oldest = redis.call('ZRANGE', done, 0, 0)[1]
+    local size = tonumber(redis.call('HGET', sizes, oldest) or '0')
+    total = redis.call('HINCRBY', meta, 'finished_bytes', -size)
+    redis.call('HDEL', sizes, oldest)
+    redis.call('ZREM', done, oldest)
+    redis.call('ZREM', base .. 'idx', oldest)
+    redis.call('DEL', base .. 't:' .. oldest, base .. 'e:' .. oldest)
+    removed[#removed + 1] = oldest
+    removed[#removed + 1] = size
+    n = n - 1
+  end
+  return removed
 end
 """
 
 APPEND = (
-    _STORE
+    _TRIM
     + _FINISH
+    + _OWNER_BOUNDS
     + """
--- KEYS: hash, stream, channel, active
--- ARGV: epoch, seq, payload, max_events, max_bytes, final (0/1), task_id, key base,
---       field, value, ...
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'last_seq', 'state')
-if cur[1] ~= ARGV[1] then
-  return -1
+-- KEYS: active, then hash, stream, channel of each task
+-- ARGV: max_events, max_bytes, key base, max finished, max finished bytes (of the owner),
+--       then for each task: task_id, epoch, final (0/1), n, m, (seq, payload) * n,
+--       (field, value) * m
+local max_events, max_bytes, base = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local results = {}
+local ended = false
+local a = 6
+for k = 2, #KEYS, 3 do
+  local hash, stream = KEYS[k], KEYS[k + 1]
+  local task_id, epoch, final = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local n, m = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local events = a + 5
+  local fields = events + 2 * n
+  a = fields + 2 * m
+  local cur = redis.call('HMGET', hash, 'epoch', 'last_seq', 'state')
+  local result = -1
+  if cur[1] == epoch then
+    result = 0
+    local last = tonumber(cur[2] or '0')
+    local new, added = {}, 0
+    for i = events, fields - 1, 2 do
+      local seq = tonumber(ARGV[i])
+      if seq > last then
+        redis.call('XADD', stream, ARGV[i] .. '-0', 'f', ARGV[i + 1])
+        last = seq
+        added = added + #ARGV[i + 1]
+        new[#new + 1] = ARGV[i + 1]
+      end
+    end
+    if #new > 0 or n == 0 then
+      result = {1, 0}
+      if #new > 0 then
+        trim(hash, stream, redis.call('HINCRBY', hash, 'bytes', added), max_events, max_bytes)
+        redis.call('HSET', hash, 'last_seq', last, unpack(ARGV, fields, a - 1))
+        redis.call('SPUBLISH', KEYS[k + 2], '[' .. table.concat(new, ',') .. ']')
+      else
+        redis.call('HSET', hash, unpack(ARGV, fields, a - 1))
+      end
+      if final == '1' and cur[3] ~= 'completed' and cur[3] ~= 'failed'
+          and cur[3] ~= 'cancelled' then
+        result[2] = finish(base, hash, KEYS[1], task_id, redis.call('HGET', hash, 'updated'))
+        ended = true
+      end
+    end
+  end
+  results[#results + 1] = result
 end
-local seq = tonumber(ARGV[2])
-if seq <= tonumber(cur[2] or '0') then
-  return 0
+local removed = {}
+if ended then
+  removed = owner_bounds(base, tonumber(ARGV[4]), tonumber(ARGV[5]))
 end
-store(KEYS[1], KEYS[2], seq, ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]))
-redis.call('HSET', KEYS[1], 'last_seq', seq, unpack(ARGV, 9))
-local size = 0
-if ARGV[6] == '1' and cur[3] ~= 'completed' and cur[3] ~= 'failed' and cur[3] ~= 'cancelled' then
-  size = finish(ARGV[8], KEYS[1], KEYS[4], ARGV[7], redis.call('HGET', KEYS[1], 'updated'))
-end
-redis.call('SPUBLISH', KEYS[3], ARGV[3])
-return {1, size}
+return {results, removed}
 """
 )
-"""Store one event (entry id = its seq), trim the log to its bounds, update the record and
-publish the event; a final record ends the task. Returns ``{1, size}`` (the size counted for
-the task if it ended here, else 0); 0 when that seq is stored already (a retried batch); -1
-when the epoch does not match (fenced out, or removed)."""
-
-
-UPDATE = (
-    _FINISH
-    + """
--- KEYS: hash, active
--- ARGV: epoch, final (0/1), task_id, key base, field, value, ...
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'state')
-if cur[1] ~= ARGV[1] then
-  return -1
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-local size = 0
-if ARGV[2] == '1' and cur[2] ~= 'completed' and cur[2] ~= 'failed' and cur[2] ~= 'cancelled' then
-  size = finish(ARGV[4], KEYS[1], KEYS[2], ARGV[3], redis.call('HGET', KEYS[1], 'updated'))
-end
-return {1, size}
-"""
-)
-"""Set record fields under the epoch check (a final record ends the task)."""
+"""The writes of one owner's tasks since the last flush, as one call. For each task (in the
+order given; a task may come more than once): under the epoch check, store its new events
+(entry id = seq; seqs stored already, from a batch sent again after a lost reply, are
+skipped), trim the log to its bounds, set the record's fields (with no events: only those),
+and publish the new events as one message, a JSON array of event frames; a final record ends
+the task, and then the owner's bounds on finished tasks are applied (as :data:`TRIM_OWNER`).
+Returns ``{results, removed}``: one result per task, ``{1, size}`` (the size counted for the
+task if it ended here, else 0), 0 when every event was stored already, -1 when the epoch does
+not match (fenced out, or removed: then nothing of that task is written); ``removed`` as
+:data:`TRIM_OWNER` returns it. A task's events and record change together, so a reader never
+sees a ``last_seq`` whose event it cannot read."""
 
 
 END_LOST = (
@@ -186,7 +249,7 @@ redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 store(KEYS[1], KEYS[2], seq, ARGV[4], tonumber(ARGV[7]), tonumber(ARGV[8]))
 redis.call('HSET', KEYS[1], 'last_seq', seq, 'state', 'failed', 'updated', ARGV[6])
 local size = finish(ARGV[9], KEYS[1], KEYS[4], ARGV[5], ARGV[6])
-redis.call('SPUBLISH', KEYS[3], ARGV[4])
+redis.call('SPUBLISH', KEYS[3], '[' .. ARGV[4] .. ']')
 return size
 """
 )
@@ -243,27 +306,14 @@ return 0
 counted, e.g. removed already), so the count of all owners can be corrected once."""
 
 
-TRIM_OWNER = """
--- KEYS: done, done_bytes, meta, idx
+TRIM_OWNER = (
+    _OWNER_BOUNDS
+    + """
+-- KEYS: done, done_bytes, meta, idx (named for Redis Cluster; built from the key base)
 -- ARGV: key base, max finished, max finished bytes
--- Remove the owner's oldest finished tasks past the bounds; returns {task_id, size, ...}.
-local removed = {}
-local n = redis.call('ZCARD', KEYS[1])
-local total = tonumber(redis.call('HGET', KEYS[3], 'finished_bytes') or '0')
-while n > 1 and (n > tonumber(ARGV[2]) or total > tonumber(ARGV[3])) do
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-  local size = tonumber(redis.call('HGET', KEYS[2], oldest) or '0')
-  total = redis.call('HINCRBY', KEYS[3], 'finished_bytes', -size)
-  redis.call('HDEL', KEYS[2], oldest)
-  redis.call('ZREM', KEYS[1], oldest)
-  redis.call('ZREM', KEYS[4], oldest)
-  redis.call('DEL', ARGV[1] .. 't:' .. oldest, ARGV[1] .. 'e:' .. oldest)
-  removed[#removed + 1] = oldest
-  removed[#removed + 1] = size
-  n = n - 1
-end
-return removed
+return owner_bounds(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
+)
 """Apply the per-owner bounds of finished tasks (count and bytes), oldest first."""
 
 

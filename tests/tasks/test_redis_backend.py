@@ -8,9 +8,11 @@ in the contract suite (``test_backend.py``), which runs over this backend too.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -370,3 +372,177 @@ async def test_past_the_outage_bound_running_tasks_end_with_store_unavailable(
         assert stored is not None and stored.state == "failed"
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- writes (one call per task)
+
+
+async def _published(redis_url: str, channel: str) -> tuple[aredis.Redis, Any]:
+    """A raw subscriber to a task's channel, as another process has it."""
+    client = aredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.execute_command("SSUBSCRIBE", channel)
+    assert (await pubsub.parse_response(block=True))[0] == b"ssubscribe"
+    return client, pubsub
+
+
+async def test_a_write_larger_than_the_batch_is_split_in_order(
+    backends: Factory, redis_url: str
+) -> None:
+    a = await backends("a", batch=4)
+    b = await backends("b")
+    rec = record()
+    await a.create(rec)
+    here, there = Collector(), Collector()
+    await a.listen("alice", "t1", here)
+    await b.listen("alice", "t1", there)
+    client, pubsub = await _published(redis_url, a._task_keys("alice", "t1")[2])
+    # 23 events and the terminal one queued at once: one task's writes, more than a batch.
+    rec = run(a, rec, 1, 23)
+    a.append(TaskRecord(**{**_asdict(rec), "state": "completed"}), frame("t1", 24, final=True))
+    await there.wait(lambda: 24 in there.seqs)
+    await here.wait(lambda: 24 in here.seqs)
+    assert here.seqs == there.seqs == list(range(1, 25))
+    messages: list[list[int]] = []
+    while sum(len(m) for m in messages) < 24:
+        reply = await pubsub.parse_response(block=True)
+        assert reply[0] == b"smessage"
+        messages.append([f["seq"] for f in json.loads(reply[2])])
+    await pubsub.aclose()
+    await client.aclose()
+    # Each call carried at most a batch of events, in seq order, none twice.
+    assert all(1 <= len(m) <= 4 for m in messages) and len(messages) >= 6
+    assert [s for m in messages for s in m] == list(range(1, 25))
+    stored = await b.get("alice", "t1")
+    assert stored is not None and stored.state == "completed" and stored.last_seq == 24
+    assert await b.active_count("alice") == 0
+
+
+async def test_a_write_that_spans_a_fencing_change_stores_none_of_it(
+    backends: Factory, redis_url: str
+) -> None:
+    zombie = Handler()
+    a = await backends("a", zombie)
+    rec, other = record(), record("t2")
+    await a.create(rec)
+    await a.create(other)
+    rec, other = run(a, rec, 1, 3), run(a, other, 1, 3)
+    await a.flush()
+    check = redis.Redis.from_url(redis_url)
+    # Events 4 and 5 are queued under epoch 0; before they are sent another node takes the
+    # task (the epoch moves); event 6 and a record change join the same write.
+    run(a, rec, 4, 5)
+    run(a, other, 4, 5)
+    check.hincrby(a._task_keys("alice", "t1")[0], "epoch", 1)  # no await: nothing was sent
+    rec = run(a, rec, 6, 6)
+    a.update(TaskRecord(**{**_asdict(rec), "progress": "late"}))
+    await zombie.wait(lambda: zombie.lost)
+    await a.flush()
+    assert [x[:2] for x in zombie.lost] == [("alice", "t1")]
+    found = await a.read("alice", "t1", 0)
+    assert found is not None and [f.seq for f in found.frames] == [1, 2, 3]
+    stored = await a.get("alice", "t1")
+    assert stored is not None and stored.last_seq == 3 and stored.progress is None
+    # The other task's write in the same batch is stored whole.
+    found = await a.read("alice", "t2", 0)
+    assert found is not None and [f.seq for f in found.frames] == [1, 2, 3, 4, 5]
+    # Refused writes count no more as buffered.
+    assert a.buffered == 0
+    check.close()
+
+
+async def test_a_write_sent_again_stores_and_publishes_each_event_once(
+    backends: Factory, redis_url: str
+) -> None:
+    # What the flusher does after a lost reply: the same call, maybe with more events after.
+    a = await backends("a")
+    rec = record()
+    await a.create(rec)
+    keys = a._task_keys("alice", "t1")
+    client, pubsub = await _published(redis_url, keys[2])
+
+    async def write(seqs: range) -> object:
+        events: list[object] = []
+        for seq in seqs:
+            events += [seq, json.dumps({"task_id": "t1", "seq": seq, "ts": 1.0, "event": {}})]
+        base = a._base("alice")
+        return await client.evalsha(
+            a._scripts["APPEND"].sha,
+            4,
+            base + "active",
+            *keys[:3],
+            1000,  # max events
+            1 << 20,  # max bytes
+            base,
+            1000,  # max finished tasks of the owner
+            1 << 20,  # their max bytes
+            "t1",
+            rec.epoch,
+            0,  # not final
+            len(seqs),
+            1,  # one field: updated
+            *events,
+            "updated",
+            "2.0",
+        )
+
+    assert await write(range(1, 4)) == [[[1, 0]], []]
+    assert await write(range(1, 4)) == [[0], []]  # all stored: nothing written or published
+    assert await write(range(2, 6)) == [[[1, 0]], []]  # 2 and 3 skipped
+    entries = await client.xrange(keys[1])
+    assert [e[0] for e in entries] == [f"{s}-0".encode() for s in range(1, 6)]
+    assert await client.hget(keys[0], "last_seq") == b"5"
+    published = []
+    for _ in range(2):
+        reply = await pubsub.parse_response(block=True)
+        published.append([f["seq"] for f in json.loads(reply[2])])
+    assert published == [[1, 2, 3], [4, 5]]
+    await pubsub.aclose()
+    await client.aclose()
+
+
+async def test_a_write_trims_the_log_to_its_bounds_at_once(
+    backends: Factory, redis_url: str
+) -> None:
+    a = await backends("a", retention=Retention(max_events=5))
+    rec = record()
+    await a.create(rec)
+    run(a, rec, 1, 40)
+    await a.flush()
+    found = await a.read("alice", "t1", 0)
+    assert found is not None and found.first_available_seq == 36
+    assert [f.seq for f in found.frames] == [36, 37, 38, 39, 40]
+    client = aredis.Redis.from_url(redis_url)
+    keys = a._task_keys("alice", "t1")
+    kept = sum(len(e[1][b"f"]) for e in await client.xrange(keys[1]))
+    assert int(await client.hget(keys[0], "bytes")) == kept  # the byte count follows the trim
+    await client.aclose()
+    # The byte bound alone: about three events fit.
+    size = kept // 5
+    b = await backends("b", retention=Retention(max_bytes=size * 3 + size // 2))
+    rec = record("t2", node="b")
+    await b.create(rec)
+    run(b, rec, 1, 30)
+    await b.flush()
+    found = await b.read("alice", "t2", 0)
+    assert found is not None and [f.seq for f in found.frames] == [28, 29, 30]
+
+
+async def test_record_changes_between_events_keep_their_order(backends: Factory) -> None:
+    a = await backends("a")
+    b = await backends("b")
+    rec = record()
+    await a.create(rec)
+    rec = run(a, rec, 1, 2)
+    a.update(TaskRecord(**{**_asdict(rec), "progress": "thinking", "turn": 2}))
+    rec = TaskRecord(**{**_asdict(rec), "progress": "searching", "turn": 2})
+    a.append(rec, frame("t1", 3))
+    await a.flush()
+    stored = await b.get("alice", "t1")
+    assert stored is not None
+    assert (stored.last_seq, stored.progress, stored.turn) == (3, "searching", 2)
+    # A record change alone (no event) is a write too.
+    a.update(TaskRecord(**{**_asdict(rec), "progress": "writing"}))
+    await a.flush()
+    stored = await b.get("alice", "t1")
+    assert stored is not None and (stored.last_seq, stored.progress) == (3, "writing")
