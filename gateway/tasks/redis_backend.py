@@ -1355,6 +1355,12 @@ class RedisBackend:
                 owner, _, task_id = member.decode().partition("\0")
                 self._queue_remove(owner, task_id)
 
+    def _all_keys(self) -> list[str]:
+        """The keys of the bounds on all owners: one hash tag for the three (no escaped owner
+        holds a ':'), so they share a Cluster slot."""
+        every = f"{self._p}:{{:all}}:"
+        return [every + "done", every + "done_bytes", every + "meta"]
+
     def _queue_trim_all(self) -> None:
         """Count the tasks that ended in (and the ones removed out of) the bounds on all
         owners, in the next batch (see :data:`~gateway.tasks.redis_scripts.TRIM_ALL`); the
@@ -1366,16 +1372,7 @@ class RedisBackend:
         for owner, task_id, size, ended in added:
             args += [_member(owner, task_id), repr(ended), size]
         args += [_member(o, t) for o, t, size, _ in finished if size < 0]
-        p = self._p
-        packed = wire.command(
-            "EVALSHA",
-            self._scripts["TRIM_ALL"].sha,
-            3,
-            f"{p}:done",
-            f"{p}:done_bytes",
-            f"{p}:meta",
-            *args,
-        )
+        packed = wire.command("EVALSHA", self._scripts["TRIM_ALL"].sha, 3, *self._all_keys(), *args)
         self._queue(_Op(_TRIM_ALL, ("", ""), packed, writes=len(finished)))
 
     async def _trim(self) -> None:
@@ -1402,11 +1399,7 @@ class RedisBackend:
         args: list[Any] = [r.max_finished, r.max_finished_bytes, len(added)]
         for owner, task_id, size, ended in added:
             args += [_member(owner, task_id), repr(ended), size]
-        # One hash tag for the three keys (no escaped owner holds a ':').
-        every = f"{self._p}:{{:all}}:"
-        popped = await self._scripts["TRIM_ALL"](
-            keys=[every + "done", every + "done_bytes", every + "meta"], args=[*args, *forgotten]
-        )
+        popped = await self._scripts["TRIM_ALL"](keys=self._all_keys(), args=[*args, *forgotten])
         for member in popped:
             owner, _, task_id = member.decode().partition("\0")
             keys = self._task_keys(owner, task_id)
