@@ -156,8 +156,8 @@ async def test_many_cancels_leave_no_tool_server_behind(tmp_path: Path) -> None:
                         pass
                 await client.cancel(task_id)
                 await client.until(lambda t=task_id: cancelled(client, t))
-            # Every server is shutting down (none was left running); each one finishes.
-            assert 1 <= await stop_tool_servers() <= len(ids)
+            # Every server is shutting down or has stopped; waiting for them ends them all.
+            await stop_tool_servers()
             assert marked(marker) == []
             assert zombies(me) == zombies_before
             got = [lines.get_nowait() for _ in range(lines.qsize())]
