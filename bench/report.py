@@ -78,9 +78,16 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "and the collector is tuned at startup; that took the demo-agent throughput from about "
         "10k to over 100k events/s and the latency p99 from 22 ms to about 6 ms. The raw "
         "batch-32 figure sends bytes encoded in advance, so no server that makes its events in "
-        "Python reaches half of it. Cancel during a tool call waits for the MCP SDK to stop the "
-        "task's stdio server process (stdin closed, then up to 2 s grace); the LLM-stream cancel "
-        "needs no process to exit, and its p99 over 40 cancels is the slowest one.",
+        "Python reaches half of it. Cancel: the terminal event is written as soon as the work "
+        "has stopped (the stream closed, or the MCP call cancelled with "
+        "`notifications/cancelled`); a cancelled task's stdio server then exits in its own host "
+        "task (stdin closed, 2 s grace), which used to add about 300 ms to the tool-call cancel. "
+        "The LLM-stream cancel's earlier p99 of about 80 ms was not the cancel: timestamps along "
+        "the path put its own work under 0.1 ms, and a loop-stall watchdog found the event loop "
+        "busy starting another task, whose OpenAI client parsed the CA bundle (about 65 ms of "
+        "CPU per task); providers now share one TLS context. What is left in the tail of the "
+        "tool-call cancel is another task's start spawning its stdio server (a fork on the "
+        "event loop).",
         "",
     ]
     for row in results["rows"]:

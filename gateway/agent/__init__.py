@@ -40,8 +40,12 @@ Cancellation policy
     Cancelling the asyncio task that runs ``run_main_agent`` stops it at its current await:
     the provider's HTTP stream is closed (the SDK stream is used as ``async with``), a running MCP
     tool call is cancelled (a stdio server receives ``notifications/cancelled``), a running
-    sub-agent is cancelled with it, and every stdio server subprocess and HTTP client the run
-    opened is closed before ``CancelledError`` propagates. ``CancelledError`` is never swallowed
+    sub-agent is cancelled with it, and the HTTP clients the run opened are closed before
+    ``CancelledError`` propagates. The run's stdio server subprocesses are then shutting down in
+    the background (each owned by a task of its own, bounded by the SDK's grace periods):
+    ``await stop_tool_servers()`` waits for them, and a program that cancels runs awaits it
+    before its event loop closes (the gateway does at shutdown). A run that ends otherwise has
+    stopped its servers before it returns. ``CancelledError`` is never swallowed
     or turned into another error. A tool call that was running gets a ``ToolEnd`` with
     ``error="cancelled"``. Per-call tool timeouts are deadlines: they cancel the call (with the
     same notification) and are reported to the model as a tool error.
@@ -93,6 +97,7 @@ from .events import (
 from .files import FileSource, TaskFile
 from .orchestrator import Orchestrator, Sink
 from .prompts import extract_boxed
+from .tools import stop_tool_servers
 from .trace import TraceRecorder, TraceStore
 
 __all__ = [
@@ -128,4 +133,5 @@ __all__ = [
     "extract_boxed",
     "load_agents",
     "load_config",
+    "stop_tool_servers",
 ]

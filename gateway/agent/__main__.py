@@ -17,7 +17,14 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-from . import AgentError, Orchestrator, TaskFailedError, load_agents, load_config
+from . import (
+    AgentError,
+    Orchestrator,
+    TaskFailedError,
+    load_agents,
+    load_config,
+    stop_tool_servers,
+)
 from .events import AgentErrorEvent, CoreEvent, LLMDelta, StepEvent, ToolEnd, ToolStart, UsageEvent
 
 
@@ -72,6 +79,15 @@ class _Printer:
             )
 
 
+async def _run(orchestrator: Orchestrator, task: str, file: str | None) -> tuple[str, str]:
+    try:
+        return await orchestrator.run_main_agent(task, file)
+    finally:
+        # Ctrl-C cancels the run, whose tool servers then stop in the background: wait for
+        # them before the event loop closes.
+        await stop_tool_servers()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.agent", description=__doc__)
     parser.add_argument("task", help="the task for the agent")
@@ -103,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     printer = None if args.quiet else _Printer(console)
     orchestrator = Orchestrator(config, sink=printer)
     try:
-        summary, answer = asyncio.run(orchestrator.run_main_agent(args.task, args.file))
+        summary, answer = asyncio.run(_run(orchestrator, args.task, args.file))
     except TaskFailedError as exc:
         if printer is not None:
             printer._end_stream()

@@ -199,15 +199,23 @@ class Orchestrator:
         )
         status, summary, answer, error = "failed", "", "", ""
         try:
+            cancelled = False
             try:
                 summary, failed = await self._run_agent(
                     run, self.config.main_agent, task, "main", depth=0
                 )
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
             finally:
-                # Runs on cancellation too: stops stdio servers and closes HTTP clients, in this
-                # task (the MCP clients' task groups must be exited by the task that entered them).
                 try:
-                    await run.tools.aclose()
+                    if cancelled:
+                        # The run ends as soon as its work has stopped (the HTTP stream closed,
+                        # the tool call cancelled): its stdio servers shut down in the
+                        # background, each in its own host task (see gateway.agent.tools).
+                        run.tools.close()
+                    else:
+                        await run.tools.aclose()
                 finally:
                     for provider in run.providers.values():
                         await provider.aclose()

@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import gateway
 from gateway.adapters import adapter_routes
-from gateway.agent import TraceStore
+from gateway.agent import TraceStore, stop_tool_servers
 from gateway.connection import Connection, ConnectionStats
 from gateway.server.auth import HostGuard, authenticate
 from gateway.server.files import FileStore, file_routes
@@ -201,6 +201,9 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.drain(0)
+        # Cancelled tasks leave their stdio tool servers shutting down in the background:
+        # wait for them (bounded), so that no server process outlives the gateway.
+        await stop_tool_servers()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

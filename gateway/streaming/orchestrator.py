@@ -11,9 +11,10 @@ A run emits ``task_started`` first and returns its terminal event: ``task_comple
 were invalid (``invalid_config``).
 
 Cancellation policy: the run is cancelled by cancelling the task that awaits it; the core then
-closes its HTTP streams, cancels its tool calls and stops its MCP servers (see
-:mod:`gateway.agent`) and the :exc:`asyncio.CancelledError` propagates to the caller, which
-turns a requested cancel into ``task_cancelled`` (:func:`.runner.outcome`).
+closes its HTTP streams and cancels its tool calls (see :mod:`gateway.agent`) and the
+:exc:`asyncio.CancelledError` propagates to the caller at once, which turns a requested cancel
+into ``task_cancelled`` (:func:`.runner.outcome`). The run's stdio MCP servers finish shutting
+down in the background (:func:`gateway.agent.stop_tool_servers` waits for them).
 """
 
 from __future__ import annotations

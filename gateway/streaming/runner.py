@@ -8,8 +8,10 @@ A *runner* is ``async (spec, emit) -> terminal event``:
   (shown by ``status``; not an event on the wire);
 - it returns the terminal event: ``task_completed`` or ``task_failed`` (or ``task_cancelled``
   if it stopped on its own);
-- it is cancelled by cancelling the asyncio task that awaits it: it cleans up (HTTP streams
-  closed, tool calls and servers stopped) and lets the :exc:`asyncio.CancelledError` propagate.
+- it is cancelled by cancelling the asyncio task that awaits it: it stops its work (HTTP
+  streams closed, tool calls cancelled) and lets the :exc:`asyncio.CancelledError` propagate as
+  soon as the work has stopped; slow cleanup that no result depends on (a tool server process
+  exiting) may finish in the background, owned by someone other than the run.
 
 :func:`outcome` is the one place where a run's end becomes its terminal event: the returned
 event, ``task_cancelled`` when a cancel was requested (an accepted cancel always wins), or

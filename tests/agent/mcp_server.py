@@ -2,12 +2,15 @@
 reads its own environment and one that reads a file.
 
 The slow tool reports to a probe socket (``PROBE_PORT``) when it starts (with this process's
-pid) and when it is cancelled, so tests can wait on what the server saw.
+pid) and when it is cancelled, so tests can wait on what the server saw. With ``LINGER`` set,
+the server does not exit when its stdin closes: it says ``lingering`` on the probe socket and
+waits there until the test answers (or closes the socket), ignoring SIGTERM meanwhile.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import anyio
@@ -56,5 +59,14 @@ def fail(reason: str = "boom") -> str:
     raise ToolError(f"the tool failed: {reason}")
 
 
+def _linger() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with socket.create_connection(("127.0.0.1", int(os.environ["PROBE_PORT"]))) as conn:
+        conn.sendall(b"lingering\n")
+        conn.recv(16)
+
+
 if __name__ == "__main__":
     server.run("stdio")
+    if os.environ.get("LINGER"):
+        _linger()

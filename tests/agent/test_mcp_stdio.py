@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.agent import Orchestrator, ToolEnd
+from gateway.agent import Orchestrator, ToolEnd, stop_tool_servers
+from gateway.agent.tools import ToolManager
 from gateway.testing import Stream, fake_llm_server, openai_stream
 
 from .helpers import Recorder, provider_config
@@ -119,12 +120,78 @@ async def test_cancel_mid_tool_call() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await asyncio.wait_for(lines.get(), 10) == "cancelled"
+        # The server's shutdown went on in the background; waiting for it ends it.
+        await stop_tool_servers()
         leftovers = [t for t in asyncio.all_tasks() if "mcp" in repr(t.get_coro())]
-        assert not leftovers  # no MCP reader/writer task outlives the run
+        assert not leftovers  # no MCP reader/writer task outlives the shutdown
     (end,) = rec.of(ToolEnd)
     assert end.error == "cancelled"
     with pytest.raises(ProcessLookupError):  # the server subprocess is gone and reaped
         os.kill(pid, 0)
+
+
+async def test_the_server_is_told_to_cancel_while_it_still_runs() -> None:
+    """``notifications/cancelled`` itself stops the call: the tool reports its cancellation
+    while the manager (and so the server's stdin) is still open."""
+    async with probe() as (port, lines):
+        config = stdio_config("http://127.0.0.1:9/v1", port).tools
+        tools = ToolManager(config)
+        try:
+            call = asyncio.create_task(tools.call_tool("testsrv", "slow", {"seconds": 60}))
+            assert (await asyncio.wait_for(lines.get(), 20)).startswith("started")
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert await asyncio.wait_for(lines.get(), 10) == "cancelled"
+            assert await tools.call_tool("testsrv", "echo", {"text": "still here"}) == (
+                "echo: still here"
+            )
+        finally:
+            await tools.aclose()
+
+
+async def test_a_cancelled_run_does_not_wait_for_its_server_to_exit() -> None:
+    """The run ends once the call is cancelled; its server, which will not exit before the test
+    lets it (stdin closed, SIGTERM ignored), is still alive then, and is stopped and reaped by
+    ``stop_tool_servers``."""
+    slow = ("c1", "testsrv__slow", json.dumps({"seconds": 60}))
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    lingering: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async for raw in reader:
+            line = raw.decode().strip()
+            if line == "lingering":
+                lingering.append(writer)
+            lines.put_nowait(line)
+        writer.close()
+
+    probe_server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = probe_server.sockets[0].getsockname()[1]
+    try:
+        async with fake_llm_server() as llm:
+            llm.add(Stream(openai_stream(tool_calls=[slow])))
+            config = stdio_config(llm.openai_url, port)
+            tool = {**config.raw["tools"][0]}
+            tool["env"] = {**tool["env"], "LINGER": "1"}
+            config = config.with_overrides({"tools": [tool]})
+            task = asyncio.create_task(Orchestrator(config).run_main_agent("be slow"))
+            pid = int((await asyncio.wait_for(lines.get(), 20)).split()[1])
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            os.kill(pid, 0)  # alive: the run did not wait for it
+            seen = {await asyncio.wait_for(lines.get(), 10) for _ in range(2)}
+            assert seen == {"cancelled", "lingering"}  # told to cancel; its stdin is closed
+            lingering[0].write(b"go\n")
+            assert await stop_tool_servers() == 1
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        for writer in lingering:
+            writer.close()
+        probe_server.close()
+        await probe_server.wait_closed()
 
 
 async def test_stdio_servers_are_told_the_tasks_files(tmp_path: Path) -> None:

@@ -146,3 +146,32 @@ async def test_a_network_error_names_the_url_tried() -> None:
         with pytest.raises(NetworkError) as info:
             await Orchestrator(config).run_main_agent("x")
     assert f"{url}/chat/completions" in str(info.value)
+
+
+async def test_starting_a_task_builds_no_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Providers (one per task) share the process's TLS context: building one parses the CA
+    bundle, tens of milliseconds of CPU that held up every other task on the event loop."""
+    import httpcore2
+
+    from gateway.agent.llm import make_provider
+    from gateway.agent.llm.base import shared_ssl_context
+
+    shared = shared_ssl_context()
+    built: list[object] = []
+    original = httpcore2.default_ssl_context
+
+    def counting(**kwargs: bool) -> object:
+        built.append(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(httpcore2, "default_ssl_context", counting)
+    providers = [
+        make_provider(provider_config(name, "https://llm.example/v1").main_agent.llm)
+        for name in ("openai", "anthropic", "openai")
+    ]
+    try:
+        assert built == []
+        assert shared_ssl_context() is shared
+    finally:
+        for provider in providers:
+            await provider.aclose()

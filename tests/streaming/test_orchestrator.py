@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.agent import AgentConfig
+from gateway.agent import AgentConfig, stop_tool_servers
 from gateway.streaming import StreamingOrchestrator, TaskStream
 from gateway.testing import OPENAI_CONTEXT_ERROR, ErrorReply, Stream, fake_llm_server
 from gateway.testing import openai_stream as oai
@@ -210,6 +210,8 @@ async def test_cancel_during_a_tool_call_stops_the_tool() -> None:
                 assert (await probe.lines.get()).startswith("started")
                 stream.cancel("stop it")
         assert await probe.lines.get() == "cancelled"
+        # The stream ended before its server's shutdown; waiting for that ends it.
+        await stop_tool_servers()
     assert [kind(e) for e in terminals(events)] == ["task_cancelled"]
     assert events[-1] == TaskCancelled(reason="stop it")
     end = next(e for e in events if isinstance(e, ToolCallComplete))

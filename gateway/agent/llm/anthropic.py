@@ -29,6 +29,7 @@ from .base import (
     ToolCallArgs,
     ToolCallBegin,
     ToolCallEnd,
+    shared_ssl_context,
     with_url,
 )
 
@@ -140,6 +141,10 @@ class AnthropicProvider:
                 timeout=config.timeout_s,
                 max_retries=0,  # the agent loop owns retries, so they are visible as events
                 _strict_response_validation=config.strict_response_validation,
+                # The SDK's own client, but with the process's TLS context (see base.py).
+                http_client=anthropic.DefaultAsyncHttpxClient(
+                    timeout=config.timeout_s, verify=shared_ssl_context()
+                ),
             )
         except anthropic.AnthropicError as exc:
             raise errors.AuthError(str(exc), provider="anthropic") from None

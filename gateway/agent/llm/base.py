@@ -13,10 +13,14 @@ whether they happen when the request is sent or in the middle of the stream.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+import httpx2
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -142,6 +146,18 @@ class LLMProvider(Protocol):
     async def aclose(self) -> None:
         """Release the HTTP client."""
         ...
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """The TLS context of every provider's HTTP client in this process (the SDKs' default one,
+    made once).
+
+    Left to themselves the SDKs make one per client, and a provider (so a client) is made per
+    task: parsing the CA bundle costs tens of milliseconds of CPU on the event loop, which held
+    up every other task's events, and cancels, whenever a task started (the cancel benchmark's
+    p99). An ``SSLContext`` is meant to be shared; it is only read once configured."""
+    return httpx2.create_ssl_context()
 
 
 def with_url(message: str, exc: Exception, url: str) -> str:

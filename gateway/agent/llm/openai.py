@@ -29,6 +29,7 @@ from .base import (
     ToolCallArgs,
     ToolCallBegin,
     ToolCallEnd,
+    shared_ssl_context,
     with_url,
 )
 
@@ -105,6 +106,10 @@ class OpenAIProvider:
                 timeout=config.timeout_s,
                 max_retries=0,  # the agent loop owns retries, so they are visible as events
                 _strict_response_validation=config.strict_response_validation,
+                # The SDK's own client, but with the process's TLS context (see base.py).
+                http_client=openai.DefaultAsyncHttpxClient(
+                    timeout=config.timeout_s, verify=shared_ssl_context()
+                ),
             )
         except openai.OpenAIError as exc:
             raise errors.AuthError(str(exc), provider="openai") from None

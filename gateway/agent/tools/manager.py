@@ -1,21 +1,32 @@
 """ToolManager: every tool of a task, over MCP, by (server, tool, arguments).
 
 One ToolManager serves one task (the main agent and its sub-agents share it). Stdio servers are
-started lazily, when their tools are first listed, kept for the task, and closed by
-:meth:`ToolManager.aclose`, which must run in the task that used the manager (the MCP clients
-hold anyio task groups). The in-process built-ins are stateless, so every task of an event loop
-shares one MCP client per built-in, owned by a background task of that loop: a session set-up
-per task would cost five times the call itself, and thousands of tasks reaching their first
-tool call together would stall the loop.
+started lazily, when their tools are first listed, and kept for the task. Each stdio server is
+owned by a background task of its own (its *host*), which starts it, holds its MCP client (the
+client's anyio task group lives in the host) and, when asked, shuts it down: the SDK closes the
+server's stdin, waits up to its grace period (2 s) for the process to exit, then terminates its
+process group. The task's calls go through the client from the task itself. The in-process
+built-ins are stateless, so every task of an event loop shares one MCP client per built-in, owned
+by a background task of that loop: a session set-up per task would cost five times the call
+itself, and thousands of tasks reaching their first tool call together would stall the loop.
+
+Closing: :meth:`ToolManager.aclose` stops the task's stdio servers and waits until their
+processes have exited; :meth:`ToolManager.close` only asks the hosts to stop and returns at
+once, so a cancelled task ends as soon as its work has stopped while the shutdowns finish in the
+background. :func:`stop_tool_servers` waits for every shutdown still under way (bounded): the
+gateway awaits it when it shuts down, and a program that cancels runs must await it before its
+event loop closes, so that no server process outlives it.
 
 Cancellation: cancelling a running :meth:`call_tool` cancels the MCP request; for a stdio server
-the SDK sends ``notifications/cancelled`` before the ``CancelledError`` propagates. A per-call
-timeout also sends the cancel and becomes a :class:`ToolError`.
+the SDK sends ``notifications/cancelled`` before the ``CancelledError`` propagates (and before
+the server's stdin is closed). A per-call timeout also sends the cancel and becomes a
+:class:`ToolError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import weakref
 from collections.abc import Iterable, Mapping
@@ -32,6 +43,11 @@ from ..files import PATH_LISTS
 from .builtin import BUILTIN_LISTINGS, builtin_server
 
 STARTUP_TIMEOUT_S = 30.0  # starting a stdio server and listing its tools
+STOP_TIMEOUT_S = 10.0
+"""How long :func:`stop_tool_servers` waits by default: the SDK's own shutdown is bounded by
+about 6.5 s (flush 0.5 s, stdin closed then 2 s, SIGTERM then 2 s, SIGKILL then 2 s)."""
+
+log = logging.getLogger("gateway.agent.tools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +126,76 @@ async def shared_builtin_client(name: str) -> Client:
     return await asyncio.shield(ready)
 
 
+class _StdioHost:
+    """The owner of one stdio server: a background task that starts it, holds its MCP client
+    until :meth:`stop` is called, then shuts it down (the SDK's bounded sequence)."""
+
+    __slots__ = ("_stop", "name", "ready", "task")
+
+    def __init__(self, name: str, params: StdioServerParameters) -> None:
+        loop = asyncio.get_running_loop()
+        self.name = name
+        self.ready: asyncio.Future[Client] = loop.create_future()
+        self._stop = asyncio.Event()
+        self.task = loop.create_task(self._own(Client(params)), name=f"tool-server:{name}")
+        _STDIO_HOSTS.add(self)
+        self.task.add_done_callback(self._done)
+
+    def stop(self) -> None:
+        """Shut the server down in the background. Idempotent; never waits."""
+        self._stop.set()
+
+    async def _own(self, client: Client) -> None:
+        async with AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                    await stack.enter_async_context(client)
+            except asyncio.CancelledError:
+                self._fail(RuntimeError(f"server {self.name!r} was stopped while starting"))
+                raise
+            except Exception as exc:
+                self._fail(exc)
+                return
+            self.ready.set_result(client)
+            await self._stop.wait()
+        # Leaving the stack ran the SDK's shutdown: the process has exited (or was killed).
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # retrieved here: the task that wanted it may be gone
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        _STDIO_HOSTS.discard(self)
+        self._fail(RuntimeError(f"server {self.name!r} stopped"))
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("stopping the tool server %r failed", self.name, exc_info=task.exception())
+
+
+_STDIO_HOSTS: set[_StdioHost] = set()
+"""Every stdio server of this process whose host has not ended (running or shutting down)."""
+
+
+async def stop_tool_servers(deadline: float = STOP_TIMEOUT_S) -> int:
+    """Stop every stdio tool server of this event loop and wait until their processes have
+    exited, at most ``deadline`` seconds (hosts still running then are cancelled). Returns how
+    many were still running or shutting down. The gateway calls it when it shuts down; a
+    program that cancels runs itself calls it before its event loop closes."""
+    loop = asyncio.get_running_loop()
+    hosts = [h for h in _STDIO_HOSTS if h.task.get_loop() is loop and not h.task.done()]
+    for host in hosts:
+        host.stop()
+    if not hosts:
+        return 0
+    _, late = await asyncio.wait([h.task for h in hosts], timeout=deadline)
+    if late:
+        log.error("%d tool server(s) did not stop in %gs; abandoning them", len(late), deadline)
+        for task in late:
+            task.cancel()
+        await asyncio.wait(late, timeout=1.0)
+    return len(hosts)
+
+
 class ToolManager:
     """Lists and calls the tools of the configured MCP servers for one task."""
 
@@ -118,7 +204,7 @@ class ToolManager:
     ) -> None:
         self._servers = servers
         self._task_env = dict(task_env or {})
-        self._stack = AsyncExitStack()
+        self._hosts: dict[str, _StdioHost] = {}
         self._clients: dict[str, Client] = {}
         self._listings: dict[str, list[ToolInfo]] = {}
         self._closed = False
@@ -140,29 +226,39 @@ class ToolManager:
             client = await shared_builtin_client(cfg.builtin)
             self._clients[server] = client
             return client
-        else:
-            assert cfg.command is not None
+        assert cfg.command is not None
+        host = self._hosts.get(server)
+        if host is None:
             params = StdioServerParameters(
                 command=cfg.command, args=list(cfg.args), env=self._env(cfg.env)
             )
-            client = Client(params)
+            host = self._hosts[server] = _StdioHost(server, params)
         try:
-            async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                await self._stack.enter_async_context(client)
+            # Shielded: a cancelled caller leaves the start to the host (stopped by close()).
+            client = await asyncio.shield(host.ready)
         except TimeoutError:
+            self._forget(server, host)
             raise ToolError(
                 f"server {server!r} did not start in time", server=server, tool=""
             ) from None
-        except (OSError, MCPError) as exc:
+        except (OSError, MCPError, RuntimeError) as exc:
+            self._forget(server, host)
             raise ToolError(
                 f"cannot start server {server!r}: {exc}", server=server, tool=""
             ) from exc
         except ExceptionGroup as group:  # the SDK's task group: e.g. the process exited at once
+            self._forget(server, host)
             raise ToolError(
                 f"cannot start server {server!r}: {_first_leaf(group)}", server=server, tool=""
             ) from group
         self._clients[server] = client
         return client
+
+    def _forget(self, server: str, host: _StdioHost) -> None:
+        """A server that failed to start: the next use starts it again."""
+        if self._hosts.get(server) is host:
+            del self._hosts[server]
+        host.stop()
 
     def _env(self, configured: Mapping[str, str]) -> dict[str, str]:
         """A stdio server's environment: its configured one plus the task's (see
@@ -225,8 +321,19 @@ class ToolManager:
             raise ToolError(text or "the tool reported an error", server=server, tool=tool)
         return text
 
-    async def aclose(self) -> None:
-        """Close every connection (stops stdio subprocesses). Idempotent."""
+    def close(self) -> None:
+        """Stop every stdio server of this manager in the background (each host shuts its
+        server down; :func:`stop_tool_servers` waits for them) and refuse further calls.
+        Idempotent; never waits."""
         self._closed = True
         self._clients.clear()
-        await self._stack.aclose()
+        for host in self._hosts.values():
+            host.stop()
+
+    async def aclose(self) -> None:
+        """Stop every stdio server of this manager and wait until their processes have
+        exited. Idempotent."""
+        self.close()
+        tasks = [host.task for host in self._hosts.values()]
+        if tasks:
+            await asyncio.wait(tasks)
