@@ -18,7 +18,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -563,7 +563,7 @@ async def hold(spec: dict[str, Any]) -> dict[str, Any]:
     return {"conns": len(links), "running": running, "running_at_end": still}
 
 
-WORKLOADS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]] = {
+WORKLOADS: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any] | None]]] = {
     "throughput": throughput,
     "latency": latency,
     "first_event": first_event,
@@ -582,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    result = uvloop.run(WORKLOADS[spec["workload"]](spec))
+    result: dict[str, Any] | None = uvloop.run(WORKLOADS[spec["workload"]](spec))
     if result is not None:  # (``capacity`` prints its own, before it closes)
         print(json.dumps({"result": result}), flush=True)
 

@@ -169,9 +169,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 hi.append(s["max"] - s["median"])
             ax.bar(xs, ys, width, yerr=[lo, hi], label=name, capsize=2)
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(
-            [r["case"][:60] for r in rows], rotation=18, ha="right", fontsize=7
-        )
+        ax.set_xticklabels([r["case"][:60] for r in rows], rotation=18, ha="right", fontsize=7)
         ax.set_ylabel(unit)
         if unit in ("events/s", "ms", "tasks", "µs"):
             ax.set_yscale("log")
