@@ -1008,9 +1008,13 @@ class Suite:
             d = step.detail
             redis = f" + Redis {d['redis_cpu']:.2f}" if d["redis_cpu"] else ""
             saturated = " (saturated)" if d["client_cpu_max"] >= 0.9 else ""
+            cores = os.cpu_count() or 1
+            busy = d["server_cpu"] + d["redis_cpu"] + d["client_cpu"]
+            machine = f", all {cores} cores busy" if busy >= 0.9 * cores else ""
             return (
                 f"server {d['server_cpu']:.2f}{redis} cores, load generator "
                 f"{d['client_cpu']:.2f} cores in {d['client_procs']} processes{saturated}"
+                f"{machine}"
             )
 
         passed = result.step(result.capacity)
