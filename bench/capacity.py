@@ -99,7 +99,7 @@ def verdict(
     if p99 > p99_ms:
         reasons.append(f"p99 {p99:.3g} ms > {p99_ms:g} ms")
     if delivered < min_delivered * expected:
-        reasons.append(f"{delivered / max(1.0, expected):.0%} of the events delivered")
+        reasons.append(f"{delivered / max(1.0, expected):.1%} of the events delivered")
     if errors:
         reasons.append(f"{errors} tasks not started")
     return not reasons, "; ".join(reasons)

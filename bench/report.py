@@ -98,9 +98,13 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "pass, then a bisection narrows the bracket to 10%; the figure is the largest step "
         "that passed, and the notes give the first failing step with the CPU the server and "
         "the load generator used there. The load generator runs in two processes beside the "
-        "server on the same cores: when they are saturated (marked in the notes), the figure "
-        "is a lower bound for the server. The raw endpoint sends one event per frame at this "
-        "pace, so its limit is more often the client's decoding than its own sending.",
+        "server on the same cores and reads every server through aiohttp (its WebSocket "
+        "client for the gateway and the raw endpoint, whose compiled frame parser costs about "
+        "half the CPU per message of `websockets`; python-socketio's client and the SSE link "
+        "use it too). When a load-generator process is saturated, or all cores are busy "
+        "(both marked in the notes), the figure is a lower bound for that server. The raw "
+        "endpoint sends one event per frame at this pace, so on two cores its limit is often "
+        "the client's share of the CPU rather than its own sending.",
         "",
         "*Redis mode* rows run the same gateway with `--redis` against a `redis-server` of "
         "the run's own (no persistence, `noeviction`) on the same machine, against the "

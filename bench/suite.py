@@ -893,7 +893,10 @@ class Suite:
                     bases,
                     "≥ 2× each peer, ≥ 0.5× raw",
                     met,
-                    "; ".join(self._sweep_note(k, sweeps[k]) for k in (ours_label, *others)),
+                    "; ".join(self._sweep_note(k, sweeps[k]) for k in (ours_label, *others))
+                    if ours_label == "ours"
+                    else self._sweep_note(ours_label, sweeps[ours_label])
+                    + "; the others as in the row above",
                     {k: self._sweep_detail(sweeps[k]) for k in (ours_label, *others)},
                 )
             )
@@ -982,7 +985,7 @@ class Suite:
         }
         p99 = "–" if detail["p99"] is None else f"{detail['p99']:.3g}"
         self.log(
-            f"    {label} {n} tasks: p99 {p99} ms, {detail['delivered']:.0%} "
+            f"    {label} {n} tasks: p99 {p99} ms, {detail['delivered']:.1%} "
             f"delivered, server {server_cpu:.2f} cores"
             + (f" + Redis {redis_cpu:.2f}" if redis is not None else "")
             + f", load generator {detail['client_cpu']:.2f} ({procs} proc.) → "
@@ -1012,9 +1015,8 @@ class Suite:
             busy = d["server_cpu"] + d["redis_cpu"] + d["client_cpu"]
             machine = f", all {cores} cores busy" if busy >= 0.9 * cores else ""
             return (
-                f"server {d['server_cpu']:.2f}{redis} cores, load generator "
-                f"{d['client_cpu']:.2f} cores in {d['client_procs']} processes{saturated}"
-                f"{machine}"
+                f"server {d['server_cpu']:.2f}{redis} cores, clients {d['client_cpu']:.2f} "
+                f"({d['client_procs']} proc.){saturated}{machine}"
             )
 
         passed = result.step(result.capacity)

@@ -84,5 +84,5 @@ def test_verdict_names_every_reason_a_step_fails() -> None:
     ok, why = verdict(slow, 50, 100, 3, p99_ms=50, min_delivered=0.95)
     assert not ok
     assert "p99 20" in why and "> 50 ms" in why
-    assert "50% of the events delivered" in why
+    assert "50.0% of the events delivered" in why
     assert "3 tasks not started" in why
