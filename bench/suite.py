@@ -485,7 +485,13 @@ class Suite:
                     }
                     ours_ratio_b32 = ours["median"] / raws["raw, batch 32"]["median"]
                     worst_peer = max(p["median"] for p in peers.values())
-                    met = ours_ratio_b32 >= 0.5 and ours["median"] >= 2 * worst_peer
+                    met = ours["median"] >= 2 * worst_peer
+                    # One task at a time is bound by its own loop, not by the transport: its
+                    # goal is against the peers only (issue 16).
+                    target = "≥ 2× each peer"
+                    if tasks > 1:
+                        met = met and ours_ratio_b32 >= 0.5
+                        target = "≥ 0.5× raw batch 32, ≥ 2× each peer"
                     self.add(
                         Row(
                             "throughput",
@@ -495,7 +501,7 @@ class Suite:
                             True,
                             ours,
                             {**raws, **peers},
-                            "≥ 0.5× raw batch 32, ≥ 2× each peer",
+                            target,
                             met,
                             f"gateway process CPU {busy:.0%} during its runs",
                         )
@@ -568,8 +574,11 @@ class Suite:
                     False,
                     ours,
                     bases,
-                    "p99 ≤ 10 ms" if pct == "p99" else "",
-                    ours["median"] <= 10.0 if pct == "p99" else None,
+                    {"p99": "≤ 1.5× raw, ≤ 10 ms", "p999": "≤ 3× raw"}.get(pct, ""),
+                    {
+                        "p99": ours["median"] <= min(10.0, 1.5 * bases["raw"]["median"]),
+                        "p999": ours["median"] <= 3 * bases["raw"]["median"],
+                    }.get(pct),
                     "ours: demo agent; raw: pre-built events; peers: replayed events; events "
                     f"sampled per run: {int(statistics.median(r['n'] for r in runs['ours']))}",
                 )
@@ -604,6 +613,7 @@ class Suite:
                             after = srv.rss_kb()
                         per_conn[label].append((after - before) * 1024 / n / 1000)
             ours = summary(per_conn["ours"])
+            raw_kb = summary(per_conn["raw"])
             self.add(
                 Row(
                     "scale",
@@ -612,9 +622,9 @@ class Suite:
                     "KB",
                     False,
                     ours,
-                    {"raw": summary(per_conn["raw"])},
-                    "≤ 40 KB",
-                    ours["median"] <= 40,
+                    {"raw": raw_kb},
+                    "≤ 1.15× raw, ≤ 40 KB",
+                    ours["median"] <= min(40, 1.15 * raw_kb["median"]),
                 )
             )
         conns = 100
@@ -794,8 +804,8 @@ class Suite:
                         False,
                         ours,
                         {k: summary([r[pct] for r in v]) for k, v in peer.items()},
-                        "p99 ≤ 50 ms" if pct == "p99" else "",
-                        (ours["median"] <= 50 and kinds == {"TaskCancelled"})
+                        "p99 ≤ 20 ms" if pct == "p99" else "",
+                        (ours["median"] <= 20 and kinds == {"TaskCancelled"})
                         if pct == "p99"
                         else None,
                         f"terminal events: {sorted(kinds)}; {stopped}; "
@@ -823,6 +833,7 @@ class Suite:
                     res[label].append(client({**spec, "proto": proto, "port": srv.port}))
         for pct in ("p50", "p99"):
             ours = summary([r[pct] for r in res["ours"]])
+            bases = {k: summary([r[pct] for r in v]) for k, v in res.items() if k != "ours"}
             self.add(
                 Row(
                     "first event",
@@ -831,8 +842,10 @@ class Suite:
                     "ms",
                     False,
                     ours,
-                    {k: summary([r[pct] for r in v]) for k, v in res.items() if k != "ours"},
-                    note="raw: request → pre-built event; peers run the same demo agent",
+                    bases,
+                    "≤ 1.5× raw" if pct == "p50" else "",
+                    ours["median"] <= 1.5 * bases["raw"]["median"] if pct == "p50" else None,
+                    "raw: request → pre-built event; peers run the same demo agent",
                 )
             )
 
