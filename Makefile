@@ -68,11 +68,14 @@ test: typecheck lint pytest
 schema: $(STAMP)
 	$(BIN)/ospark schema
 
-# The benchmarks are not part of the package: bench/ runs from the checkout.
-bench: $(STAMP)
-	$(BIN)/python -m bench
+# The benchmarks are not part of the package: bench/ runs from the checkout. They start their
+# own redis-server (the Redis-mode rows), which sysdeps installs when missing.
+# `make bench BENCH_ARGS="--quick"` or `BENCH_ARGS="--only capacity,redis"` for part of it.
+BENCH_ARGS ?=
+bench: $(STAMP) sysdeps
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP) sysdeps
 	$(BIN)/python -m bench --smoke
 
 # Soak and chaos against real `ospark serve` processes (not part of `make test`):

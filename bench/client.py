@@ -4,8 +4,10 @@ One *link* type per protocol under test (the gateway, the raw endpoint, python-s
 gives the workloads one interface: open, start a task, cancel it, and a callback for every
 decoded event. The decoding work is the same everywhere: every event ends as a typed
 :class:`protocol.frames.EventFrame` (msgspec), whatever carried it. The result is one JSON
-object on stdout. ``idle`` and ``tasks`` print ``{"ready": ...}`` and hold their connections
-until a line arrives on stdin (the harness measures the server's memory in between).
+object on stdout. ``hold`` prints ``{"ready": ...}`` and holds its connections until a line
+arrives on stdin (the harness measures the server's memory in between); ``capacity`` prints
+``{"ready": ...}``, waits for its start time on stdin (several load-generator processes start
+together) and prints its result as soon as its measuring window is over.
 """
 
 from __future__ import annotations
@@ -16,14 +18,24 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
 import uvloop
 
+from bench.capacity import histogram
 from gateway.testing import FrameClient
-from protocol import JSON, MSGPACK, EventFrame, ProtocolError
+from protocol import (
+    JSON,
+    MSGPACK,
+    Cancel,
+    ClientSession,
+    EventFrame,
+    ProtocolError,
+    Start,
+    Subscribe,
+)
 from protocol.events import TaskCancelled, TaskCompleted, TaskFailed
 
 __all__ = ["main"]
@@ -88,6 +100,12 @@ class WsLink(Link):
     async def cancel(self, task_id: str) -> None:
         await self.client.cancel(task_id)
 
+    async def subscribe(self, task_id: str, after_seq: int = 0) -> None:
+        """Follow a task (of this gateway or, in Redis mode, of another one)."""
+        await self.client.send(
+            Subscribe(id=self.client.next_id(), task_id=task_id, after_seq=after_seq)
+        )
+
     async def control(self, **request: Any) -> None:
         """A request to the raw endpoint (``op``: stream, paced, first)."""
         await self.client.ws.send(json.dumps(request))
@@ -96,6 +114,79 @@ class WsLink(Link):
         with contextlib.suppress(Exception):
             await self.client.close()
         self._reader.cancel()
+
+
+class AioWsLink(Link):
+    """The gateway (or the raw endpoint) over aiohttp's WebSocket client, with the protocol's
+    own :class:`~protocol.ClientSession` for the frames. aiohttp parses WebSocket frames in
+    compiled code: about half the CPU per message of ``websockets`` here. The capacity workload
+    uses it, where the load generator shares two cores with the server and must cost less per
+    event than the server does; python-socketio's client and the SSE link run on aiohttp too,
+    so every server of that sweep is read by the same WebSocket/HTTP stack."""
+
+    async def open(self) -> None:
+        import aiohttp
+
+        codec = MSGPACK if self.encoding == "msgpack" else JSON
+        self.session = ClientSession(codec)
+        self.http = aiohttp.ClientSession()
+        self.ws = await self.http.ws_connect(
+            f"ws://{self.host}:{self.port}/ws",
+            protocols=[codec.subprotocol],
+            max_msg_size=0,
+            compress=0,
+            timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
+        )
+        hello = await self.ws.receive(timeout=120)
+        self.session.receive(hello.data)
+        self._ids = 0
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        import aiohttp
+
+        receive = self.session.receive
+        on_events = self.on_events
+        data_kinds = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
+        with contextlib.suppress(Exception):
+            async for message in self.ws:
+                if message.type not in data_kinds:
+                    continue
+                frames = receive(message.data)
+                if isinstance(frames, ProtocolError):
+                    continue
+                self.frames += 1
+                now = time.time()
+                events = [f for f in frames if type(f) is EventFrame]
+                if events:
+                    on_events(events, now)
+
+    async def _send(self, frame: Any) -> None:
+        data = self.session.send(frame)
+        if isinstance(data, bytes):
+            await self.ws.send_bytes(data)
+        else:
+            await self.ws.send_str(data)
+
+    def _rid(self) -> str:
+        self._ids += 1
+        return f"r{self._ids}"
+
+    async def start(self, task_id: str, text: str) -> None:
+        await self._send(Start(id=self._rid(), input=text, task_id=task_id))
+
+    async def cancel(self, task_id: str) -> None:
+        await self._send(Cancel(id=self._rid(), task_id=task_id))
+
+    async def control(self, **request: Any) -> None:
+        """A request to the raw endpoint (``op``: stream, paced, first)."""
+        await self.ws.send_str(json.dumps(request))
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        self._reader.cancel()
+        await self.http.close()
 
 
 class SocketIOLink(Link):
@@ -228,6 +319,8 @@ class Tracker:
 
 async def _open_links(spec: dict[str, Any], n: int, on_events: OnEvents) -> list[Link]:
     cls = LINKS[spec["proto"]]
+    if cls is WsLink and spec.get("ws_client") == "aiohttp":
+        cls = AioWsLink
     links = [
         cls(spec["host"], spec["port"], spec.get("encoding", "json"), on_events) for _ in range(n)
     ]
@@ -374,12 +467,21 @@ async def first_event(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def cancel(spec: dict[str, Any]) -> dict[str, Any]:
     """Start, wait for the trigger event (``llm_response`` or ``tool_call_start``), cancel,
-    time until ``task_cancelled``. ``concurrency`` samplers share one connection."""
+    time until ``task_cancelled``. ``concurrency`` samplers share one connection. With
+    ``port_b`` (Redis mode: another gateway on the same Redis) the task runs on ``port``, and a
+    second connection to ``port_b`` subscribes to it, sends the cancel and times the terminal
+    event it receives."""
     from protocol.events import LlmResponse, ToolCallStart
 
     trigger = ToolCallStart if spec["trigger"] == "tool" else LlmResponse
     tracker = Tracker(trigger)
     (link,) = await _open_links(spec, 1, tracker)
+    other: WsLink | None = None
+    on_other = Tracker()
+    if spec.get("port_b"):
+        (b,) = await _open_links({**spec, "port": spec["port_b"]}, 1, on_other)
+        assert isinstance(b, WsLink)
+        other = b
     samples: list[float] = []
     kinds: dict[str, int] = {}
     counter = iter(range(spec["samples"]))
@@ -390,19 +492,131 @@ async def cancel(spec: dict[str, Any]) -> dict[str, Any]:
             tracker.expect(task_id)
             await link.start(task_id, spec["input"])
             await asyncio.wait_for(tracker.triggered[task_id], 60)
+            watcher, canceller = tracker, link
+            if other is not None:
+                on_other.expect(task_id)
+                await other.subscribe(task_id)
+                await asyncio.wait_for(on_other.first[task_id], 60)
+                watcher, canceller = on_other, other
             await asyncio.sleep(spec.get("hold", 0.05))
             t0 = time.perf_counter()
-            await link.cancel(task_id)
-            t1, event = await asyncio.wait_for(tracker.terminal[task_id], 60)
+            await canceller.cancel(task_id)
+            t1, event = await asyncio.wait_for(watcher.terminal[task_id], 60)
             samples.append(t1 - t0)
             kind = type(event).__name__
             kinds[kind] = kinds.get(kind, 0) + 1
 
     await asyncio.gather(*(sampler() for _ in range(spec.get("concurrency", 1))))
-    await _close([link])
+    await _close([link] if other is None else [link, other])
     result = _percentiles(samples)
     result["terminal_kinds"] = kinds  # type: ignore[assignment]
     return result
+
+
+async def resume(spec: dict[str, Any]) -> dict[str, Any]:
+    """A task runs on ``port``; once it streams, a second connection (to ``port_b``: in Redis
+    mode another gateway; default the same one) subscribes to it from ``seq`` 0: the time from
+    ``subscribe`` sent to its first replayed event. The task is then cancelled."""
+    from protocol.events import LlmResponse
+
+    on_a, on_b = Tracker(LlmResponse), Tracker()
+    (a,) = await _open_links(spec, 1, on_a)
+    (b,) = await _open_links({**spec, "port": spec.get("port_b") or spec["port"]}, 1, on_b)
+    assert isinstance(b, WsLink)
+    samples: list[float] = []
+    for i in range(spec["samples"]):
+        task_id = f"{_RUN}r{i}"
+        on_a.expect(task_id)
+        on_b.expect(task_id)
+        await a.start(task_id, spec["input"])
+        await asyncio.wait_for(on_a.triggered[task_id], 60)
+        t0 = time.perf_counter()
+        await b.subscribe(task_id)
+        samples.append(await asyncio.wait_for(on_b.first[task_id], 60) - t0)
+        await a.cancel(task_id)
+        await asyncio.wait_for(on_a.terminal[task_id], 60)
+    await _close([a, b])
+    return _percentiles(samples)
+
+
+async def capacity(spec: dict[str, Any]) -> None:
+    """One load-generator process of a capacity step (:mod:`bench.capacity`).
+
+    The step has ``total`` tasks on ``conns`` connections (task *k* on connection
+    ``k % conns``), shared by ``procs`` processes (connection *i* in process ``i % procs``);
+    this one is number ``index``. Task *k* starts ``ramp × k / total`` seconds after the start
+    time, the same on every server (for the raw endpoint, which starts its streams per
+    connection, connection *i* starts at ``ramp × i / conns``). Every event received in the
+    window ``[start + ramp + warmup, + window]`` is measured. Prints ``ready`` once the
+    connections are open, reads ``{"start_at": epoch}`` on stdin, and prints its result as
+    soon as the window is over (then closes its connections)."""
+    total, conns, procs, index = spec["total"], spec["conns"], spec["procs"], spec["index"]
+    ramp, warmup, window = spec["ramp"], spec["warmup"], spec["window"]
+    pace_ms = spec["pace_ms"]
+    mine = [i for i in range(conns) if i % procs == index]
+    spec = {**spec, "ws_client": "aiohttp"}
+    tracker = Tracker()
+    tracker.latencies = []
+    links = dict(zip(mine, await _open_links(spec, len(mine), tracker), strict=True))
+    print(json.dumps({"ready": True, "conns": len(mine)}), flush=True)
+    loop = asyncio.get_running_loop()
+    start_at = float(json.loads(await loop.run_in_executor(None, sys.stdin.readline))["start_at"])
+    tracker.sample_after = start_at + ramp + warmup
+    tracker.sample_until = tracker.sample_after + window
+    raw = spec["proto"] == "raw"
+    starting: set[asyncio.Task[None]] = set()
+    errors = 0
+    task_ids: list[str] = []
+
+    def launch(request: Any) -> None:
+        def done(task: asyncio.Task[None]) -> None:
+            nonlocal errors
+            starting.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                errors += 1
+
+        task = asyncio.ensure_future(request)
+        starting.add(task)
+        task.add_done_callback(done)
+
+    if raw:
+        seconds = ramp + warmup + window + 1.0
+        for i in mine:
+            link = links[i]
+            assert isinstance(link, AioWsLink)
+            tasks = total // conns + (1 if i < total % conns else 0)
+            await asyncio.sleep(max(0.0, start_at + ramp * i / conns - time.time()))
+            launch(link.control(op="paced", tasks=tasks, pace_ms=pace_ms, seconds=seconds))
+    else:
+        for k in range(total):
+            if (k % conns) % procs != index:
+                continue
+            task_id = f"{_RUN}k{k}"
+            task_ids.append(task_id)
+            tracker.expect(task_id)
+            await asyncio.sleep(max(0.0, start_at + ramp * k / total - time.time()))
+            launch(links[k % conns].start(task_id, spec["input"]))
+    await asyncio.sleep(max(0.0, tracker.sample_after - time.time()))
+    cpu0 = time.process_time()
+    await asyncio.sleep(max(0.0, tracker.sample_until - time.time()))
+    cpu = time.process_time() - cpu0
+    latencies = tracker.latencies
+    tracker.latencies = None  # stop sampling
+    if raw:  # a stream request that failed or is still unsent
+        errors += sum(1 for t in starting if not t.done())
+    else:  # a task that sent nothing by the end of the window was refused or never served
+        errors = sum(1 for t in task_ids if not tracker.first[t].done())
+    result = {
+        "hist": histogram(latencies),
+        "events": len(latencies),
+        "errors": errors,
+        "client_cpu": cpu / window,
+    }
+    print(json.dumps({"result": result}), flush=True)
+    for task in starting:
+        task.cancel()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_close(list(links.values())), 5)
 
 
 async def hold(spec: dict[str, Any]) -> dict[str, Any]:
@@ -434,12 +648,14 @@ async def hold(spec: dict[str, Any]) -> dict[str, Any]:
     return {"conns": len(links), "running": running, "running_at_end": still}
 
 
-WORKLOADS = {
+WORKLOADS: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any] | None]]] = {
     "throughput": throughput,
     "latency": latency,
     "first_event": first_event,
     "cancel": cancel,
+    "resume": resume,
     "hold": hold,
+    "capacity": capacity,
 }
 
 
@@ -451,8 +667,9 @@ def main(argv: list[str] | None = None) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    result = uvloop.run(WORKLOADS[spec["workload"]](spec))
-    print(json.dumps({"result": result}), flush=True)
+    result: dict[str, Any] | None = uvloop.run(WORKLOADS[spec["workload"]](spec))
+    if result is not None:  # (``capacity`` prints its own, before it closes)
+        print(json.dumps({"result": result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ A replay task is described by its input, ``replay:<events>:<pace_ms>``: ``events
 all (``task_started``, progress, word-sized ``llm_response`` deltas, a tool call, the terminal
 ``task_completed``), one every ``pace_ms`` milliseconds (``0``: as fast as the loop runs; every
 event still yields to the event loop once, as a real LLM stream does between network reads).
+
+A paced task keeps to its schedule (event *k* is due ``k × pace_ms`` after the start) instead of
+sleeping ``pace_ms`` after each event: a server that falls behind gets its events in a burst
+when it catches up, as it would from a model that keeps streaming, and cannot lower the load it
+is offered by being slow.
 """
 
 from __future__ import annotations
@@ -130,8 +135,12 @@ async def replay_runner(spec: TaskSpec, emit: Emit) -> Event:
     """A runner (:data:`gateway.streaming.Runner`) replaying :func:`events` as its input
     says; cancelled between events like any runner."""
     n, pace = parse_input(spec.input)
+    loop = asyncio.get_running_loop()
+    due = loop.time()
     for event in events(n):
-        await asyncio.sleep(pace)  # 0: one pass of the event loop, as a network read would
+        due += pace
+        # pace 0 (or behind schedule): one pass of the event loop, as a network read would
+        await asyncio.sleep(max(0.0, due - loop.time()))
         if type(event) in TERMINAL_STATES:
             return event
         emit(event)

@@ -5,6 +5,7 @@ Kinds:
 - ``gateway``: the OSpark gateway with limits raised for load (every task runs at once, no start
   rate limit); ``--source replay`` replays synthetic tasks (see :mod:`bench.replay`),
   ``--source demo`` runs the real agent stack from ``--config``.
+  ``--redis URL`` keeps its tasks in that Redis (Redis mode).
 - ``raw``: the physical limit: a minimal Starlette WebSocket endpoint that sends pre-encoded
   event frames as fast as it can (one event per frame, or ``batch`` frames).
 - ``socketio``: python-socketio on uvicorn, one room per task (the peer a user would pick).
@@ -37,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from bench.replay import frames, replay_factory
+from bench.replay import events, frames, replay_factory
 from gateway.streaming.runner import Runner, TaskStream
 from protocol import Batch, EventFrame, Hello, codec_for_subprotocol, select_subprotocol
 from protocol.events import TERMINAL_KINDS
@@ -109,6 +110,7 @@ async def _gateway(args: argparse.Namespace) -> None:
         connection=ConnectionSettings(
             limits=Limits(max_tasks_per_connection=many, max_starts_per_second=1e9)
         ),
+        redis_url=args.redis,
     )
     factory = replay_factory if args.source == "replay" else None
     app = create_app(settings, runner_factory=factory)
@@ -182,22 +184,32 @@ async def _raw_ws(websocket: WebSocket) -> None:
 async def _raw_paced(
     request: _RawRequest, send: Callable[[bytes], Any], encode: Callable[[Any], bytes]
 ) -> None:
-    """``tasks`` streams of one event every ``pace_ms``, each stamped when it is sent."""
-    deadline = time.monotonic() + request.seconds
-    template = frames("t", 3)[1]
+    """``tasks`` streams of one event every ``pace_ms`` for ``seconds``, each event stamped when
+    it is sent. The events are those of a replayed task (:func:`bench.replay.events`: mostly
+    ``llm_response`` deltas), and each stream keeps to its schedule like a paced replay task, so
+    every server of the paced benchmarks is offered the same load. The streams' phases are
+    spread over one pace interval. Ends quietly when the client goes away."""
+    loop = asyncio.get_running_loop()
+    pace = request.pace_ms / 1000.0
+    deadline = loop.time() + request.seconds
+    body = list(events(64))[1:-1]
 
     async def one(i: int) -> None:
+        task_id = f"t{i}"
+        due = loop.time() + pace * (i / max(1, request.tasks))
         seq = 0
-        await asyncio.sleep(request.pace_ms / 1000.0 * (i / max(1, request.tasks)))
-        while time.monotonic() < deadline:
+        while due < deadline:
+            await asyncio.sleep(max(0.0, due - loop.time()))
             seq += 1
-            frame = EventFrame(task_id=f"t{i}", seq=seq, ts=time.time(), event=template.event)
-            await send(encode(frame))
-            await asyncio.sleep(request.pace_ms / 1000.0)
+            event = body[seq % len(body)]
+            await send(encode(EventFrame(task_id=task_id, seq=seq, ts=time.time(), event=event)))
+            due += pace
 
-    await asyncio.gather(*(one(i) for i in range(request.tasks)))
-    done = frames("t0", 3)[-1]
-    await send(encode(done))
+    try:
+        await asyncio.gather(*(one(i) for i in range(request.tasks)))
+        await send(encode(frames("t0", 3)[-1]))
+    except Exception:  # the client left (its window is over): nothing to report
+        return
 
 
 class _AgentPool:
@@ -387,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=["gateway", "raw", "socketio", "sse", "fakellm"])
     parser.add_argument("--source", choices=["replay", "demo"], default="replay")
     parser.add_argument("--config", default=None, help="agent config YAML (demo source)")
+    parser.add_argument("--redis", default=None, help="gateway: keep tasks in this Redis (URL)")
     args = parser.parse_args(argv)
     _raise_fd_limit()
     with contextlib.suppress(KeyboardInterrupt):
