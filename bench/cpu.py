@@ -181,6 +181,10 @@ def _idle(args: argparse.Namespace) -> None:
         _trace_idle(args.conns)
 
 
+def _trace(args: argparse.Namespace) -> None:
+    _trace_idle(args.conns)
+
+
 def _trace_idle(conns: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = str(Path(tmp) / "snap")
@@ -211,11 +215,15 @@ def _trace_idle(conns: int) -> None:
             second = tracemalloc.Snapshot.load(base + ".1")
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
     stats = second.compare_to(first, "traceback")
     total = sum(s.size_diff for s in stats)
     print(json.dumps({"case": "tracemalloc growth per idle connection", "bytes": total / conns}))
-    for stat in stats[:25]:
+    for stat in stats[:60]:
         frames = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in stat.traceback]
         where = " < ".join(frames[-4:][::-1])
         print(f"{stat.size_diff / conns:8.1f} B/conn {stat.count_diff / conns:5.2f} obj  {where}")
@@ -238,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     idle.add_argument("--conns", type=int, default=1000)
     idle.add_argument("--runs", type=int, default=2)
     idle.add_argument("--trace", action="store_true")
+    trace = sub.add_parser("trace", help="only the tracemalloc part of idle")
+    trace.add_argument("--conns", type=int, default=1000)
     args = parser.parse_args(argv)
-    {"throughput": _throughput, "first": _first, "idle": _idle}[args.what](args)
+    {"throughput": _throughput, "first": _first, "idle": _idle, "trace": _trace}[args.what](args)
     if getattr(args, "profile", None):
         _top(args.profile)
     sys.stdout.flush()

@@ -1,7 +1,7 @@
 """The Starlette application: ``/ws`` (WebSocket), ``/healthz``, ``/metrics`` and the web demo.
 
 The endpoint is thin: it authenticates, negotiates the subprotocol, then runs the socket's I/O
-loop (:func:`_pump`): the endpoint itself reads, feeding :meth:`Connection.handle`; a writer
+loop (:class:`_Pump`): the endpoint itself reads, feeding :meth:`Connection.handle`; a writer
 task, started the first time there is something to send, takes payloads from the connection's
 :class:`~gateway.outbox.Outbox`; every decision is in :class:`gateway.connection.Connection`
 and the outbox. One close path: a requested close (a failed send included) stops the writer
@@ -248,7 +248,7 @@ async def _websocket(websocket: WebSocket) -> None:
     )
     gw.add(conn)
     try:
-        await _pump(websocket, conn, gw.metrics)
+        await _Pump(websocket, conn, gw.metrics).run()
     finally:
         conn.close()
         gw.discard(conn)
@@ -263,57 +263,67 @@ async def _deny(websocket: WebSocket, status: int, reason: str, label: str) -> N
         await websocket.send_denial_response(PlainTextResponse(reason, status_code=status))
 
 
-async def _pump(websocket: WebSocket, conn: Connection, metrics: Metrics) -> None:
-    """The socket's I/O loop. This coroutine reads; a writer task, started the first time the
-    connection has something to send (an idle connection holds none), writes; a requested
-    close stops the writer (it may be blocked on a socket that does not drain) and closes the
-    socket, which ends the reader."""
-    # The session encodes to bytes for MessagePack and to str for JSON: pick the sender once.
-    send: Send = websocket.send_bytes if conn.session.codec.binary else websocket.send_text  # type: ignore[assignment]
-    await send(conn.hello())
-    loop = asyncio.get_running_loop()
-    writer: asyncio.Task[None] | None = None
-    closer: asyncio.Task[None] | None = None
+class _Pump:
+    """The socket's I/O loop (:meth:`run`). Its own coroutine reads; a writer task, started the
+    first time the connection has something to send (an idle connection holds none), writes;
+    a requested close stops the writer (it may be blocked on a socket that does not drain) and
+    closes the socket, which ends the reader. (An object rather than closures: what an idle
+    connection holds is kept small.)"""
 
-    def start_writer() -> None:
-        nonlocal writer
-        writer = loop.create_task(_write(conn, send, metrics), name=f"ws-writer:{conn.session_id}")
+    __slots__ = ("closer", "conn", "metrics", "send", "websocket", "writer")
 
-    def close_requested() -> None:
-        nonlocal closer
-        if writer is not None:
-            writer.cancel()
-        closer = loop.create_task(_close(websocket, conn))
+    def __init__(self, websocket: WebSocket, conn: Connection, metrics: Metrics) -> None:
+        self.websocket = websocket
+        self.conn = conn
+        self.metrics = metrics
+        # The session encodes to bytes for MessagePack and to str for JSON: pick the sender once.
+        self.send: Send = (
+            websocket.send_bytes  # type: ignore[assignment]
+            if conn.session.codec.binary
+            else websocket.send_text
+        )
+        self.writer: asyncio.Task[None] | None = None
+        self.closer: asyncio.Task[None] | None = None
 
-    conn.start_writer = start_writer
-    conn.on_close = close_requested
-    try:
-        await _read(websocket, conn)
-    except (WebSocketDisconnect, OSError):
-        pass
-    except Exception:
-        log.exception("connection %s failed", conn.session_id)
-    finally:
-        conn.start_writer = conn.on_close = None
-        if writer is not None:
-            writer.cancel()
-        await asyncio.gather(
-            *(t for t in (writer, closer) if t is not None), return_exceptions=True
+    def start_writer(self) -> None:
+        conn = self.conn
+        self.writer = asyncio.get_running_loop().create_task(
+            _write(conn, self.send, self.metrics), name=f"ws-writer:{conn.session_id}"
         )
 
+    def close_requested(self) -> None:
+        if self.writer is not None:
+            self.writer.cancel()
+        self.closer = asyncio.get_running_loop().create_task(_close(self.websocket, self.conn))
 
-async def _read(websocket: WebSocket, conn: Connection) -> None:
-    """Feed every incoming message to the connection until the client goes or a close is
-    requested (closing the socket ends the wait for the next message)."""
-    receive = websocket.receive
-    while conn.close_code is None:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        data = message.get("text")
-        if data is None:
-            data = message.get("bytes") or b""
-        await conn.handle(data)
+    async def run(self) -> None:
+        """Send ``hello``, then feed every incoming message to the connection until the client
+        goes or a close is requested (closing the socket ends the wait for the next one)."""
+        conn = self.conn
+        await self.send(conn.hello())
+        conn.start_writer = self.start_writer
+        conn.on_close = self.close_requested
+        receive = self.websocket.receive
+        try:
+            while conn.close_code is None:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                await conn.handle(data)
+        except (WebSocketDisconnect, OSError):
+            pass
+        except Exception:
+            log.exception("connection %s failed", conn.session_id)
+        finally:
+            conn.start_writer = conn.on_close = None
+            if self.writer is not None:
+                self.writer.cancel()
+            await asyncio.gather(
+                *(t for t in (self.writer, self.closer) if t is not None), return_exceptions=True
+            )
 
 
 async def _write(conn: Connection, send: Send, metrics: Metrics) -> None:
