@@ -3,10 +3,12 @@
 A :class:`Connection` sits between the socket and the :class:`~gateway.tasks.TaskManager`:
 it answers requests (:meth:`Connection.handle`, one incoming message at a time) and follows
 tasks, queueing their events in its :class:`~gateway.outbox.Outbox`. It does no I/O: the
-endpoint's reader feeds :meth:`Connection.handle`, and its writer waits on
-:attr:`Connection.wakeup`, takes payloads from :attr:`Connection.outbox` and counts what it
-sent in :attr:`Connection.stats`; it closes the socket once :attr:`Connection.close_requested`
-is set, with :attr:`Connection.close_code`.
+endpoint's reader feeds :meth:`Connection.handle`, and its writer waits with
+:meth:`Connection.wait_for_output`, takes payloads from :attr:`Connection.outbox` and counts
+what it sent in :attr:`Connection.stats`. The first time anything is queued the connection
+calls :attr:`Connection.start_writer`, once (an idle connection needs no writer); when a close
+is requested it sets :attr:`Connection.close_code` and calls :attr:`Connection.on_close`, and
+the endpoint stops its writer and closes the socket with that code.
 
 Task events are pushed in synchronously by the subscriptions (from the task producing them),
 so a slow socket never slows a task, and a slow task never delays another task's events.
@@ -28,6 +30,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gateway
@@ -39,6 +42,7 @@ from protocol import (
     CancelAck,
     ErrorCode,
     ErrorFrame,
+    EventFrame,
     Gap,
     Hello,
     Input,
@@ -146,6 +150,27 @@ class _Follow:
 class Connection:
     """One client connection (see the module docstring)."""
 
+    __slots__ = (
+        "_bucket",
+        "_close_event",
+        "_closed",
+        "_flush_waiters",
+        "_follows",
+        "_outbox",
+        "_started",
+        "_waiter",
+        "close_code",
+        "close_reason",
+        "manager",
+        "on_close",
+        "principal",
+        "session",
+        "session_id",
+        "settings",
+        "start_writer",
+        "stats",
+    )
+
     def __init__(
         self,
         manager: TaskManager,
@@ -161,25 +186,34 @@ class Connection:
         self.settings = settings or ConnectionSettings()
         self.session_id = session_id or uuid.uuid4().hex[:16]
         self.stats = ConnectionStats()
-        self.outbox = Outbox(session.send, self.settings.outbox_limits())
-        """What waits for the socket; the endpoint's writer takes from it."""
-        self.wakeup = asyncio.Event()
-        """Set when something was queued (or a close requested): the writer's cue."""
+        self._outbox: Outbox | None = None  # made with the first output (see `outbox`)
+        self.start_writer: Callable[[], None] | None = None
+        """Called (then cleared) the first time output is queued or a close requested: the
+        endpoint starts its writer there, so an idle connection holds no writer task."""
+        self.on_close: Callable[[], None] | None = None
+        """Called (then cleared) when a close is requested: the endpoint stops its writer and
+        closes the socket with :attr:`close_code`."""
         self.close_code: int | None = None
         """Set when the connection must be closed; the endpoint closes with it."""
         self.close_reason = ""
-        self.close_requested = asyncio.Event()
-        """Set with ``close_code``: the endpoint stops its reader and writer (the writer may be
-        blocked on a socket that does not drain) and closes the socket."""
+        # Created on demand, so that an idle connection holds none of them.
+        self._waiter: asyncio.Future[None] | None = None  # the writer, parked
+        self._close_event: asyncio.Event | None = None
         self._follows: dict[str, _Follow] = {}
         self._started: dict[str, None] = {}  # tasks started here, for the per-connection limit
-        limits = self.settings.limits
-        self._bucket = _TokenBucket(
-            limits.max_starts_per_second, max(1.0, limits.max_starts_per_second)
-        )
+        self._bucket: _TokenBucket | None = None
         self._closed = False
         """No more frames are queued: closed, or a close was requested."""
-        self._flush_waiters: list[asyncio.Future[None]] = []
+        self._flush_waiters: list[asyncio.Future[None]] | None = None
+
+    @property
+    def outbox(self) -> Outbox:
+        """What waits for the socket; the endpoint's writer takes from it. Made on first use,
+        so that an idle connection holds none."""
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = Outbox(self.session.send, self.settings.outbox_limits())
+        return outbox
 
     # ------------------------------------------------------------------ handshake
 
@@ -278,7 +312,11 @@ class Connection:
                 "$.input",
             )
             return
-        if not self._bucket.take():
+        bucket = self._bucket
+        if bucket is None:
+            rate = limits.max_starts_per_second
+            bucket = self._bucket = _TokenBucket(rate, max(1.0, rate))
+        if not bucket.take():
             self._reply_error(
                 ErrorCode.RATE_LIMITED,
                 f"more than {limits.max_starts_per_second:g} starts per second; slow down",
@@ -418,15 +456,26 @@ class Connection:
 
     def _new_follow(self, task_id: str | None) -> tuple[_Follow, Deliver]:
         follow = _Follow(task_id)
+        outbox = self.outbox
         deliver_now = self._deliver
 
         def deliver(item: Delivery) -> None:
-            if follow.active:
-                held = follow.held
-                if held is None:
-                    deliver_now(item, False)
-                else:
-                    held.append(item)
+            # The hot path of every live event: the common case (an event of a followed task,
+            # the connection open) goes straight to the outbox.
+            if not follow.active:
+                return
+            if follow.held is not None:
+                follow.held.append(item)
+            elif type(item) is EventFrame and not self._closed:
+                if type(item.event) in TERMINAL_STATES:
+                    self._follows.pop(item.task_id, None)  # the subscription closes itself
+                verdict = outbox.add_event(item)
+                if verdict is not None:
+                    self._overflow(verdict)
+                elif self._waiter is not None or self.start_writer is not None:
+                    self._wake()  # (else the writer is awake already)
+            else:
+                deliver_now(item, False)
 
         return follow, deliver
 
@@ -447,7 +496,8 @@ class Connection:
         follow = self._follows.pop(task_id, None)
         if follow is not None:
             follow.stop()
-        self.outbox.drop_task(task_id)
+        if self._outbox is not None:
+            self._outbox.drop_task(task_id)
 
     # ------------------------------------------------------------------ outgoing
 
@@ -464,7 +514,7 @@ class Connection:
         if verdict is not None:
             self._overflow(verdict)
         else:
-            self.wakeup.set()
+            self._wake()
 
     def send_frame(self, frame: ServerFrame) -> None:
         """Queue a server frame (not an event) for this client."""
@@ -477,7 +527,7 @@ class Connection:
         if verdict is not None:
             self._overflow(verdict)
         else:
-            self.wakeup.set()
+            self._wake()
 
     def _reply_error(
         self,
@@ -497,20 +547,60 @@ class Connection:
     def _overflow(self, verdict: SlowConsumer) -> None:
         self.request_close(verdict.code, verdict.reason)
 
+    # ------------------------------------------------------------------ the writer's side
+
+    def _wake(self) -> None:
+        """Something was queued (or a close requested): wake the writer, or have it started."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        start = self.start_writer
+        if start is not None:
+            self.start_writer = None
+            start()
+
+    async def wait_for_output(self) -> None:
+        """Return once something waits in the outbox or a close was requested (at once if so
+        already). For the one writer of the connection."""
+        if self._outbox or self.close_code is not None:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+
+    @property
+    def close_requested(self) -> asyncio.Event:
+        """Set once a close was requested (``close_code`` is set)."""
+        event = self._close_event
+        if event is None:
+            event = self._close_event = asyncio.Event()
+            if self.close_code is not None:
+                event.set()
+        return event
+
     async def flushed(self) -> None:
         """Wait until everything queued so far was handed to the socket (or it closed)."""
         if self._closed:
             return
-        if not self.outbox and not self.outbox.writing:
+        outbox = self._outbox
+        if outbox is None or (not outbox and not outbox.writing):
             return
         waiter = asyncio.get_running_loop().create_future()
+        if self._flush_waiters is None:
+            self._flush_waiters = []
         self._flush_waiters.append(waiter)
         await waiter
 
     def sent_all(self) -> None:
         """Called by the writer when the outbox is empty: wakes :meth:`flushed`."""
-        waiters, self._flush_waiters = self._flush_waiters, []
-        for waiter in waiters:
+        waiters, self._flush_waiters = self._flush_waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -521,11 +611,17 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self._closed = True
-        self.outbox.clear()
+        self.start_writer = None
+        if self._outbox is not None:
+            self._outbox.clear()
         self._unsubscribe_all()
-        self.wakeup.set()
+        self._wake()
         self.sent_all()
-        self.close_requested.set()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
+        if self._close_event is not None:
+            self._close_event.set()
 
     # ------------------------------------------------------------------ lifetime
 
@@ -537,9 +633,11 @@ class Connection:
     def close(self) -> None:
         """Unsubscribe from every task (they keep running under their detach policy)."""
         self._closed = True
+        self.start_writer = self.on_close = None
         self._unsubscribe_all()
-        self.outbox.clear()
-        self.wakeup.set()
+        if self._outbox is not None:
+            self._outbox.clear()
+        self._wake()
         self.sent_all()
 
 

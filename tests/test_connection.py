@@ -36,8 +36,7 @@ async def run_writer(conn: Connection, send: Callable[[str | bytes], Awaitable[N
     """Take payloads from the connection's outbox and send them, as the endpoint does."""
     outbox = conn.outbox
     while True:
-        await conn.wakeup.wait()
-        conn.wakeup.clear()
+        await conn.wait_for_output()
         if conn.close_code is not None:
             return
         outbox.begin_write()
@@ -276,4 +275,23 @@ async def test_replay_flooding_is_bounded(gate: asyncio.Semaphore) -> None:
     assert len(conn.outbox) == 0
     writer.cancel()
     conn.close()
+    await manager.shutdown(0)
+
+
+async def test_the_writer_is_started_once_with_the_first_output(gate: asyncio.Semaphore) -> None:
+    manager = TaskManager(ScriptedRunner(lambda spec: [TaskStarted()], gate=gate))
+    conn = Connection(manager, ServerSession(JSON), principal="p")
+    conn.hello()
+    starts: list[int] = []
+    conn.start_writer = lambda: starts.append(len(conn.outbox))
+    assert starts == []  # idle: nothing to write, no writer
+    await conn.handle('{"type":"ping","id":1}')
+    assert starts == [1]
+    await conn.handle('{"type":"ping","id":2}')
+    assert starts == [1] and len(conn.outbox) == 2  # started once; it takes from the outbox
+    closes: list[int | None] = []
+    conn.on_close = lambda: closes.append(conn.close_code)
+    conn.request_close(4003, "bye")
+    conn.request_close(4000, "again")
+    assert closes == [4003] and len(conn.outbox) == 0
     await manager.shutdown(0)

@@ -272,6 +272,8 @@ def test_nothing_is_lost_reordered_or_duplicated(
             outbox.end_write()
     payloads.extend(drain(outbox))
     assert outbox.live_bytes == 0 and outbox.replay_items == 0
+    for payload, _ in payloads:  # each one exactly what encoding its frame gives
+        assert codec.to_wire(codec.encode(codec.decode_server(payload))) == payload
     assert sum(n for _, n in payloads) + outbox.events_merged == sum(seqs.values())
     frames = [f for f in decode(client, payloads) if isinstance(f, EventFrame)]
     for task_id in "tu":

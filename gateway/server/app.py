@@ -1,11 +1,13 @@
 """The Starlette application: ``/ws`` (WebSocket), ``/healthz``, ``/metrics`` and the web demo.
 
 The endpoint is thin: it authenticates, negotiates the subprotocol, then runs the socket's I/O
-loop (:func:`_pump`): one reader feeding :meth:`Connection.handle`, one writer taking payloads
-from the connection's :class:`~gateway.outbox.Outbox`; every decision is in
-:class:`gateway.connection.Connection` and the outbox. One close path: whichever of reader and
-writer ends first (client gone, close requested, socket error) cancels the other, then the
-connection unsubscribes from its tasks, which keep running under their detach policy.
+loop (:class:`_Pump`): the endpoint itself reads, feeding :meth:`Connection.handle`; a writer
+task, started the first time there is something to send, takes payloads from the connection's
+:class:`~gateway.outbox.Outbox`; every decision is in :class:`gateway.connection.Connection`
+and the outbox. One close path: a requested close (a failed send included) stops the writer
+and closes the socket, which ends the reader; a client that leaves ends the reader, which stops
+the writer; then the connection unsubscribes from its tasks, which keep running under their
+detach policy.
 """
 
 from __future__ import annotations
@@ -249,7 +251,7 @@ async def _websocket(websocket: WebSocket) -> None:
     )
     gw.add(conn)
     try:
-        await _pump(websocket, conn, gw.metrics)
+        await _Pump(websocket, conn, gw.metrics).run()
     finally:
         conn.close()
         gw.discard(conn)
@@ -264,77 +266,107 @@ async def _deny(websocket: WebSocket, status: int, reason: str, label: str) -> N
         await websocket.send_denial_response(PlainTextResponse(reason, status_code=status))
 
 
-async def _pump(websocket: WebSocket, conn: Connection, metrics: Metrics) -> None:
-    """The socket's I/O loop: a reader and a writer; the first to end stops the other."""
-    # The session encodes to bytes for MessagePack and to str for JSON: pick the sender once.
-    send: Send = websocket.send_bytes if conn.session.codec.binary else websocket.send_text  # type: ignore[assignment]
-    await send(conn.hello())
-    read_task = asyncio.create_task(_read(websocket, conn), name=f"ws-reader:{conn.session_id}")
-    write_task = asyncio.create_task(
-        _write(conn, send, metrics), name=f"ws-writer:{conn.session_id}"
-    )
-    close_task: asyncio.Task[object] = asyncio.create_task(conn.close_requested.wait())
-    try:
-        done, _ = await asyncio.wait(
-            {read_task, write_task, close_task}, return_when=asyncio.FIRST_COMPLETED
+class _Pump:
+    """The socket's I/O loop (:meth:`run`). Its own coroutine reads; a writer task, started the
+    first time the connection has something to send (an idle connection holds none), writes;
+    a requested close stops the writer (it may be blocked on a socket that does not drain) and
+    closes the socket, which ends the reader. (An object rather than closures: what an idle
+    connection holds is kept small.)"""
+
+    __slots__ = ("closer", "conn", "metrics", "send", "websocket", "writer")
+
+    def __init__(self, websocket: WebSocket, conn: Connection, metrics: Metrics) -> None:
+        self.websocket = websocket
+        self.conn = conn
+        self.metrics = metrics
+        # The session encodes to bytes for MessagePack and to str for JSON: pick the sender once.
+        self.send: Send = (
+            websocket.send_bytes  # type: ignore[assignment]
+            if conn.session.codec.binary
+            else websocket.send_text
         )
-    finally:
-        for task in (read_task, write_task, close_task):
-            task.cancel()
-        await asyncio.gather(read_task, write_task, close_task, return_exceptions=True)
-    for task in done - {close_task}:
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
-            log.error("connection %s failed", conn.session_id, exc_info=exc)
-    if conn.close_code is not None:
-        # Bounded: a client that reads nothing never lets the close frame out.
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5.0):
-                await websocket.close(conn.close_code, conn.close_reason)
+        self.writer: asyncio.Task[None] | None = None
+        self.closer: asyncio.Task[None] | None = None
 
+    def start_writer(self) -> None:
+        conn = self.conn
+        self.writer = asyncio.get_running_loop().create_task(
+            _write(conn, self.send, self.metrics), name=f"ws-writer:{conn.session_id}"
+        )
 
-async def _read(websocket: WebSocket, conn: Connection) -> None:
-    """Feed every incoming message to the connection until the client goes or a close is
-    requested."""
-    receive = websocket.receive
-    while conn.close_code is None:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        data = message.get("text")
-        if data is None:
-            data = message.get("bytes") or b""
-        await conn.handle(data)
+    def close_requested(self) -> None:
+        if self.writer is not None:
+            self.writer.cancel()
+        self.closer = asyncio.get_running_loop().create_task(_close(self.websocket, self.conn))
+
+    async def run(self) -> None:
+        """Send ``hello``, then feed every incoming message to the connection until the client
+        goes or a close is requested (closing the socket ends the wait for the next one)."""
+        conn = self.conn
+        await self.send(conn.hello())
+        conn.start_writer = self.start_writer
+        conn.on_close = self.close_requested
+        receive = self.websocket.receive
+        try:
+            while conn.close_code is None:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("text")
+                if data is None:
+                    data = message.get("bytes") or b""
+                await conn.handle(data)
+        except (WebSocketDisconnect, OSError):
+            pass
+        except Exception:
+            log.exception("connection %s failed", conn.session_id)
+        finally:
+            conn.start_writer = conn.on_close = None
+            if self.writer is not None:
+                self.writer.cancel()
+            await asyncio.gather(
+                *(t for t in (self.writer, self.closer) if t is not None), return_exceptions=True
+            )
 
 
 async def _write(conn: Connection, send: Send, metrics: Metrics) -> None:
-    """Send what the connection queues until a close is requested; cancel it to stop."""
+    """Send what the connection queues until a close is requested (then it is cancelled)."""
     outbox = conn.outbox
-    wakeup = conn.wakeup
     stats = conn.stats
     batch_size = metrics.batch_size
-    while True:
-        await wakeup.wait()
-        wakeup.clear()
-        if conn.close_code is not None:
-            return
-        metrics.outbox_depth.observe(len(outbox))
-        outbox.begin_write()
-        try:
-            while (item := outbox.take()) is not None:
-                payload, n_events = item
-                await send(payload)
-                stats.frames_sent += 1
-                stats.bytes_sent += len(payload)
-                if n_events:
-                    stats.events_sent += n_events
-                    stats.batches_sent += n_events > 1
-                    batch_size.observe(n_events)
-                if conn.close_code is not None:
-                    return
-        finally:
-            outbox.end_write()
-        conn.sent_all()
+    try:
+        while conn.close_code is None:
+            await conn.wait_for_output()
+            if conn.close_code is not None:
+                return
+            metrics.outbox_depth.observe(len(outbox))
+            outbox.begin_write()
+            try:
+                while (item := outbox.take()) is not None:
+                    payload, n_events = item
+                    await send(payload)
+                    stats.frames_sent += 1
+                    stats.bytes_sent += len(payload)
+                    if n_events:
+                        stats.events_sent += n_events
+                        stats.batches_sent += n_events > 1
+                        batch_size.observe(n_events)
+            finally:
+                outbox.end_write()
+            conn.sent_all()
+    except (WebSocketDisconnect, OSError):
+        return  # the client is gone: the reader hears it too
+    except Exception:
+        log.exception("connection %s failed", conn.session_id)
+        conn.request_close(1011, "internal error")
+
+
+async def _close(websocket: WebSocket, conn: Connection) -> None:
+    """Close the socket with the connection's code. Bounded: a client that reads nothing never
+    lets the close frame out."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5.0):
+            await websocket.close(conn.close_code or 1000, conn.close_reason)
 
 
 async def _healthz(request: Request) -> Response:

@@ -84,12 +84,19 @@ class Subscription:
     # -- called by the TaskManager
 
     def _on_live(self, item: EventFrame | Gap) -> None:
+        # The hot path of every live event: _push inlined for the common case.
         if self._buffer is not None:
             self._buffer.append(item)
         elif type(item) is Gap:
             self._skip(item)
-        else:
-            self._push(item)  # type: ignore[arg-type]
+        elif item.seq > self.last_seq and not self.closed:  # type: ignore[union-attr]
+            self.last_seq = item.seq  # type: ignore[union-attr]
+            if type(item.event) in TERMINAL_STATES:  # type: ignore[union-attr]
+                self.finished = True
+                self._deliver(item)
+                self.close()
+            else:
+                self._deliver(item)
 
     def _start(
         self, gap: Gap | None, replay: list[EventFrame], on_close: Callable[[], None]
