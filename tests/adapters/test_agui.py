@@ -388,7 +388,7 @@ async def test_an_interrupted_task_waits_and_blocks_its_thread() -> None:
         assert after[-1]["result"]["final_answer"] == "8"
         # the answer is taken once
         twice = await http.post(url, json={**resume, "runId": "run-4", "resume": [good]})
-        assert twice.status_code == 409 and twice.json()["code"] == "task_finished"
+        assert twice.status_code == 409 and twice.json()["code"] == "already_answered"
 
 
 async def test_a_run_on_a_busy_thread_waits_for_the_running_one() -> None:
