@@ -19,6 +19,7 @@ down in the background (:func:`gateway.agent.stop_tool_servers` waits for them).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,10 @@ class StreamingOrchestrator:
                 config.on_input_timeout if spec.options.on_input_timeout is None else None,
             )
         orchestrator = Orchestrator(config, sink=sink)
+        # Let ``task_started`` leave before the first turn: a model that streams without
+        # waiting on the network (the demo, a cached reply) would otherwise hold the loop,
+        # and with it the first event, until its first real wait.
+        await asyncio.sleep(0)
         if self.traces is not None:
             self.traces.started(spec.owner, spec.task_id, orchestrator.trace)
         try:
