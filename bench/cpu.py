@@ -30,15 +30,11 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+from bench.redis_mode import cpu_s
 from bench.suite import PY, ROOT, client, holding_client, server
 from gateway.testing import write_demo_config
 
 __all__ = ["main"]
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _throughput(args: argparse.Namespace) -> None:
@@ -56,9 +52,9 @@ def _throughput(args: argparse.Namespace) -> None:
         rates: list[float] = []
         spy = _spy(srv.pid, args.profile) if args.profile else None
         for _ in range(args.runs):
-            before = _cpu_s(srv.pid)
+            before = cpu_s(srv.pid)
             result = client({**spec, "port": srv.port})
-            spent = _cpu_s(srv.pid) - before
+            spent = cpu_s(srv.pid) - before
             per_event.append(spent / max(1, result["events"]) * 1e6)
             rates.append(result["rate"])
         if spy is not None:
@@ -124,9 +120,9 @@ def _first(args: argparse.Namespace) -> None:
         per_start: list[float] = []
         p50: list[float] = []
         for _ in range(args.runs):
-            before = _cpu_s(srv.pid)
+            before = cpu_s(srv.pid)
             result = client({**spec, "port": srv.port})
-            per_start.append((_cpu_s(srv.pid) - before) / args.samples * 1e6)
+            per_start.append((cpu_s(srv.pid) - before) / args.samples * 1e6)
             p50.append(result["p50"])
     print(
         json.dumps(

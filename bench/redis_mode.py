@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["RedisServer", "free_port", "serve_workers"]
+__all__ = ["RedisServer", "cpu_s", "free_port", "serve_workers"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from ``/proc``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -102,7 +103,7 @@ class RedisServer:
         return self.proc.pid
 
     def cpu_s(self) -> float:
-        return _cpu_s(self.proc.pid)
+        return cpu_s(self.proc.pid)
 
     def flushall(self) -> None:
         """Empty it (between steps: no task, stream or node lease of a previous gateway)."""

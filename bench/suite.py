@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.capacity import Plan, Step, Sweep, merge, percentile, sweep, verdict
-from bench.redis_mode import RedisServer, serve_workers
+from bench.redis_mode import RedisServer, cpu_s, serve_workers
 from bench.replay import replay_input
 from gateway.testing import write_demo_config
 
@@ -219,8 +219,7 @@ class Server:
         return 0
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_s(self.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

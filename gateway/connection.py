@@ -472,8 +472,8 @@ class Connection:
                 verdict = outbox.add_event(item)
                 if verdict is not None:
                     self._overflow(verdict)
-                elif self._waiter is not None or self.start_writer is not None:
-                    self._wake()  # (else the writer is awake already)
+                else:
+                    self._wake()  # (a no-op when the writer is awake already)
             else:
                 deliver_now(item, False)
 

@@ -170,25 +170,20 @@ class Outbox:
             new = _Slot(frame, _EVENT_OVERHEAD, replay)
             self._open_delta.pop(task_id, None)
         items.append(new)
+        if writing:
+            self._behind = True
         if replay:
             self._replay_items += 1
             self._replay_bytes += new.size
-            if writing:
-                self._behind = True
             return self._verdict()
-        # A live event (the hot path): only the live bounds can be crossed here.
+        # A live event (the hot path): only the live bounds can be crossed here (as in
+        # _verdict: a backlog counts in full only while the writer waits on the socket).
         self._live_bytes += new.size
         limits = self.limits
-        if writing:
-            self._behind = True
-            if (
-                len(items) - self._replay_items > limits.max_outbox
-                or self._live_bytes > limits.max_outbox_bytes
-            ):
-                return LAGGING
-        elif (
-            len(items) - self._replay_items > limits.max_outbox * 4
-            or self._live_bytes > limits.max_outbox_bytes * 4
+        factor = 1 if writing else 4
+        if (
+            len(items) - self._replay_items > limits.max_outbox * factor
+            or self._live_bytes > limits.max_outbox_bytes * factor
         ):
             return LAGGING
         return None
@@ -284,13 +279,8 @@ class Outbox:
     def _assemble(self, slots: list[_Slot]) -> Payload:
         """Encode taken events as one payload: the only place payloads of events are built."""
         if len(slots) == 1:
-            slot = slots[0]
-            return self._encode(slot.frame if slot.parts is None else slot.materialize())
-        return self._encode(
-            Batch(
-                events=[slot.frame if slot.parts is None else slot.materialize() for slot in slots]
-            )
-        )
+            return self._encode(slots[0].materialize())
+        return self._encode(Batch(events=[slot.materialize() for slot in slots]))
 
     # ------------------------------------------------------------------ the socket
 

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.server.settings import Settings
-from gateway.tasks.redis_backend import RedisBackend, RedisConfig
+from gateway.tasks.redis_backend import RedisBackend, RedisConfig, _safe_url
 
 __all__ = ["RedisCollector", "make_backend", "node_name", "redis_reachable"]
 
@@ -29,6 +29,9 @@ __all__ = ["RedisCollector", "make_backend", "node_name", "redis_reachable"]
 def node_name() -> str:
     """This process's node id: readable in logs, unique across restarts."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+_NOT_DB0 = "{} is a Redis Cluster node: a Cluster has database 0 only"
 
 
 def redis_reachable(url: str) -> str | None:
@@ -42,12 +45,12 @@ def redis_reachable(url: str) -> str | None:
             client.ping()
             db = int(client.connection_pool.connection_kwargs.get("db") or 0)
             if db and _cluster_enabled(client):
-                return f"{_safe(url)} is a Redis Cluster node: a Cluster has database 0 only"
+                return _NOT_DB0.format(_safe_url(url))
         finally:
             client.close()
     except redis.ResponseError as exc:
         if "cluster mode" in str(exc):  # SELECT refused at connect by a Cluster node
-            return f"{_safe(url)} is a Redis Cluster node: a Cluster has database 0 only"
+            return _NOT_DB0.format(_safe_url(url))
         return f"{type(exc).__name__}: {exc}"
     except (redis.RedisError, OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -61,11 +64,6 @@ def _cluster_enabled(client: Any) -> bool:
         return bool(client.info("cluster").get("cluster_enabled"))
     except redis.ResponseError:  # INFO not allowed to this user: taken for one Redis
         return False
-
-
-def _safe(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}"
 
 
 def make_backend(settings: Settings) -> RedisBackend:

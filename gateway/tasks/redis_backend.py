@@ -616,7 +616,8 @@ class RedisBackend:
         return _record_from(_pairs(result[1]))
 
     def _created_here(self, record: TaskRecord) -> None:
-        """This process created ``record`` and writes it from now on."""
+        """This process created ``record`` and writes it from now on (a watch made before it
+        existed, by a start that subscribes, is fed by the flusher now, not the channel)."""
         key = (record.owner, record.task_id)
         self._local[key] = self._new_local(record)
         watch = self._watches.get(key)
@@ -894,14 +895,7 @@ class RedisBackend:
             raise _unavailable(exc) from exc
         if result[0] == 1:
             if not record.final:
-                key = (owner, task_id)
-                self._local[key] = self._new_local(record)
-                watch = self._watches.get(key)
-                if watch is not None and watch.remote:
-                    # Listened to before it existed (a start that subscribes): this process
-                    # writes it, so its listeners are fed by the flusher, not the channel.
-                    watch.remote = False
-                    self._unsubscribe(watch)
+                self._created_here(record)
             return None
         if tasks_key is not None:
             with contextlib.suppress(RedisError, *_UNREACHABLE):
@@ -1333,21 +1327,8 @@ class RedisBackend:
                     self._untrimmed.append((*key, int(done[1]), write.updated))
                 # Sent again after a lost reply (0), its events are delivered here now: the
                 # listeners drop what they had already.
-                watch = self._watches.get(key)
-                if watch is None:
-                    continue
-                if watch.remote or watch.filling:
-                    for frame in write.frames:
-                        self._dispatch(key, frame)
-                    continue
-                for frame in write.frames:  # the usual case, as _deliver does it
-                    if frame.seq > watch.last_seq:
-                        watch.last_seq = frame.seq
-                        for listener in watch.listeners:
-                            try:
-                                listener(frame)
-                            except Exception:  # one broken subscriber must not stop the others
-                                log.exception("event listener of task %s failed", key[1])
+                for frame in write.frames:
+                    self._dispatch(key, frame)
         elif op.kind == _REMOVE and result:
             self._untrimmed.append((*op.key, -1, 0.0))
         elif op.kind == _TRIM_ALL:

@@ -237,25 +237,11 @@ class BwrapSandbox:
 
     def _stage_task_file(self, path: str, target: Path) -> _Mount | str:
         """The checked task file staged at ``target``, or why it is left out of the sandbox."""
-        if not os.path.isabs(path):
-            return "not an absolute path"
+        opened = _open_task_file(path, _RESERVED, "bound")
+        if isinstance(opened, str):
+            return opened
+        fd, info = opened
         try:
-            canonical = os.path.realpath(path, strict=True)
-        except OSError as exc:
-            return f"cannot be opened ({exc.strerror or exc})"
-        if canonical != path:
-            return "a symbolic link or a path through one (only the file's own path is bound)"
-        if any(_under(path, reserved) for reserved in _RESERVED):
-            return "under a directory the sandbox provides itself"
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            return f"cannot be opened ({exc.strerror or exc})"
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-                raise ValueError(f"{kind}; only regular files are bound")
             if os.readlink(f"/proc/self/fd/{fd}") != path:
                 raise ValueError("it changed while it was checked")
             if self._identity is not None:
@@ -455,9 +441,12 @@ but not change them. E2B has no read-only mounts for uploads, and that user has 
 so this keeps a program from changing them by mistake, not by intent."""
 
 
-def _read_task_file(path: str, max_bytes: int) -> bytes | str:
-    """A task file's bytes for an upload, or why it is left out (the local sandbox's rules:
-    an absolute, canonical path to a regular file), opened without following a link."""
+def _open_task_file(
+    path: str, reserved: tuple[str, ...], verb: str, used: str | None = None
+) -> tuple[int, os.stat_result] | str:
+    """A task file opened for reading (without following a link) with its status, or why it
+    is left out: not absolute, not canonical (a link or a path through one), under one of the
+    ``reserved`` directories, or not a regular file (only regular files are ``verb``)."""
     if not os.path.isabs(path):
         return "not an absolute path"
     try:
@@ -465,8 +454,8 @@ def _read_task_file(path: str, max_bytes: int) -> bytes | str:
     except OSError as exc:
         return f"cannot be opened ({exc.strerror or exc})"
     if canonical != path:
-        return "a symbolic link or a path through one (only the file's own path is used)"
-    if any(_under(path, reserved) for reserved in ("/proc", "/sys", "/dev")):
+        return f"a symbolic link or a path through one (only the file's own path is {used or verb})"
+    if any(_under(path, r) for r in reserved):
         return "under a directory the sandbox provides itself"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -474,9 +463,24 @@ def _read_task_file(path: str, max_bytes: int) -> bytes | str:
         return f"cannot be opened ({exc.strerror or exc})"
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            return f"{kind}; only regular files are uploaded"
+    except OSError as exc:
+        os.close(fd)
+        return f"cannot be opened ({exc.strerror or exc})"
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        return f"{kind}; only regular files are {verb}"
+    return fd, info
+
+
+def _read_task_file(path: str, max_bytes: int) -> bytes | str:
+    """A task file's bytes for an upload, or why it is left out (the local sandbox's rules:
+    an absolute, canonical path to a regular file), opened without following a link."""
+    opened = _open_task_file(path, ("/proc", "/sys", "/dev"), "uploaded", used="used")
+    if isinstance(opened, str):
+        return opened
+    fd, info = opened
+    try:
         if info.st_size > max_bytes:
             return f"larger than the {max_bytes // (1024 * 1024)} MB file limit"
         chunks: list[bytes] = []
