@@ -15,7 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.agent import LLMDelta, Orchestrator, StepEvent, ToolEnd, ToolStart, load_config
+from gateway.agent import (
+    LLMDelta,
+    Orchestrator,
+    StepEvent,
+    ToolEnd,
+    ToolStart,
+    load_config,
+    stop_tool_servers,
+)
 from gateway.agent.__main__ import main as cli_main
 from gateway.agent.llm import demo
 from tests.tools.documents import write_docx
@@ -248,6 +256,7 @@ async def test_cancelling_the_task_kills_the_running_code(
     with pytest.raises(asyncio.CancelledError):
         await task
     await wait_all_exit("sleep 4242.25")
+    await stop_tool_servers()  # a cancelled run leaves its server's exit to its host task
     (end,) = rec.of(ToolEnd)
     assert end.error == "cancelled"
 
