@@ -5,6 +5,7 @@ time (user + system, from ``/proc``) per event barely moves with contention. Run
 
     python -m bench.cpu throughput --conns 1 --tasks 100 --events 300 [--encoding msgpack]
     python -m bench.cpu throughput --tasks 100 --profile prof.txt   # + py-spy of the gateway
+    python -m bench.cpu throughput --redis         # Redis mode: + redis-server's CPU
     python -m bench.cpu first --samples 200        # CPU per start → first event → end (demo)
     python -m bench.cpu idle --conns 1000 [--trace] # KB per idle connection, ours and raw
 
@@ -17,6 +18,7 @@ with the idle connections.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +32,7 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
-from bench.redis_mode import cpu_s
+from bench.redis_mode import RedisServer, cpu_s
 from bench.suite import PY, ROOT, client, holding_client, server
 from gateway.testing import write_demo_config
 
@@ -46,31 +48,40 @@ def _throughput(args: argparse.Namespace) -> None:
         "tasks": args.tasks,
         "events": args.events,
     }
-    with server("gateway", "--source", "replay") as srv:
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(RedisServer()) if args.redis else None
+        extra = ("--redis", redis.url) if redis is not None else ()
+        srv = stack.enter_context(server("gateway", "--source", "replay", *extra))
         client({**spec, "port": srv.port})  # warm-up: imports, caches, allocator
         per_event: list[float] = []
+        redis_per_event: list[float] = []
         rates: list[float] = []
         spy = _spy(srv.pid, args.profile) if args.profile else None
         for _ in range(args.runs):
+            if redis is not None:
+                redis0 = redis.cpu_s()
             before = cpu_s(srv.pid)
             result = client({**spec, "port": srv.port})
             spent = cpu_s(srv.pid) - before
-            per_event.append(spent / max(1, result["events"]) * 1e6)
+            events = max(1, result["events"])
+            per_event.append(spent / events * 1e6)
+            if redis is not None:
+                redis_per_event.append((redis.cpu_s() - redis0) / events * 1e6)
             rates.append(result["rate"])
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
-    print(
-        json.dumps(
-            {
-                "case": f"{args.conns} conn × {args.tasks} tasks × {args.events}, {args.encoding}",
-                "server_cpu_us_per_event_median": round(statistics.median(per_event), 3),
-                "min": round(min(per_event), 3),
-                "runs_us": [round(x, 3) for x in per_event],
-                "events_per_s_wall_median": round(statistics.median(rates)),
-            }
-        )
-    )
+    case = f"{args.conns} conn × {args.tasks} tasks × {args.events}, {args.encoding}"
+    out: dict[str, object] = {
+        "case": case + (", Redis mode" if args.redis else ""),
+        "server_cpu_us_per_event_median": round(statistics.median(per_event), 3),
+        "min": round(min(per_event), 3),
+        "runs_us": [round(x, 3) for x in per_event],
+        "events_per_s_wall_median": round(statistics.median(rates)),
+    }
+    if redis_per_event:
+        out["redis_cpu_us_per_event_median"] = round(statistics.median(redis_per_event), 3)
+    print(json.dumps(out))
 
 
 def _spy(pid: int, out: str) -> subprocess.Popen[bytes]:
@@ -235,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     tp.add_argument("--encoding", choices=["json", "msgpack"], default="json")
     tp.add_argument("--runs", type=int, default=5)
     tp.add_argument("--profile", default=None, help="py-spy raw profile to write")
+    tp.add_argument("--redis", action="store_true", help="Redis mode, on a redis-server of its own")
     first = sub.add_parser("first")
     first.add_argument("--samples", type=int, default=200)
     first.add_argument("--runs", type=int, default=3)

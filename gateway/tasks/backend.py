@@ -134,6 +134,7 @@ __all__ = [
     "TaskRecord",
     "ThreadBusy",
     "ThreadTurn",
+    "frame_size",
     "thread_admission",
 ]
 
@@ -461,16 +462,17 @@ class TaskBackend(Protocol):
 
 
 _size_encoder = msgspec.json.Encoder()
-_DELTA_OVERHEAD = 120  # bytes of an llm_response event frame besides its text
+DELTA_OVERHEAD = 120  # bytes of an llm_response event frame besides its text
 _RECORD_OVERHEAD = 300  # bytes of a task record besides its input
 
 
-def _size(frame: EventFrame) -> int:
-    """About the JSON size of ``frame``. Deltas, most of all events, are not encoded for it:
-    the per-event path stays free of a second encode."""
+def frame_size(frame: EventFrame) -> int:
+    """About the JSON size of ``frame``, as the log bounds count it (every backend alike).
+    Deltas, most of all events, are not encoded for it: the per-event path stays free of a
+    second encode."""
     event = frame.event
     if type(event) is LlmResponse:
-        return len(event.delta) + _DELTA_OVERHEAD
+        return len(event.delta) + DELTA_OVERHEAD
     return len(_size_encoder.encode(frame))
 
 
@@ -644,7 +646,10 @@ class InMemoryBackend:
         entry.last_seq = frame.seq
         entry.updated = frame.ts
         event = frame.event
-        size = len(event.delta) + _DELTA_OVERHEAD if type(event) is LlmResponse else _size(frame)
+        if type(event) is LlmResponse:  # frame_size, inlined for the deltas
+            size = len(event.delta) + DELTA_OVERHEAD
+        else:
+            size = frame_size(frame)
         frames = entry.frames
         frames.append(frame)
         entry.sizes.append(size)

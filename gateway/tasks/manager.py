@@ -308,11 +308,16 @@ class TaskManager:
         options = options if options is not None else StartOptions()
         after: tuple[str, ...] = ()
         with _unavailable_refuses("start"):
-            if task_id is not None:
-                found = await self._backend.get(owner, task_id)
-                if found is not None:
-                    return await self._existing(found, input, options, deliver, thread_id)
-            self._check_open(task_id)
+            # No lookup first: creating answers with the stored task when the id exists
+            # (one round trip to a remote backend, not two). A retry of a start that took
+            # gets its task back even while new ones are refused.
+            try:
+                self._check_open(task_id)
+            except TaskError:
+                found = await self._backend.get(owner, task_id) if task_id is not None else None
+                if found is None:
+                    raise
+                return await self._existing(found, input, options, deliver, thread_id)
             now = time.time()
             record = TaskRecord(
                 owner=owner,
@@ -324,13 +329,7 @@ class TaskManager:
                 node=self.node,
                 thread_id=thread_id,
             )
-            sub = None
-            undo = _noop
-            if deliver is not None:
-                sub = Subscription(owner, record.task_id, 0, deliver)
-                undo = await self._backend.listen(owner, record.task_id, sub._on_live)
             try:
-                self._check_open(task_id)
                 if thread_id is None:
                     found = await self._backend.create(
                         record, max_active=self.config.max_tasks_per_owner
@@ -338,23 +337,32 @@ class TaskManager:
                 else:
                     found, after = await self._create_in_thread(record, if_busy)
             except ThreadBusy as exc:
-                undo()
                 raise _thread_busy(str(thread_id), exc, self.config.max_queued_per_thread) from None
             except ActiveLimitReached as exc:
-                undo()
                 raise TaskError(
                     ErrorCode.TOO_MANY_TASKS,
                     f"you already have {exc.limit} active tasks (the limit); "
                     "retry after one of them ends",
                     task_id=task_id,
                 ) from None
-            except BaseException:
-                undo()
-                raise
-        if found is not None:  # lost a race with an identical start
-            undo()
+        if found is not None:  # the id exists (a retry, or a race with an identical start)
             return await self._existing(found, input, options, deliver, thread_id)
+        # Created here: its events start once it is launched below, so listening now misses
+        # none (and a backend needs no subscription of its own for a task it writes).
+        sub = None
+        undo = _noop
+        if deliver is not None:
+            sub = Subscription(owner, record.task_id, 0, deliver)
+            try:
+                with _unavailable_refuses("start"):
+                    undo = await self._backend.listen(owner, record.task_id, sub._on_live)
+            except BaseException:
+                # It exists: it runs, even though this caller cannot follow it.
+                self._launch(record, after=after)
+                raise
         task = self._launch(record, sub, undo, after)
+        if self._closing:  # shutdown began while it was created: it stops with the others
+            self._cancel(task, "server shutdown")
         if if_busy == "interrupt":
             for other in after:
                 await self.cancel(owner, other, "interrupted by a new message on the thread")

@@ -7,13 +7,15 @@ node running a task is the only writer of its log, and writes under the task's e
 Writes (``update``, ``append``, ``expire``) return at once; a *flusher* sends them in
 pipelined batches. The events and record changes of one owner's tasks queued since the last
 flush are one *write*, sent as one script call that does, for each of those tasks: the epoch
-check, ``XADD`` of each event with its seq as entry id, one trim, one record update, one
-``SPUBLISH`` of its new events (a JSON array). While a batch is in flight the next one
-gathers, so the busier the process, the more events each call carries (the owner's hash tag
-keeps all of them in one Redis Cluster slot). **Durable before visible**: this process's
-listeners get an event only once Redis has it, and other processes get it from the publish
-that the same script does, so a client never sees an event that a later reader cannot
-replay.
+check, one ``XADD`` of its new events as one entry (a JSON array, encoded in one call; the
+entry id is the seq of the last one), one trim, one record update, one ``SPUBLISH`` of the
+same array. While a batch is in flight the next one gathers, so the busier the process, the
+more events each call and each entry carry (the owner's hash tag keeps all of them in one
+Redis Cluster slot). On one Redis a task's creation rides in the same batches (``create``
+waits for its reply; one given up after it was sent is removed again when the reply comes).
+**Durable before visible**: this process's listeners get an event only once Redis has it, and
+other processes get it from the publish that the same script does, so a client never sees an
+event that a later reader cannot replay.
 
 Listening to a task that another process writes subscribes to its channel (``listen``
 returns once the subscription is in place, so the replay/live join of
@@ -81,11 +83,17 @@ import msgspec
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterError, RedisError, ResponseError, SlotNotCoveredError
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from protocol.events import InputRequest, TaskFailed, Usage
+from protocol.events import InputRequest, LlmResponse, TaskFailed, Usage
 from protocol.frames import (
     EventFrame,
     Gap,
@@ -100,6 +108,7 @@ from . import redis_cluster as cluster
 from . import redis_scripts as lua
 from . import redis_wire as wire
 from .backend import (
+    DELTA_OVERHEAD,
     ActiveLimitReached,
     BackendUnavailable,
     CancelResult,
@@ -110,6 +119,7 @@ from .backend import (
     TaskRecord,
     ThreadBusy,
     ThreadTurn,
+    frame_size,
 )
 
 __all__ = ["RedisBackend", "RedisConfig"]
@@ -206,17 +216,15 @@ class _Local:
         self.tail = tail  # <task_id>
 
 
-class _TaskWrite:
-    """What one write carries for one task: its events in seq order, its latest record."""
+class _TaskWrite(msgspec.Struct, gc=False):
+    """What one write carries for one task: its events in seq order, its latest record. (A
+    Struct: one is made per task and write, and its constructor runs no Python code.)"""
 
-    __slots__ = ("frames", "local", "record", "updated", "writes")
-
-    def __init__(self, local: _Local, record: TaskRecord) -> None:
-        self.local = local
-        self.record = record
-        self.frames: list[EventFrame] = []
-        self.updated = record.updated
-        self.writes = 0
+    local: _Local
+    record: TaskRecord
+    updated: float
+    frames: list[EventFrame] = msgspec.field(default_factory=list)
+    writes: int = 0
 
 
 class _Watch:
@@ -234,7 +242,7 @@ class _Watch:
         self.held: list[EventFrame] = []
 
 
-_WRITE, _EXPIRE, _PERSIST, _REMOVE, _TRIM_ALL = 0, 1, 2, 3, 4
+_WRITE, _EXPIRE, _PERSIST, _REMOVE, _TRIM_ALL, _CALL, _PLAIN = 0, 1, 2, 3, 4, 5, 6
 
 Finished = tuple[str, str, int, float]
 """A task that ended: owner, task id, the size it counts, when it ended."""
@@ -252,6 +260,12 @@ class _Op:
     """How many writes (events, record changes, expiries) it carries."""
     tasks: dict[Key, _TaskWrite] = field(default_factory=dict)
     """A write (kind ``_WRITE``, key ``(owner, "")``): the owner's tasks written."""
+    waiter: asyncio.Future[Any] | None = None
+    """A call (kind ``_CALL``): the caller waiting for the reply of its last command."""
+    orphaned: Callable[[Any, bool], None] | None = None
+    """A call: what to do with the reply when its caller stopped waiting after it was sent."""
+    sends: int = 0
+    """Times taken into a batch (sent again after a failure, whose outcome was unknown)."""
 
 
 class RedisBackend:
@@ -577,10 +591,12 @@ class RedisBackend:
         await self._ensure()
         await self._thread_writes_done()  # the busy check reads this node's turn updates
         try:
-            await self._redis.sadd(tasks_key, member)  # as in create: swept if this dies
-            result = await self._scripts["THREAD_CREATE"](
-                keys=[keys[0], base + "idx", keys[3], thread_key, idx],
-                args=[
+            result = await self._run_named(
+                tasks_key,
+                member,
+                "THREAD_CREATE",
+                [keys[0], base + "idx", keys[3], thread_key, idx],
+                [
                     task_id,
                     record.created,
                     max_active or 0,
@@ -607,13 +623,16 @@ class RedisBackend:
         if verdict == 1:
             self._created_here(record)
             return tuple(b.decode() for b in result[1])
-        with contextlib.suppress(RedisError, *_UNREACHABLE):
-            await self._redis.srem(tasks_key, member)
+        existing = _record_from(_pairs(result[1])) if verdict == 0 else None
+        if existing is None or existing.node != record.node or existing.final:
+            # Out of the node's set again (a task this node runs stays named).
+            self._queue(_Op(_PLAIN, (owner, task_id), wire.command("SREM", tasks_key, member)))
         if verdict == -1:
             raise ActiveLimitReached(max_active or 0)
         if verdict in (-2, -3):
             raise ThreadBusy(tuple(b.decode() for b in result[1]), verdict == -3)
-        return _record_from(_pairs(result[1]))
+        assert existing is not None
+        return existing
 
     def _created_here(self, record: TaskRecord) -> None:
         """This process created ``record`` and writes it from now on (a watch made before it
@@ -799,6 +818,9 @@ class RedisBackend:
                         self._flushed.clear()
                         await self._flushed.wait()
         self._closing = True
+        for op in self._ops:
+            if op.waiter is not None and not op.waiter.done():
+                op.waiter.set_exception(RedisConnectionError("the backend is closing"))
         if self._ops:
             log.error("redis: %d queued writes lost at shutdown (Redis unreachable)", self._queued)
         # redis-py may turn a cancellation inside a command into a connection error, which
@@ -874,36 +896,108 @@ class RedisBackend:
             0,
         ]
         member = _member(owner, task_id)
-        tasks_key = self._node_key(record.node, "tasks") if record.node else None
+        named = self._node_key(record.node, "tasks") if record.node and not record.final else None
+        script_keys = [keys[0], base + "idx", keys[3]]
+        args = [task_id, record.created, max_active or 0, 1 if record.final else 0, *fields]
+
+        def unname() -> None:  # out of the node's set again (swept no more)
+            if named is not None:
+                self._queue(_Op(_PLAIN, (owner, task_id), wire.command("SREM", named, member)))
+
+        def created(result: Any, resent: bool) -> bool:
+            # Found as this very record after a resend: the first send created it.
+            return result[0] == 1 or (resent and result[0] == 0 and _own(result[1], record))
+
+        def orphaned(result: Any, resent: bool) -> None:  # given up once it was sent
+            if created(result, resent):
+                log.warning("redis: task %s, created for a start given up, removed", task_id)
+                self._queue_remove(owner, task_id)
+                unname()
+
         await self._ensure()
+        resent = False
         try:
-            if tasks_key is not None and not record.final:
-                # Named in the node's set first: if this process dies right after the create,
-                # the sweeper still finds the task.
-                await self._redis.sadd(tasks_key, member)
-            result = await self._scripts["CREATE"](
-                keys=[keys[0], base + "idx", keys[3]],
-                args=[
-                    task_id,
-                    record.created,
-                    max_active or 0,
-                    1 if record.final else 0,
-                    *fields,
-                ],
-            )
+            if self._cluster:
+                result = await self._run_named(named, member, "CREATE", script_keys, args)
+            else:  # with the flusher's next batch: no round trip of its own
+                sha = self._scripts["CREATE"].sha
+                packed = wire.command("EVALSHA", sha, 3, *script_keys, *args)
+                if named is not None:  # named first, as in _run_named
+                    packed = wire.command("SADD", named, member) + packed
+                replies = 2 if named is not None else 1
+                call = self._call((owner, task_id), packed, replies, orphaned)
+                result, resent = await call
         except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
-        if result[0] == 1:
+        if created(result, resent):
             if not record.final:
                 self._created_here(record)
             return None
-        if tasks_key is not None:
-            with contextlib.suppress(RedisError, *_UNREACHABLE):
-                await self._redis.srem(tasks_key, member)
-        if result[0] == -1:
+        existing = _record_from(_pairs(result[1])) if result[0] == 0 else None
+        if existing is None or existing.node != record.node or existing.final:
+            unname()  # (a task this node runs stays named)
+        if existing is None:
             assert max_active is not None
             raise ActiveLimitReached(max_active)
-        return _record_from(_pairs(result[1]))
+        return existing
+
+    async def _call(
+        self, key: Key, packed: bytes, replies: int, orphaned: Callable[[Any, bool], None]
+    ) -> tuple[Any, bool]:
+        """Send ``replies`` packed commands with the flusher's next batch; the reply of the
+        last one (an error reply raised), and whether the commands were sent more than once
+        (again after a batch failed: the first time may have been carried out). Refused at
+        once while Redis is unreachable; past the round trip's timeout, or cancelled, the call
+        is taken back if it was not sent yet, else ``orphaned`` gets its reply when it
+        comes."""
+        if self._outage_since is not None:
+            raise RedisConnectionError(self.last_error or "Redis is unreachable")
+        waiter = asyncio.get_running_loop().create_future()
+        op = _Op(_CALL, key, packed, replies, writes=0, waiter=waiter, orphaned=orphaned)
+        self._queue(op)
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await waiter
+        except BaseException as exc:
+            if not op.sends:
+                with contextlib.suppress(ValueError):
+                    self._ops.remove(op)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError("no reply from Redis in time") from None
+            raise
+        if isinstance(result, Exception):
+            raise result
+        return result, op.sends > 1
+
+    async def _run_named(
+        self, tasks_key: str | None, member: str, script: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        """Name a task in its node's set (``tasks_key``; none: not named) and run a creating
+        script, in one round trip (two on a Cluster, whose pipelines take no scripts); the
+        script's reply. Named first: if this process dies right after the create, the sweeper
+        still finds the task."""
+        if self._cluster:
+            if tasks_key is not None:
+                await self._redis.sadd(tasks_key, member)
+            return await self._scripts[script](keys=keys, args=args)
+        sha = self._scripts[script].sha
+        for attempt in (1, 2):
+            pipe = self._redis.pipeline(transaction=False)
+            if tasks_key is not None:
+                pipe.sadd(tasks_key, member)
+            pipe.evalsha(sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            result = replies[-1]
+            if isinstance(result, NoScriptError) and attempt == 1:
+                # Redis restarted without its script cache.
+                await self._redis.script_load(self._scripts[script].script)
+                continue
+            if isinstance(result, Exception):
+                raise result
+            if tasks_key is not None and isinstance(replies[0], Exception):
+                raise replies[0]
+            return result
+        raise AssertionError("unreachable")
 
     async def get(self, owner: str, task_id: str) -> TaskRecord | None:
         await self._ensure()
@@ -984,7 +1078,7 @@ class RedisBackend:
                 self._wake.set()
         write = op.tasks.get(key)
         if write is None:
-            write = op.tasks[key] = _TaskWrite(local, record)
+            write = op.tasks[key] = _TaskWrite(local, record, record.updated)
         else:
             write.record = record
         write.writes += 1
@@ -1012,21 +1106,34 @@ class RedisBackend:
                 local.tail,
                 _small(record.epoch),
                 b"$1\r\n1\r\n" if record.final else b"$1\r\n0\r\n",
-                _small(len(frames)),
-                _small(len(fields) // 2 + 1),
             )
-            for frame in frames:
-                payload = _event_bytes(frame)
-                seq = b"%d" % frame.seq
+            if frames:  # one entry of the log: a JSON array (seqs first..last, no holes)
+                events = _encoder.encode(frames)  # one call for all: the cheapest
+                sizes = [
+                    len(e.delta) + DELTA_OVERHEAD
+                    if type(e := f.event) is LlmResponse
+                    # (frame_size, inlined for the deltas)
+                    else frame_size(f)
+                    for f in frames
+                ]
+                first = b"%d" % frames[0].seq
+                last = b"%d" % frames[-1].seq
+                listed = _encoder.encode(sizes)  # a JSON array: far cheaper than str()
+                added = b"%d" % sum(sizes)
                 args += (
-                    b"$%d\r\n%s\r\n$%d\r\n" % (len(seq), seq, len(payload)),
-                    payload,
-                    b"\r\n",
+                    b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n"
+                    % (len(first), first, len(last), last, len(events)),
+                    events,
+                    b"\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(listed), listed, len(added), added),
                 )
-            args += map(wire.bulk, fields)
-            ts = repr(write.updated).encode()
+            else:
+                args.append(b"$1\r\n0\r\n$1\r\n0\r\n$0\r\n\r\n$0\r\n\r\n$1\r\n0\r\n")
+            args.append(_small(len(fields) // 2 + 1))
+            if fields:
+                args += map(wire.bulk, fields)
+            ts = _encoder.encode(write.updated)  # as repr() writes it, several times faster
             args.append(b"$7\r\nupdated\r\n$%d\r\n%s\r\n" % (len(ts), ts))
-            n_args += 7 + 2 * len(frames) + len(fields)
+            n_args += 11 + len(fields)
             if record.final and record.node:
                 after.append(
                     wire.command("SREM", self._node_key(record.node, "tasks"), _member(*key))
@@ -1048,7 +1155,14 @@ class RedisBackend:
             raise _unavailable(exc) from exc
         if last is None:
             return None
-        return LogSlice(int(first or 1), [_frame_decoder.decode(f[b"f"]) for _, f in entries])
+        start = max(after_seq, int(first or 1) - 1)
+        frames = [
+            frame
+            for _, entry in entries
+            for frame in _entry_frames(entry[b"f"])
+            if frame.seq > start
+        ]
+        return LogSlice(int(first or 1), frames)
 
     async def listen(self, owner: str, task_id: str, listener: Listener) -> Callable[[], None]:
         key = (owner, task_id)
@@ -1283,6 +1397,7 @@ class RedisBackend:
                 if self._open.get(op.key[0]) is op:
                     del self._open[op.key[0]]
                 self._pack_write(op)
+            op.sends += 1
             batch.append(op)
             n += op.writes
         return batch
@@ -1293,8 +1408,8 @@ class RedisBackend:
         )
         results: list[Any] = []
         i = 0
-        for op in batch:
-            results.append(raw[i])
+        for op in batch:  # a call's result: its last reply; any other op's: its first
+            results.append(raw[i + op.replies - 1] if op.kind == _CALL else raw[i])
             i += op.replies
         for result in raw:
             if not isinstance(result, ResponseError):
@@ -1310,6 +1425,13 @@ class RedisBackend:
         return results
 
     def _applied(self, op: _Op, result: Any) -> None:
+        if op.kind == _CALL:
+            waiter = op.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(result)
+            elif op.orphaned is not None and not isinstance(result, Exception):
+                op.orphaned(result, op.sends > 1)
+            return
         if isinstance(result, Exception):
             tasks = ", ".join(k[1] for k in op.tasks) or op.key[1]
             log.error("redis: a write of task(s) %s failed: %s", tasks, result)
@@ -1327,8 +1449,22 @@ class RedisBackend:
                     self._untrimmed.append((*key, int(done[1]), write.updated))
                 # Sent again after a lost reply (0), its events are delivered here now: the
                 # listeners drop what they had already.
-                for frame in write.frames:
-                    self._dispatch(key, frame)
+                watch = self._watches.get(key)
+                if watch is None:
+                    continue
+                if watch.filling or watch.remote:
+                    for frame in write.frames:
+                        self._dispatch(key, frame)
+                    continue
+                for frame in write.frames:  # _deliver, inlined: the path of every event
+                    if frame.seq <= watch.last_seq:
+                        continue
+                    watch.last_seq = frame.seq
+                    for listener in watch.listeners:
+                        try:
+                            listener(frame)
+                        except Exception:  # one broken subscriber must not stop the others
+                            log.exception("event listener of task %s failed", key[1])
         elif op.kind == _REMOVE and result:
             self._untrimmed.append((*op.key, -1, 0.0))
         elif op.kind == _TRIM_ALL:
@@ -1705,9 +1841,28 @@ def _small(n: int) -> bytes:
 
 
 def _event_bytes(frame: EventFrame) -> bytes:
-    """An event as stored in its task's log and published to other processes (JSON): the one
-    place events are encoded for Redis."""
+    """An event as stored in its task's log and published to other processes (JSON); a
+    write's events are the array of the same (``_encoder.encode(frames)``, in
+    :meth:`RedisBackend._pack_write`)."""
     return _encoder.encode(frame)
+
+
+def _entry_frames(payload: bytes) -> list[EventFrame]:
+    """The events of one entry of a task's log: a write's, as a JSON array (or a single event,
+    as earlier versions stored them)."""
+    if payload[:1] == b"[":
+        return _frames_decoder.decode(payload)
+    return [_frame_decoder.decode(payload)]
+
+
+def _own(stored: Iterable[Any], record: TaskRecord) -> bool:
+    """Whether a stored task (its hash, flat) is ``record`` as this node created it (its
+    node, and its creation time to the microsecond)."""
+    raw = _pairs(stored)
+    return (
+        raw.get(b"node") == record.node.encode()
+        and raw.get(b"created") == repr(record.created).encode()
+    )
 
 
 def _member(owner: str, task_id: str) -> str:

@@ -6,7 +6,9 @@ holds no ``{``, ``}`` or ``:``; ``T`` the task id):
 ==============================  ==========================================================
 ``P:{O}:t:T``                   hash: the task record, ``node`` running it, ``epoch``,
                                 ``cancel`` reason, ``first_seq``, ``bytes`` of the log
-``P:{O}:e:T``                   stream: the event log, entry id ``<seq>-0``, field ``f``
+``P:{O}:e:T``                   stream: the event log, an entry per write: id ``<seq>-0``
+                                (its last event's), ``f`` the events (a JSON array), ``s``
+                                their sizes; ``first_seq`` in the hash says where it starts
 ``P:{O}:c:T``                   sharded pub/sub channel: the events once stored (JSON
                                 arrays of event frames, one per write)
 ``P:{O}:idx``                   sorted set: the owner's tasks by creation time
@@ -102,37 +104,67 @@ end
 """
 
 _TRIM = """
-local function trim(hash, stream, bytes, max_events, max_bytes)
-  -- Drop the oldest entries past the log's bounds (the newest one always stays), several per
-  -- XRANGE/XDEL, and note where the log now starts.
-  local n = redis.call('XLEN', stream)
+local function trim(hash, stream, first, last, bytes, max_events, max_bytes)
+  -- Drop the oldest events past the log's bounds (the newest one always stays) and note
+  -- where the log now starts. The log's events are first..last, counted as bytes in all. An
+  -- entry holds the events of one write (the last one's seq as id, their sizes in 's'); one
+  -- whose events are all dropped is deleted, one dropped in part stays (readers skip its
+  -- events before first_seq) until the rest of it goes too.
+  local n = last - first + 1
   if n <= max_events and bytes <= max_bytes then
     return
   end
+  local want = 2
   while n > 1 and (n > max_events or bytes > max_bytes) do
-    local want = math.min(math.max(n - max_events, 16), 1000)
-    local ids = {}
-    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', want)) do
-      if n <= 1 or (n <= max_events and bytes <= max_bytes) then
+    local entries = redis.call('XRANGE', stream, '-', '+', 'COUNT', want)
+    if #entries == 0 then
+      break
+    end
+    local gone = {}
+    for _, entry in ipairs(entries) do
+      local fields = entry[2]
+      local sizes = {}
+      if fields[3] == 's' then
+        for size in string.gmatch(fields[4], '%d+') do
+          sizes[#sizes + 1] = tonumber(size)
+        end
+      else  -- one event (an entry as earlier versions stored them)
+        sizes[1] = #fields[2]
+      end
+      local top = tonumber(string.match(entry[1], '^%d+'))
+      local i = first + #sizes - top  -- the index of seq first in the entry
+      if i < 1 then  -- never, unless first_seq was lost: start at the entry
+        i, first = 1, top - #sizes + 1
+        n = last - first + 1
+      end
+      while i <= #sizes and n > 1 and (n > max_events or bytes > max_bytes) do
+        bytes = bytes - sizes[i]
+        first, n, i = first + 1, n - 1, i + 1
+      end
+      if i <= #sizes then
         break
       end
-      ids[#ids + 1] = entry[1]
-      bytes = bytes - #entry[2][2]
-      n = n - 1
+      gone[#gone + 1] = entry[1]
     end
-    redis.call('XDEL', stream, unpack(ids))
+    if #gone == 0 then
+      break
+    end
+    redis.call('XDEL', stream, unpack(gone))
+    want = math.min(want * 4, 256)
   end
-  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
-  redis.call('HSET', hash, 'bytes', bytes, 'first_seq', string.match(first, '^%d+'))
+  redis.call('HSET', hash, 'bytes', bytes, 'first_seq', first)
 end
 """
 
 _STORE = (
     _TRIM
     + """
-local function store(hash, stream, seq, payload, max_events, max_bytes)
-  redis.call('XADD', stream, seq .. '-0', 'f', payload)
-  trim(hash, stream, redis.call('HINCRBY', hash, 'bytes', #payload), max_events, max_bytes)
+local function store(hash, stream, seq, payload, size, max_events, max_bytes)
+  -- One event as an entry of its own (payload: an array of the one event).
+  redis.call('XADD', stream, seq .. '-0', 'f', payload, 's', size)
+  local bytes = redis.call('HINCRBY', hash, 'bytes', size)
+  local first = tonumber(redis.call('HGET', hash, 'first_seq') or '1')
+  trim(hash, stream, first, seq, bytes, max_events, max_bytes)
 end
 """
 )
@@ -167,7 +199,8 @@ APPEND = (
     + """
 -- KEYS: active, then hash, stream, channel of each task
 -- ARGV: max_events, max_bytes, key base, max finished, max finished bytes (of the owner),
---       then for each task: task_id, epoch, final (0/1), n, m, (seq, payload) * n,
+--       then for each task: task_id, epoch, final (0/1), first, last (the seqs of its events,
+--       0 0 for none), the events (a JSON array), their sizes, their bytes (the sum), m,
 --       (field, value) * m
 local max_events, max_bytes, base = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local results = {}
@@ -176,31 +209,23 @@ local a = 6
 for k = 2, #KEYS, 3 do
   local hash, stream = KEYS[k], KEYS[k + 1]
   local task_id, epoch, final = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local n, m = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local events = a + 5
-  local fields = events + 2 * n
+  local first, last = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local events, sizes, added = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
+  local m = tonumber(ARGV[a + 8])
+  local fields = a + 9
   a = fields + 2 * m
-  local cur = redis.call('HMGET', hash, 'epoch', 'last_seq', 'state')
+  local cur = redis.call('HMGET', hash, 'epoch', 'last_seq', 'state', 'first_seq')
   local result = -1
   if cur[1] == epoch then
     result = 0
-    local last = tonumber(cur[2] or '0')
-    local new, added = {}, 0
-    for i = events, fields - 1, 2 do
-      local seq = tonumber(ARGV[i])
-      if seq > last then
-        redis.call('XADD', stream, ARGV[i] .. '-0', 'f', ARGV[i + 1])
-        last = seq
-        added = added + #ARGV[i + 1]
-        new[#new + 1] = ARGV[i + 1]
-      end
-    end
-    if #new > 0 or n == 0 then
+    if last == 0 or first > tonumber(cur[2] or '0') then
       result = {1, 0}
-      if #new > 0 then
-        trim(hash, stream, redis.call('HINCRBY', hash, 'bytes', added), max_events, max_bytes)
+      if last > 0 then
+        redis.call('XADD', stream, last .. '-0', 'f', events, 's', sizes)
+        local bytes = redis.call('HINCRBY', hash, 'bytes', added)
         redis.call('HSET', hash, 'last_seq', last, unpack(ARGV, fields, a - 1))
-        redis.call('SPUBLISH', KEYS[k + 2], '[' .. table.concat(new, ',') .. ']')
+        trim(hash, stream, tonumber(cur[4] or '1'), last, bytes, max_events, max_bytes)
+        redis.call('SPUBLISH', KEYS[k + 2], events)
       else
         redis.call('HSET', hash, unpack(ARGV, fields, a - 1))
       end
@@ -221,16 +246,19 @@ return {results, removed}
 """
 )
 """The writes of one owner's tasks since the last flush, as one call. For each task (in the
-order given; a task may come more than once): under the epoch check, store its new events
-(entry id = seq; seqs stored already, from a batch sent again after a lost reply, are
-skipped), trim the log to its bounds, set the record's fields (with no events: only those),
-and publish the new events as one message, a JSON array of event frames; a final record ends
+order given; a task may come more than once): under the epoch check, store its new events as
+one entry (id: the seq of the last one; ``f``: the events, a JSON array; ``s``: their sizes,
+as :func:`~gateway.tasks.backend.frame_size` counts them), trim the log to its bounds, set the
+record's fields (with no events: only those), and publish the same array; a final record ends
 the task, and then the owner's bounds on finished tasks are applied (as :data:`TRIM_OWNER`).
-Returns ``{results, removed}``: one result per task, ``{1, size}`` (the size counted for the
-task if it ended here, else 0), 0 when every event was stored already, -1 when the epoch does
-not match (fenced out, or removed: then nothing of that task is written); ``removed`` as
-:data:`TRIM_OWNER` returns it. A task's events and record change together, so a reader never
-sees a ``last_seq`` whose event it cannot read."""
+A write's events are stored whole or not at all: a batch sent again after a lost reply holds
+the same writes, so events stored already are those of writes stored already, which are
+skipped (their first seq is not past the stored ``last_seq``). Returns ``{results,
+removed}``: one result per task, ``{1, size}`` (the size counted for the task if it ended
+here, else 0), 0 when the write was stored already, -1 when the epoch does not match (fenced
+out, or removed: then nothing of that task is written); ``removed`` as :data:`TRIM_OWNER`
+returns it. A task's events and record change together, so a reader never sees a
+``last_seq`` whose event it cannot read."""
 
 
 END_LOST = (
@@ -246,10 +274,11 @@ if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] or (cur[3] or '0') ~= ARGV[3] then
 end
 local seq = tonumber(ARGV[3]) + 1
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-store(KEYS[1], KEYS[2], seq, ARGV[4], tonumber(ARGV[7]), tonumber(ARGV[8]))
+local events = '[' .. ARGV[4] .. ']'
+store(KEYS[1], KEYS[2], seq, events, #ARGV[4], tonumber(ARGV[7]), tonumber(ARGV[8]))
 redis.call('HSET', KEYS[1], 'last_seq', seq, 'state', 'failed', 'updated', ARGV[6])
 local size = finish(ARGV[9], KEYS[1], KEYS[4], ARGV[5], ARGV[6])
-redis.call('SPUBLISH', KEYS[3], '[' .. ARGV[4] .. ']')
+redis.call('SPUBLISH', KEYS[3], events)
 return size
 """
 )

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aredis
 
-from gateway.tasks.backend import BackendUnavailable, Retention, TaskRecord
+from gateway.tasks.backend import BackendUnavailable, Retention, TaskRecord, frame_size
 from gateway.tasks.redis_backend import RedisBackend, RedisConfig
 from protocol.events import LlmResponse, TaskCompleted, TaskFailed, TaskStarted
 from protocol.frames import EventFrame, Gap, StartOptions
@@ -164,8 +165,10 @@ async def test_durable_before_visible(backends: Factory, redis_url: str) -> None
     def listener(item: EventFrame | Gap) -> None:
         # A blocking read in a listener is a test's privilege: is the event in Redis already?
         assert isinstance(item, EventFrame)
+        # The entry holding it: the first whose id (its last event's seq) is not below.
         entries = check.xrange(a._task_keys("alice", "t1")[1], min=f"{item.seq}-0", count=1)
-        stored_when_seen.append(bool(entries) and entries[0][0] == f"{item.seq}-0".encode())
+        seqs = [f["seq"] for f in json.loads(entries[0][1][b"f"])] if entries else []
+        stored_when_seen.append(item.seq in seqs)
 
     await a.listen("alice", "t1", listener)
     run(a, rec, 1, 20)
@@ -197,6 +200,105 @@ async def test_create_is_idempotent_and_counts_across_processes(backends: Factor
     with pytest.raises(ActiveLimitReached):
         await b.create(record("t3", node="b"), max_active=2)
     assert await b.active_count("alice") == 2
+
+
+async def test_a_start_retried_on_the_running_node_keeps_its_task_swept(
+    backends: Factory, redis_url: str
+) -> None:
+    # The retry finds the task (this node's, running): it stays in the node's set, which the
+    # sweeper reads when the node is lost; a task found on another node is not named here.
+    a = await backends("a")
+    b = await backends("b")
+    rec = record(node="a")
+    assert await a.create(rec) is None
+    later = msgspec.structs.replace(rec, created=rec.created + 1)  # another start, same id
+    assert await a.create(later) is not None
+    assert await b.create(msgspec.structs.replace(later, node="b")) is not None
+    await a.flush()
+    await b.flush()
+    client = aredis.Redis.from_url(redis_url)
+    assert await client.smembers(a._node_key("a", "tasks")) == {b"alice\0t1"}
+    assert await client.smembers(b._node_key("b", "tasks")) == set()
+    await client.aclose()
+
+
+class _HeldWire:
+    """Stands in for a backend's flusher connection: holds each batch until released, or
+    loses the reply of the next one (the batch was carried out)."""
+
+    def __init__(self, wire: Any) -> None:
+        self.wire = wire
+        self.sent = asyncio.Event()
+        self.release = asyncio.Event()
+        self.release.set()
+        self.lose_next = False
+
+    async def call(self, packed: bytes, n: int) -> list[Any]:
+        self.sent.set()
+        await self.release.wait()
+        replies = await self.wire.call(packed, n)
+        if self.lose_next:
+            self.lose_next = False
+            raise redis.exceptions.ConnectionError("the reply was lost")
+        return replies
+
+    async def close(self) -> None:
+        await self.wire.close()
+
+
+async def test_a_create_whose_reply_was_lost_is_known_as_ours(backends: Factory) -> None:
+    a = await backends("a")
+    held = _HeldWire(a._wire)
+    a._wire = held
+    held.lose_next = True
+    rec = record()
+    assert await a.create(rec) is None  # sent again: found as this very record
+    assert ("alice", "t1") in a._local
+    later = msgspec.structs.replace(rec, created=rec.created + 1)  # another start finds it
+    assert await a.create(later) is not None
+
+
+async def test_a_create_given_up_after_it_was_sent_is_undone(
+    backends: Factory, redis_url: str
+) -> None:
+    a = await backends("a")
+    held = _HeldWire(a._wire)
+    a._wire = held
+    held.release.clear()
+    held.sent.clear()
+    start = asyncio.ensure_future(a.create(record()))
+    await held.sent.wait()  # the create is in the batch on its way
+    start.cancel()
+    held.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    await a.flush()
+    assert await a.get("alice", "t1") is None
+    assert await a.active_count("alice") == 0
+    client = aredis.Redis.from_url(redis_url)
+    assert await client.smembers(a._node_key("a", "tasks")) == set()
+    await client.aclose()
+
+
+async def test_a_create_given_up_before_it_was_sent_is_never_sent(backends: Factory) -> None:
+    a = await backends("a")
+    held = _HeldWire(a._wire)
+    a._wire = held
+    rec = record("t0")
+    await a.create(rec)
+    held.release.clear()
+    held.sent.clear()
+    run(a, rec, 1, 3)
+    await held.sent.wait()  # a batch is on its way: the create waits for the next one
+    start = asyncio.ensure_future(a.create(record()))
+    await asyncio.sleep(0)  # one step: the create is queued
+    assert [op.waiter is not None for op in a._ops] == [False, True]
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    held.release.set()
+    await a.flush()
+    assert await a.get("alice", "t1") is None
 
 
 async def test_cancel_through_another_process_reaches_the_running_node(backends: Factory) -> None:
@@ -451,10 +553,11 @@ async def test_a_write_that_spans_a_fencing_change_stores_none_of_it(
     check.close()
 
 
-async def test_a_write_sent_again_stores_and_publishes_each_event_once(
+async def test_a_write_sent_again_stores_and_publishes_its_events_once(
     backends: Factory, redis_url: str
 ) -> None:
-    # What the flusher does after a lost reply: the same call, maybe with more events after.
+    # What the flusher does after a lost reply: the same calls again; a write's events are
+    # one entry, stored (and published) whole or not at all.
     a = await backends("a")
     rec = record()
     await a.create(rec)
@@ -462,9 +565,9 @@ async def test_a_write_sent_again_stores_and_publishes_each_event_once(
     client, pubsub = await _published(redis_url, keys[2])
 
     async def write(seqs: range) -> object:
-        events: list[object] = []
-        for seq in seqs:
-            events += [seq, json.dumps({"task_id": "t1", "seq": seq, "ts": 1.0, "event": {}})]
+        payloads = [
+            json.dumps({"task_id": "t1", "seq": seq, "ts": 1.0, "event": {}}) for seq in seqs
+        ]
         base = a._base("alice")
         return await client.evalsha(
             a._scripts["APPEND"].sha,
@@ -479,18 +582,22 @@ async def test_a_write_sent_again_stores_and_publishes_each_event_once(
             "t1",
             rec.epoch,
             0,  # not final
-            len(seqs),
+            seqs[0],
+            seqs[-1],
+            "[" + ",".join(payloads) + "]",
+            str([len(p) for p in payloads]),  # their sizes
+            sum(map(len, payloads)),  # their bytes
             1,  # one field: updated
-            *events,
             "updated",
             "2.0",
         )
 
     assert await write(range(1, 4)) == [[[1, 0]], []]
-    assert await write(range(1, 4)) == [[0], []]  # all stored: nothing written or published
-    assert await write(range(2, 6)) == [[[1, 0]], []]  # 2 and 3 skipped
+    assert await write(range(1, 4)) == [[0], []]  # stored: nothing written or published
+    assert await write(range(4, 6)) == [[[1, 0]], []]
+    assert await write(range(4, 6)) == [[0], []]
     entries = await client.xrange(keys[1])
-    assert [e[0] for e in entries] == [f"{s}-0".encode() for s in range(1, 6)]
+    assert [e[0] for e in entries] == [b"3-0", b"5-0"]  # one entry per write: its last seq
     assert await client.hget(keys[0], "last_seq") == b"5"
     published = []
     for _ in range(2):
@@ -498,6 +605,33 @@ async def test_a_write_sent_again_stores_and_publishes_each_event_once(
         published.append([f["seq"] for f in json.loads(reply[2])])
     assert published == [[1, 2, 3], [4, 5]]
     await pubsub.aclose()
+    await client.aclose()
+
+
+async def test_a_log_written_an_event_per_entry_is_read_and_trimmed(
+    backends: Factory, redis_url: str
+) -> None:
+    # Earlier versions stored one event per entry (a JSON object, no sizes): such a log is
+    # read, appended to and trimmed like one of today's.
+    a = await backends("a", retention=Retention(max_events=4))
+    rec = record()
+    await a.create(rec)
+    keys = a._task_keys("alice", "t1")
+    client = aredis.Redis.from_url(redis_url)
+    old = [msgspec.json.encode(frame("t1", seq)) for seq in (1, 2, 3)]
+    for seq, payload in enumerate(old, start=1):
+        await client.xadd(keys[1], {"f": payload}, id=f"{seq}-0")
+    await client.hset(keys[0], mapping={"last_seq": 3, "bytes": sum(map(len, old))})
+    found = await a.read("alice", "t1", 1)
+    assert found is not None and [f.seq for f in found.frames] == [2, 3]
+    run(a, rec, 4, 6)  # one write of three: the log keeps 3..6
+    await a.flush()
+    found = await a.read("alice", "t1", 0)
+    assert found is not None and found.first_available_seq == 3
+    assert [f.seq for f in found.frames] == [3, 4, 5, 6]
+    assert [e[0] for e in await client.xrange(keys[1])] == [b"3-0", b"6-0"]
+    sizes = [frame_size(frame("t1", n)) for n in (4, 5, 6)]
+    assert int(await client.hget(keys[0], "bytes")) == len(old[2]) + sum(sizes)
     await client.aclose()
 
 
@@ -514,7 +648,11 @@ async def test_a_write_trims_the_log_to_its_bounds_at_once(
     assert [f.seq for f in found.frames] == [36, 37, 38, 39, 40]
     client = aredis.Redis.from_url(redis_url)
     keys = a._task_keys("alice", "t1")
-    kept = sum(len(e[1][b"f"]) for e in await client.xrange(keys[1]))
+    # One entry (one write) of 40 events, their sizes listed: the first 35 are trimmed.
+    ((_, entry),) = await client.xrange(keys[1])
+    sizes = json.loads(entry[b"s"])
+    assert len(sizes) == 40 and sizes[1:] == [frame_size(frame("t1", n)) for n in range(2, 41)]
+    kept = sum(sizes[35:])
     assert int(await client.hget(keys[0], "bytes")) == kept  # the byte count follows the trim
     await client.aclose()
     # The byte bound alone: about three events fit.
