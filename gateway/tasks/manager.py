@@ -351,21 +351,22 @@ class TaskManager:
         # none (and a backend needs no subscription of its own for a task it writes).
         sub = None
         undo = _noop
+        refused: BaseException | None = None
         if deliver is not None:
             sub = Subscription(owner, record.task_id, 0, deliver)
             try:
                 with _unavailable_refuses("start"):
                     undo = await self._backend.listen(owner, record.task_id, sub._on_live)
-            except BaseException:
-                # It exists: it runs, even though this caller cannot follow it.
-                self._launch(record, after=after)
-                raise
+            except BaseException as exc:  # it exists: it runs, though this caller cannot follow
+                sub, refused = None, exc
         task = self._launch(record, sub, undo, after)
         if self._closing:  # shutdown began while it was created: it stops with the others
             self._cancel(task, "server shutdown")
         if if_busy == "interrupt":
             for other in after:
                 await self.cancel(owner, other, "interrupted by a new message on the thread")
+        if refused is not None:
+            raise refused
         return StartResult(
             record.task_id,
             record.state,

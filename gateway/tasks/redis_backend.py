@@ -248,13 +248,14 @@ Finished = tuple[str, str, int, float]
 """A task that ended: owner, task id, the size it counts, when it ended."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Op:
     kind: int
     key: Key
     packed: bytes = b""
-    """The command(s), RESP-encoded; the first reply is the op's result. A write is packed
-    when the flusher takes it (and keeps that packing if it is sent again)."""
+    """The command(s), RESP-encoded; the first reply is the op's result (a call's: the
+    last). A write is packed when the flusher takes it (and keeps that packing if it is sent
+    again)."""
     replies: int = 1
     writes: int = 1
     """How many writes (events, record changes, expiries) it carries."""
@@ -262,10 +263,10 @@ class _Op:
     """A write (kind ``_WRITE``, key ``(owner, "")``): the owner's tasks written."""
     waiter: asyncio.Future[Any] | None = None
     """A call (kind ``_CALL``): the caller waiting for the reply of its last command."""
-    orphaned: Callable[[Any, bool], None] | None = None
+    orphaned: Callable[[Any], None] | None = None
     """A call: what to do with the reply when its caller stopped waiting after it was sent."""
     sends: int = 0
-    """Times taken into a batch (sent again after a failure, whose outcome was unknown)."""
+    """Times taken into a batch (again after a batch failed)."""
 
 
 class RedisBackend:
@@ -338,6 +339,7 @@ class RedisBackend:
         self._watches: dict[Key, _Watch] = {}
         self._by_channel: dict[str, Key] = {}
         self._ops: deque[_Op] = deque()
+        self._calls: deque[_Op] = deque()  # calls waited for: at the head of the next batch
         self._queued = 0  # writes in _ops
         self._open: dict[str, _Op] = {}  # by owner: the write still gathering (not yet taken)
         self._thread_writes: set[asyncio.Task[None]] = set()
@@ -588,6 +590,7 @@ class RedisBackend:
         changed = max(turn.created, turn.updated)
         member = _member(owner, task_id)
         tasks_key = self._node_key(record.node, "tasks")
+        made = uuid.uuid4().hex  # names this create (see create)
         await self._ensure()
         await self._thread_writes_done()  # the busy check reads this node's turn updates
         try:
@@ -615,6 +618,8 @@ class RedisBackend:
                     record.last_seq + 1,
                     "bytes",
                     0,
+                    "made",
+                    made,
                 ],
             )
         except (*_UNREACHABLE, RedisError) as exc:
@@ -623,6 +628,10 @@ class RedisBackend:
         if verdict == 1:
             self._created_here(record)
             return tuple(b.decode() for b in result[1])
+        if verdict == 0 and _own(result[1], made):  # sent again after a lost reply
+            self._created_here(record)
+            after = _pairs(result[1]).get(b"after", b"")
+            return tuple(x.decode() for x in after.split(b"\0") if x)
         existing = _record_from(_pairs(result[1])) if verdict == 0 else None
         if existing is None or existing.node != record.node or existing.final:
             # Out of the node's set again (a task this node runs stays named).
@@ -795,7 +804,7 @@ class RedisBackend:
     async def flush(self) -> None:
         await self._ensure()
         await self._thread_writes_done()
-        while self._ops:
+        while self._ops or self._calls:
             if self._outage_since is not None:
                 raise BackendUnavailable(self.health() or "Redis is unreachable")
             self._flushed.clear()
@@ -818,7 +827,7 @@ class RedisBackend:
                         self._flushed.clear()
                         await self._flushed.wait()
         self._closing = True
-        for op in self._ops:
+        for op in self._calls:
             if op.waiter is not None and not op.waiter.done():
                 op.waiter.set_exception(RedisConnectionError("the backend is closing"))
         if self._ops:
@@ -888,34 +897,43 @@ class RedisBackend:
         owner, task_id = record.owner, record.task_id
         keys = self._task_keys(owner, task_id)
         base = self._base(owner)
+        made = uuid.uuid4().hex  # names this create: its own record is told from another's
         fields = [
             *_fields(record, full=True),
             "first_seq",
             record.last_seq + 1,
             "bytes",
             0,
+            "made",
+            made,
         ]
         member = _member(owner, task_id)
         named = self._node_key(record.node, "tasks") if record.node and not record.final else None
         script_keys = [keys[0], base + "idx", keys[3]]
         args = [task_id, record.created, max_active or 0, 1 if record.final else 0, *fields]
 
-        def unname() -> None:  # out of the node's set again (swept no more)
-            if named is not None:
+        def created(result: Any) -> bool:
+            # Found as this very create's record: a send whose reply was lost created it.
+            return result[0] == 1 or (result[0] == 0 and _own(result[1], made))
+
+        def found(result: Any) -> TaskRecord | None:
+            # The task of that id (None: past the owner's limit); out of this node's set
+            # again unless it is a task this node runs.
+            existing = _record_from(_pairs(result[1])) if result[0] == 0 else None
+            if named is not None and (
+                existing is None or existing.node != record.node or existing.final
+            ):
                 self._queue(_Op(_PLAIN, (owner, task_id), wire.command("SREM", named, member)))
+            return existing
 
-        def created(result: Any, resent: bool) -> bool:
-            # Found as this very record after a resend: the first send created it.
-            return result[0] == 1 or (resent and result[0] == 0 and _own(result[1], record))
-
-        def orphaned(result: Any, resent: bool) -> None:  # given up once it was sent
-            if created(result, resent):
-                log.warning("redis: task %s, created for a start given up, removed", task_id)
-                self._queue_remove(owner, task_id)
-                unname()
+        def orphaned(result: Any) -> None:  # the reply came after the start gave up waiting
+            if not created(result):
+                found(result)
+            elif not record.final:
+                self._created_here(record)
+                self._run_orphan(record)
 
         await self._ensure()
-        resent = False
         try:
             if self._cluster:
                 result = await self._run_named(named, member, "CREATE", script_keys, args)
@@ -925,49 +943,67 @@ class RedisBackend:
                 if named is not None:  # named first, as in _run_named
                     packed = wire.command("SADD", named, member) + packed
                 replies = 2 if named is not None else 1
-                call = self._call((owner, task_id), packed, replies, orphaned)
-                result, resent = await call
+                result = await self._call((owner, task_id), packed, replies, orphaned)
         except (*_UNREACHABLE, RedisError) as exc:
             raise _unavailable(exc) from exc
-        if created(result, resent):
+        if created(result):
             if not record.final:
                 self._created_here(record)
             return None
-        existing = _record_from(_pairs(result[1])) if result[0] == 0 else None
-        if existing is None or existing.node != record.node or existing.final:
-            unname()  # (a task this node runs stays named)
+        existing = found(result)
         if existing is None:
             assert max_active is not None
             raise ActiveLimitReached(max_active)
         return existing
 
+    def _run_orphan(self, record: TaskRecord) -> None:
+        """Run a task whose create reached Redis after its start gave up waiting (timed out or
+        cancelled once the create was sent): it exists, so it runs here all the same, as the
+        task manager does with a task it created but cannot follow; a retry of that start
+        finds it. (A node that cannot run tasks it did not start leaves it to the sweeper of
+        this node, should it be lost.)"""
+        handler = self._handlers.get(record.node)
+        adopt = getattr(handler, "task_adopted", None)
+        log.warning(
+            "redis: task %s was created for a start that gave up; running it", record.task_id
+        )
+        if adopt is not None:
+            adopt(record)
+
     async def _call(
-        self, key: Key, packed: bytes, replies: int, orphaned: Callable[[Any, bool], None]
-    ) -> tuple[Any, bool]:
-        """Send ``replies`` packed commands with the flusher's next batch; the reply of the
-        last one (an error reply raised), and whether the commands were sent more than once
-        (again after a batch failed: the first time may have been carried out). Refused at
-        once while Redis is unreachable; past the round trip's timeout, or cancelled, the call
-        is taken back if it was not sent yet, else ``orphaned`` gets its reply when it
-        comes."""
+        self, key: Key, packed: bytes, replies: int, orphaned: Callable[[Any], None]
+    ) -> Any:
+        """Send ``replies`` packed commands at the head of the flusher's next batch (ahead of
+        queued writes) and return the reply of the last one (an error reply raised). Refused
+        at once while Redis is unreachable or the backend closes; past the round trip's
+        timeout, or cancelled, the call is taken back if it was not sent yet, else
+        ``orphaned`` gets its reply (also one that came as the caller gave up)."""
+        if self._closing:
+            raise RedisConnectionError("the backend is closing")
         if self._outage_since is not None:
             raise RedisConnectionError(self.last_error or "Redis is unreachable")
         waiter = asyncio.get_running_loop().create_future()
         op = _Op(_CALL, key, packed, replies, writes=0, waiter=waiter, orphaned=orphaned)
-        self._queue(op)
+        self._calls.append(op)
+        if not self._wake.is_set():
+            self._wake.set()
         try:
             async with asyncio.timeout(self._timeout):
                 result = await waiter
         except BaseException as exc:
             if not op.sends:
                 with contextlib.suppress(ValueError):
-                    self._ops.remove(op)
+                    self._calls.remove(op)
+            elif waiter.done() and not waiter.cancelled():
+                late = waiter.result()  # the reply came, but the caller was stopped first
+                if not isinstance(late, Exception):
+                    orphaned(late)
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError("no reply from Redis in time") from None
             raise
         if isinstance(result, Exception):
             raise result
-        return result, op.sends > 1
+        return result
 
     async def _run_named(
         self, tasks_key: str | None, member: str, script: str, keys: list[str], args: list[Any]
@@ -1347,8 +1383,7 @@ class RedisBackend:
     async def _flusher(self) -> None:
         backoff = 0.05
         while not self._closing:
-            ops = self._ops
-            if not ops:
+            if not self._ops and not self._calls:
                 self._flushed.set()
                 self._wake.clear()
                 await self._wake.wait()
@@ -1374,9 +1409,12 @@ class RedisBackend:
                 self._outage_since = None
                 self._aborted = False
                 self.health_changed.set()
-            ops = self._ops  # _fenced may have replaced it
+            ops, calls = self._ops, self._calls  # (_fenced may have replaced _ops)
             for op in batch:
-                if ops and ops[0] is op:
+                if op.kind == _CALL:
+                    if calls and calls[0] is op:
+                        calls.popleft()
+                elif ops and ops[0] is op:
                     ops.popleft()
                     self._queued -= op.writes
             for op, result in zip(batch, results, strict=True):
@@ -1385,13 +1423,16 @@ class RedisBackend:
                 self._queue_trim_all()
 
     def _take(self) -> list[_Op]:
-        """The ops at the head of the queue, up to ``batch`` writes (one at least); a write
-        taken gathers no more (later ones of its owner start a new write behind it)."""
-        batch: list[_Op] = []
+        """The calls waited for, then the ops at the head of the queue, up to ``batch`` writes
+        (one op at least); a write taken gathers no more (later ones of its owner start a new
+        write behind it)."""
+        batch: list[_Op] = list(self._calls)
+        for op in batch:
+            op.sends += 1
         limit = self.config.batch
         n = 0
         for op in self._ops:
-            if batch and n + op.writes > limit:
+            if n and n + op.writes > limit:
                 break
             if op.kind == _WRITE and not op.packed:
                 if self._open.get(op.key[0]) is op:
@@ -1430,7 +1471,7 @@ class RedisBackend:
             if waiter is not None and not waiter.done():
                 waiter.set_result(result)
             elif op.orphaned is not None and not isinstance(result, Exception):
-                op.orphaned(result, op.sends > 1)
+                op.orphaned(result)
             return
         if isinstance(result, Exception):
             tasks = ", ".join(k[1] for k in op.tasks) or op.key[1]
@@ -1855,14 +1896,9 @@ def _entry_frames(payload: bytes) -> list[EventFrame]:
     return [_frame_decoder.decode(payload)]
 
 
-def _own(stored: Iterable[Any], record: TaskRecord) -> bool:
-    """Whether a stored task (its hash, flat) is ``record`` as this node created it (its
-    node, and its creation time to the microsecond)."""
-    raw = _pairs(stored)
-    return (
-        raw.get(b"node") == record.node.encode()
-        and raw.get(b"created") == repr(record.created).encode()
-    )
+def _own(stored: Iterable[Any], made: str) -> bool:
+    """Whether a stored task (its hash, flat) was written by the create named ``made``."""
+    return _pairs(stored).get(b"made") == made.encode()
 
 
 def _member(owner: str, task_id: str) -> str:

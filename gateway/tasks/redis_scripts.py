@@ -214,7 +214,7 @@ for k = 2, #KEYS, 3 do
   local m = tonumber(ARGV[a + 8])
   local fields = a + 9
   a = fields + 2 * m
-  local cur = redis.call('HMGET', hash, 'epoch', 'last_seq', 'state', 'first_seq')
+  local cur = redis.call('HMGET', hash, 'epoch', 'last_seq', 'state', 'first_seq', 'bytes')
   local result = -1
   if cur[1] == epoch then
     result = 0
@@ -222,8 +222,8 @@ for k = 2, #KEYS, 3 do
       result = {1, 0}
       if last > 0 then
         redis.call('XADD', stream, last .. '-0', 'f', events, 's', sizes)
-        local bytes = redis.call('HINCRBY', hash, 'bytes', added)
-        redis.call('HSET', hash, 'last_seq', last, unpack(ARGV, fields, a - 1))
+        local bytes = tonumber(cur[5] or '0') + tonumber(added)
+        redis.call('HSET', hash, 'last_seq', last, 'bytes', bytes, unpack(ARGV, fields, a - 1))
         trim(hash, stream, tonumber(cur[4] or '1'), last, bytes, max_events, max_bytes)
         redis.call('SPUBLISH', KEYS[k + 2], events)
       else
@@ -417,6 +417,9 @@ if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then
   return {-1}
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 14))
+if #busy > 0 then  -- kept for a call sent again after its reply was lost
+  redis.call('HSET', KEYS[1], 'after', table.concat(busy, '\\0'))
+end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('RPUSH', KEYS[4], ARGV[6])

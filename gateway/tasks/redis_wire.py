@@ -99,20 +99,23 @@ class RespConnection:
             raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _exchange(self, packed: bytes, n: int) -> list[Any]:
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(packed)
-        await asyncio.wait_for(self._writer.drain(), self._timeout)
+        reader, writer = self._reader, self._writer
+        assert reader is not None and writer is not None
+        writer.write(packed)
         replies: list[Any] = []
         parser = self._parser
-        while len(replies) < n:
-            reply = parser.gets()
-            if reply is False:
-                data = await asyncio.wait_for(self._reader.read(1 << 16), self._timeout)
-                if not data:
-                    raise EOFError("Redis closed the connection")
-                parser.feed(data)
-            else:
-                replies.append(reply)
+        # One timeout for the whole exchange (a scope, not wait_for: no task per await).
+        async with asyncio.timeout(self._timeout):
+            await writer.drain()
+            while len(replies) < n:
+                reply = parser.gets()
+                if reply is False:
+                    data = await reader.read(1 << 16)
+                    if not data:
+                        raise EOFError("Redis closed the connection")
+                    parser.feed(data)
+                else:
+                    replies.append(reply)
         return replies
 
     async def close(self) -> None:

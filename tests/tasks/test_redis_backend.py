@@ -258,26 +258,55 @@ async def test_a_create_whose_reply_was_lost_is_known_as_ours(backends: Factory)
     assert await a.create(later) is not None
 
 
-async def test_a_create_given_up_after_it_was_sent_is_undone(
+async def test_a_create_given_up_after_it_was_sent_runs_all_the_same(
     backends: Factory, redis_url: str
 ) -> None:
-    a = await backends("a")
+    # The start stopped waiting once its create was on its way: the task exists, so this
+    # node runs it (as the manager does with a task it created but cannot follow).
+    handler = Handler(adopts=True)
+    a = await backends("a", handler)
     held = _HeldWire(a._wire)
     a._wire = held
     held.release.clear()
     held.sent.clear()
-    start = asyncio.ensure_future(a.create(record()))
+    rec = record()
+    start = asyncio.ensure_future(a.create(rec))
     await held.sent.wait()  # the create is in the batch on its way
     start.cancel()
     held.release.set()
     with pytest.raises(asyncio.CancelledError):
         await start
-    await a.flush()
-    assert await a.get("alice", "t1") is None
-    assert await a.active_count("alice") == 0
+    await handler.wait(lambda: handler.adopted)
+    assert handler.adopted == [rec] and ("alice", "t1") in a._local
+    assert await a.create(msgspec.structs.replace(rec, created=rec.created + 1)) == rec
     client = aredis.Redis.from_url(redis_url)
-    assert await client.smembers(a._node_key("a", "tasks")) == set()
+    assert await client.smembers(a._node_key("a", "tasks")) == {b"alice\0t1"}
     await client.aclose()
+
+
+async def test_a_create_whose_reply_came_as_its_start_was_stopped_runs(
+    backends: Factory,
+) -> None:
+    # The reply is handed over, but the start is cancelled before it resumes: the reply is
+    # not lost with it.
+    handler = Handler(adopts=True)
+    a = await backends("a", handler)
+    held = _HeldWire(a._wire)
+    a._wire = held
+    loop = asyncio.get_running_loop()
+    starts: list[asyncio.Future[object]] = []
+
+    async def call(packed: bytes, n: int) -> list[Any]:
+        replies = await held.wire.call(packed, n)
+        loop.call_soon(starts[0].cancel)  # runs before the start resumes with its reply
+        return replies
+
+    held.call = call  # type: ignore[method-assign]
+    rec = record()
+    starts.append(asyncio.ensure_future(a.create(rec)))
+    with pytest.raises(asyncio.CancelledError):
+        await starts[0]
+    assert handler.adopted == [rec] and ("alice", "t1") in a._local
 
 
 async def test_a_create_given_up_before_it_was_sent_is_never_sent(backends: Factory) -> None:
@@ -292,7 +321,7 @@ async def test_a_create_given_up_before_it_was_sent_is_never_sent(backends: Fact
     await held.sent.wait()  # a batch is on its way: the create waits for the next one
     start = asyncio.ensure_future(a.create(record()))
     await asyncio.sleep(0)  # one step: the create is queued
-    assert [op.waiter is not None for op in a._ops] == [False, True]
+    assert len(a._calls) == 1 and a._calls[0].sends == 0
     start.cancel()
     with pytest.raises(asyncio.CancelledError):
         await start
