@@ -130,17 +130,19 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "bench --only capacity,redis` (or `make bench BENCH_ARGS=...`) runs some parts alone, "
         "into `artifacts/bench-only/`.",
         "",
-        "Where the Redis-mode cost per event goes (CPU read from `/proc` while the batched "
-        "writes were built, on the shared machine, 1 conn × 100 demo tasks): gateway 54–71 → "
-        "35–51 µs (in memory 19–25), `redis-server` 35–40 → 12–15 µs, a second gateway following "
-        "every task 34–46 → 20–23 µs. In `redis-server`, `INFO commandstats` counts one `XADD` "
-        "per event and one `EVALSHA` per ~60 events; in the gateway the Redis path itself "
-        "(queueing into the owner's write, packing the call, the round trip, delivery once "
-        "stored) is 9–11 µs per event against 3 µs for the in-memory append, and the rest is "
-        "per task (create, the subscribe of a `start` that follows its task, the expiry) and "
-        "loop wake-ups. At the latency row's pace each task has about one event per flush, so "
-        "the per-task part of the script (epoch check, trim, record update, publish) still "
-        "runs per event there.",
+        "Where the Redis-mode cost per event goes (CPU read from `/proc` with `python -m "
+        "bench.cpu throughput --redis`, and `INFO commandstats`; 1 conn × 100 replayed tasks × "
+        "300 events, on the shared machine, earlier and current code run in turns): gateway "
+        "23–31 → 15–19 µs (in memory 9–14 in the same runs), `redis-server` 10–13 → 7–9 µs, "
+        "Redis-mode throughput about 1.4×. Gone: an `XADD` and two RESP strings per event (a "
+        "write's events are one log entry, a JSON array encoded in one call, their sizes "
+        "listed for the byte bound: one `XADD` per task and flush, ~7 events at this load), "
+        "the lookup, subscribe, unsubscribe and create round trips of each `start` (a start "
+        "creates first, at the head of the flusher's next batch, and a task created here needs "
+        "no subscription), an `HINCRBY` per task write, a task per awaited read of the "
+        "flusher's connection and a float `repr` per write. Left in the gateway: encoding the "
+        "events for Redis (about a third of the packing), the packing per task write, the "
+        "round trip, and delivery once stored (as in memory).",
         "",
     ]
     for row in results["rows"]:

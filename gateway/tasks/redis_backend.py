@@ -194,8 +194,12 @@ class RedisConfig:
     buffer_seconds: float = 30.0
     """Seconds of outage after which a process stops its running tasks."""
     batch: int = 512
-    """Most writes (events, record changes, expiries) sent in one pipeline, and most events
-    in one script call."""
+    """Most writes (events, record changes, expiries) in one script call (a script holds
+    Redis up while it runs)."""
+    pipeline: int = 4
+    """Most script calls' worth of writes (``batch`` each) sent in one round trip: a process
+    that fell behind catches up several batches per round trip, while its event loop is busy
+    too."""
     cluster: bool | None = None
     """Whether ``url`` names a node of a Redis Cluster (then the others are found from it);
     ``None``: ask that node at start (``INFO cluster``)."""
@@ -277,8 +281,10 @@ class RedisBackend:
 
     def __init__(self, config: RedisConfig | None = None, retention: Retention | None = None):
         cfg = config or RedisConfig()
-        if cfg.lease <= 0 or cfg.buffer_seconds <= 0 or cfg.max_buffered < 1:
-            raise ValueError("lease, buffer_seconds and max_buffered must be positive")
+        if cfg.lease <= 0 or cfg.buffer_seconds <= 0 or min(cfg.max_buffered, cfg.batch) < 1:
+            raise ValueError("lease, buffer_seconds, max_buffered and batch must be positive")
+        if cfg.pipeline < 1:
+            raise ValueError("pipeline must be positive")
         if "{" in cfg.prefix or "}" in cfg.prefix:
             raise ValueError("the key prefix must not hold { or } (Cluster hash tags)")
         self.config = cfg
@@ -1423,13 +1429,13 @@ class RedisBackend:
                 self._queue_trim_all()
 
     def _take(self) -> list[_Op]:
-        """The calls waited for, then the ops at the head of the queue, up to ``batch`` writes
-        (one op at least); a write taken gathers no more (later ones of its owner start a new
-        write behind it)."""
+        """The calls waited for, then the ops at the head of the queue, up to ``pipeline``
+        times ``batch`` writes (one op at least); a write taken gathers no more (later ones of
+        its owner start a new write behind it)."""
         batch: list[_Op] = list(self._calls)
         for op in batch:
             op.sends += 1
-        limit = self.config.batch
+        limit = self.config.batch * self.config.pipeline
         n = 0
         for op in self._ops:
             if n and n + op.writes > limit:

@@ -556,6 +556,36 @@ async def test_an_unavailable_backend_refuses_start_clearly(script: ScriptedRunn
         assert tm.active_count == 0
 
 
+class DeafOnceBackend(InMemoryBackend):
+    """Its first subscription fails (as a remote backend's can); later ones work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 1
+
+    async def listen(self, owner, task_id, listener):  # type: ignore[no-untyped-def]
+        if self.refusals:
+            self.refusals -= 1
+            raise BackendUnavailable("subscribe failed", retry_after=1.0)
+        return await super().listen(owner, task_id, listener)
+
+
+async def test_a_created_task_runs_even_when_its_start_cannot_follow_it(
+    script: ScriptedRunner,
+) -> None:
+    # The task exists once created: the start is refused (retryable), the task runs, and a
+    # retry of that start with its id finds it.
+    async with TaskManager(script, backend=DeafOnceBackend()) as tm:
+        with pytest.raises(TaskError) as err:
+            await tm.start("alice", "q", task_id="t1", deliver=Recorder())
+        assert err.value.code is ErrorCode.UNAVAILABLE
+        assert tm.active_count == 1
+        again = await tm.start("alice", "q", task_id="t1")
+        assert again.existing
+        items = await collect(await tm.subscribe("alice", "t1"))
+        assert kinds(items) == ["task_started"] + ["llm_response"] * 3 + ["task_completed"]
+
+
 async def test_on_terminal_gets_cancel_latency_and_time_to_first_output() -> None:
     seen: list[tuple[str, bool, bool]] = []
 
