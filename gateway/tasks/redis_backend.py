@@ -1400,6 +1400,8 @@ class RedisBackend:
                 results = await self._execute(batch)
             except _UNREACHABLE as exc:
                 self._note_outage(exc)
+                if isinstance(exc, wire.NotSent):
+                    self._refuse_calls(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -1427,6 +1429,18 @@ class RedisBackend:
                 self._applied(op, result)
             if self._untrimmed:
                 self._queue_trim_all()
+
+    def _refuse_calls(self, exc: BaseException) -> None:
+        """Fail the calls that have never reached Redis (this batch, not sent, was their
+        first): their callers get the outage at once, and nothing of them is carried out
+        later. One sent before, whose outcome is unknown, stays to be sent again."""
+        kept: deque[_Op] = deque()
+        for op in self._calls:
+            if op.sends > 1:
+                kept.append(op)
+            elif op.waiter is not None and not op.waiter.done():
+                op.waiter.set_exception(exc)
+        self._calls = kept
 
     def _take(self) -> list[_Op]:
         """The calls waited for, then the ops at the head of the queue, up to ``pipeline``

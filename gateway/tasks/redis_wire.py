@@ -20,7 +20,11 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-__all__ = ["RespConnection", "bulk", "command"]
+__all__ = ["NotSent", "RespConnection", "bulk", "command"]
+
+
+class NotSent(RedisConnectionError):
+    """Redis could not be reached: the commands were not sent (so not carried out)."""
 
 
 def bulk(value: bytes | str | int | float) -> bytes:
@@ -89,10 +93,20 @@ class RespConnection:
 
     async def call(self, packed: bytes, n: int) -> list[Any]:
         """Send ``n`` packed commands, return their ``n`` replies (errors as
-        :exc:`ResponseError` values, not raised)."""
-        try:
-            if self._writer is None:
+        :exc:`ResponseError` values, not raised). Raises :exc:`NotSent` when the commands
+        certainly did not reach Redis (no connection could be made), else
+        :exc:`redis.exceptions.ConnectionError` (they may have been carried out)."""
+        if self._writer is not None and self._writer.is_closing():
+            await self.close()  # the other end left while the connection was idle
+        if self._writer is None:
+            try:
                 await self._connect()
+            except (OSError, EOFError, TimeoutError, hiredis.ProtocolError) as exc:
+                await self.close()
+                raise NotSent(f"{type(exc).__name__}: {exc}") from exc
+            except RedisConnectionError as exc:
+                raise NotSent(str(exc)) from exc
+        try:
             return await self._exchange(packed, n)
         except (OSError, EOFError, TimeoutError, hiredis.ProtocolError) as exc:
             await self.close()

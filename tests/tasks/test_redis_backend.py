@@ -472,6 +472,34 @@ async def test_redis_restart_loses_no_acknowledged_event(backends: Factory, tmp_
         server.stop()
 
 
+async def test_a_start_refused_while_redis_is_down_is_never_created_later(
+    backends: Factory, tmp_path: Path
+) -> None:
+    # Its create never reached Redis: refused at once, and nothing of it is carried out once
+    # Redis is back (a start the client was told to retry must not run anyway).
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        a = await backends("a", url=server.url)
+        await a.create(record("t0"))
+        server.stop()
+        await a._wire.close()  # as after a failure: the next flush connects anew
+        with pytest.raises(BackendUnavailable):
+            await a.create(record())
+        assert not a._calls
+        with pytest.raises(BackendUnavailable):  # refused at once while the outage lasts
+            await a.create(record("t2"))
+        server.start()
+        while a.health() is not None:
+            a.health_changed.clear()
+            await a.health_changed.wait()
+        assert await a.get("alice", "t0") is None  # (no persistence: Redis came back empty)
+        assert await a.get("alice", "t1") is None
+        assert await a.get("alice", "t2") is None
+    finally:
+        server.stop()
+
+
 async def test_past_the_outage_bound_running_tasks_end_with_store_unavailable(
     backends: Factory, tmp_path: Path
 ) -> None:
