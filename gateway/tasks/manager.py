@@ -359,9 +359,7 @@ class TaskManager:
                     undo = await self._backend.listen(owner, record.task_id, sub._on_live)
             except BaseException as exc:  # it exists: it runs, though this caller cannot follow
                 sub, refused = None, exc
-        task = self._launch(record, sub, undo, after)
-        if self._closing:  # shutdown began while it was created: it stops with the others
-            self._cancel(task, "server shutdown")
+        task = self._launch(record, sub, undo, after)  # (stopped at once if shutdown began)
         if if_busy == "interrupt":
             for other in after:
                 await self.cancel(owner, other, "interrupted by a new message on the thread")
@@ -894,16 +892,7 @@ class TaskManager:
         node under a new epoch). It keeps its id, its events so far and its options."""
         if self._closing:
             log.warning("task %s adopted during shutdown: ending it", record.task_id)
-        task = _Task(record)
-        task.last_seq = record.last_seq
-        self._active[task.key] = task
-        cfg, options = self.config, record.options
-        self._detach.track(
-            task.key,
-            options.on_detach or cfg.on_detach,
-            options.detach_ttl if options.detach_ttl is not None else cfg.detach_ttl,
-        )
-        self._start_driver(task, record.task_id)
+        self._launch(record)  # as a start's: its questions and messages, its detach clock
 
     # ------------------------------------------------------------------ shutdown
 

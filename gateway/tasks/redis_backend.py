@@ -928,8 +928,11 @@ class RedisBackend:
             existing = _record_from(_pairs(result[1])) if result[0] == 0 else None
             if named is not None and (
                 existing is None or existing.node != record.node or existing.final
-            ):
-                self._queue(_Op(_PLAIN, (owner, task_id), wire.command("SREM", named, member)))
+            ):  # in order with the creates (a retry's SADD must come after it)
+                self._calls.append(
+                    _Op(_CALL, (owner, task_id), wire.command("SREM", named, member), writes=0)
+                )
+                self._wake.set()
             return existing
 
         def orphaned(result: Any) -> None:  # the reply came after the start gave up waiting
@@ -1000,7 +1003,7 @@ class RedisBackend:
             if not op.sends:
                 with contextlib.suppress(ValueError):
                     self._calls.remove(op)
-            elif waiter.done() and not waiter.cancelled():
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 late = waiter.result()  # the reply came, but the caller was stopped first
                 if not isinstance(late, Exception):
                     orphaned(late)
@@ -1254,14 +1257,24 @@ class RedisBackend:
 
     def _deliver(self, key: Key, watch: _Watch, item: EventFrame | Gap) -> None:
         if isinstance(item, EventFrame):
-            if item.seq <= watch.last_seq:
-                return  # delivered already (a hole read overlapping live frames)
-            watch.last_seq = item.seq
+            self._deliver_frames(key, watch, (item,))
+            return
         for listener in watch.listeners:
             try:
                 listener(item)
             except Exception:  # one broken subscriber must not stop the others
                 log.exception("event listener of task %s failed", key[1])
+
+    def _deliver_frames(self, key: Key, watch: _Watch, frames: Iterable[EventFrame]) -> None:
+        for frame in frames:
+            if frame.seq <= watch.last_seq:
+                continue  # delivered already (a hole read overlapping live frames)
+            watch.last_seq = frame.seq
+            for listener in watch.listeners:
+                try:
+                    listener(frame)
+                except Exception:  # one broken subscriber must not stop the others
+                    log.exception("event listener of task %s failed", key[1])
 
     def _fill(self, key: Key, watch: _Watch) -> None:
         """Read the log after the last delivered seq, then deliver what was held."""
@@ -1431,14 +1444,15 @@ class RedisBackend:
                 self._queue_trim_all()
 
     def _refuse_calls(self, exc: BaseException) -> None:
-        """Fail the calls that have never reached Redis (this batch, not sent, was their
-        first): their callers get the outage at once, and nothing of them is carried out
-        later. One sent before, whose outcome is unknown, stays to be sent again."""
+        """Fail the calls waited for that have never reached Redis (this batch, not sent, was
+        their first): their callers get the outage at once, and nothing of them is carried
+        out later. One sent before, whose outcome is unknown, stays to be sent again, as do
+        the calls nobody waits for (they put the node's set right)."""
         kept: deque[_Op] = deque()
         for op in self._calls:
-            if op.sends > 1:
+            if op.sends > 1 or op.waiter is None:
                 kept.append(op)
-            elif op.waiter is not None and not op.waiter.done():
+            elif not op.waiter.done():
                 op.waiter.set_exception(exc)
         self._calls = kept
 
@@ -1491,7 +1505,10 @@ class RedisBackend:
             if waiter is not None and not waiter.done():
                 waiter.set_result(result)
             elif op.orphaned is not None and not isinstance(result, Exception):
-                op.orphaned(result)
+                try:
+                    op.orphaned(result)
+                except Exception:  # the flusher goes on whatever a node does with it
+                    log.exception("redis: handling the late reply of task %s failed", op.key[1])
             return
         if isinstance(result, Exception):
             tasks = ", ".join(k[1] for k in op.tasks) or op.key[1]
@@ -1516,16 +1533,8 @@ class RedisBackend:
                 if watch.filling or watch.remote:
                     for frame in write.frames:
                         self._dispatch(key, frame)
-                    continue
-                for frame in write.frames:  # _deliver, inlined: the path of every event
-                    if frame.seq <= watch.last_seq:
-                        continue
-                    watch.last_seq = frame.seq
-                    for listener in watch.listeners:
-                        try:
-                            listener(frame)
-                        except Exception:  # one broken subscriber must not stop the others
-                            log.exception("event listener of task %s failed", key[1])
+                else:  # the path of every event: one call per write, not per event
+                    self._deliver_frames(key, watch, write.frames)
         elif op.kind == _REMOVE and result:
             self._untrimmed.append((*op.key, -1, 0.0))
         elif op.kind == _TRIM_ALL:

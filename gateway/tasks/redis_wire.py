@@ -96,7 +96,9 @@ class RespConnection:
         :exc:`ResponseError` values, not raised). Raises :exc:`NotSent` when the commands
         certainly did not reach Redis (no connection could be made), else
         :exc:`redis.exceptions.ConnectionError` (they may have been carried out)."""
-        if self._writer is not None and self._writer.is_closing():
+        if self._writer is not None and (
+            self._writer.is_closing() or (self._reader is not None and self._reader.at_eof())
+        ):
             await self.close()  # the other end left while the connection was idle
         if self._writer is None:
             try:

@@ -278,6 +278,9 @@ async def test_redis_stopped_and_restarted_under_load(nodes: StartNode, tmp_path
         server.stop()
         refused = await on_b.reply(await on_b.start("What is 2+2?"), ErrorFrame)
         assert refused.code == "unavailable"
+        # A notices on its next write to Redis (or lease tick); a start it refuses shows it has.
+        refused = await on_a.reply(await on_a.start("What is 3+3?"), ErrorFrame)
+        assert refused.code == "unavailable"
         health = await asyncio.to_thread(_get, a.http + "/healthz")
         assert health[0] == 503 and "Redis unreachable" in health[1]["reason"]
         server.start()

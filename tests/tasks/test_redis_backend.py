@@ -483,7 +483,8 @@ async def test_a_start_refused_while_redis_is_down_is_never_created_later(
         a = await backends("a", url=server.url)
         await a.create(record("t0"))
         server.stop()
-        await a._wire.close()  # as after a failure: the next flush connects anew
+        # The flusher's idle connection sees Redis go (it reads nothing else meanwhile).
+        assert await a._wire._reader.read(1) == b""
         with pytest.raises(BackendUnavailable):
             await a.create(record())
         assert not a._calls
