@@ -586,6 +586,21 @@ async def test_a_created_task_runs_even_when_its_start_cannot_follow_it(
         assert kinds(items) == ["task_started"] + ["llm_response"] * 3 + ["task_completed"]
 
 
+async def test_an_adopted_task_takes_messages_as_a_started_one(held: ScriptedRunner) -> None:
+    # A backend hands a node a task it did not start (a lost node's queued one, or a create
+    # whose start gave up): it runs with its interaction, as a started task does.
+    backend = InMemoryBackend()
+    async with TaskManager(held, backend=backend, node="b") as tm:
+        rec = TaskRecord(
+            owner="alice", task_id="t1", input="q", options=StartOptions(), created=1.0, node="b"
+        )
+        assert await backend.create(rec) is None
+        backend._nodes["b"].task_adopted(rec)  # type: ignore[attr-defined]
+        message_id = await tm.message("alice", "t1", "also this")
+        assert message_id and not message_id.startswith("!")
+        assert (await tm.status("alice", "t1")).state in ("pending", "running")
+
+
 async def test_on_terminal_gets_cancel_latency_and_time_to_first_output() -> None:
     seen: list[tuple[str, bool, bool]] = []
 
