@@ -11,8 +11,9 @@ check, one ``XADD`` of its new events as one entry (a JSON array, encoded in one
 entry id is the seq of the last one), one trim, one record update, one ``SPUBLISH`` of the
 same array. While a batch is in flight the next one gathers, so the busier the process, the
 more events each call and each entry carry (the owner's hash tag keeps all of them in one
-Redis Cluster slot). On one Redis a task's creation rides in the same batches (``create``
-waits for its reply; one given up after it was sent is removed again when the reply comes).
+Redis Cluster slot). On one Redis a task's creation rides at the head of the same batches
+(``create`` waits for its reply; the task of a start given up after its create was sent runs
+here all the same when the reply comes).
 **Durable before visible**: this process's listeners get an event only once Redis has it, and
 other processes get it from the publish that the same script does, so a client never sees an
 event that a later reader cannot replay.
@@ -246,7 +247,7 @@ class _Watch:
         self.held: list[EventFrame] = []
 
 
-_WRITE, _EXPIRE, _PERSIST, _REMOVE, _TRIM_ALL, _CALL, _PLAIN = 0, 1, 2, 3, 4, 5, 6
+_WRITE, _EXPIRE, _PERSIST, _REMOVE, _TRIM_ALL, _CALL = 0, 1, 2, 3, 4, 5
 
 Finished = tuple[str, str, int, float]
 """A task that ended: owner, task id, the size it counts, when it ended."""
@@ -639,9 +640,7 @@ class RedisBackend:
             after = _pairs(result[1]).get(b"after", b"")
             return tuple(x.decode() for x in after.split(b"\0") if x)
         existing = _record_from(_pairs(result[1])) if verdict == 0 else None
-        if existing is None or existing.node != record.node or existing.final:
-            # Out of the node's set again (a task this node runs stays named).
-            self._queue(_Op(_PLAIN, (owner, task_id), wire.command("SREM", tasks_key, member)))
+        await self._unname(tasks_key, member, record, existing)
         if verdict == -1:
             raise ActiveLimitReached(max_active or 0)
         if verdict in (-2, -3):
@@ -924,11 +923,10 @@ class RedisBackend:
 
         def found(result: Any) -> TaskRecord | None:
             # The task of that id (None: past the owner's limit); out of this node's set
-            # again unless it is a task this node runs.
+            # again unless it is a task this node runs, in order with the creates (a retry's
+            # SADD must come after it).
             existing = _record_from(_pairs(result[1])) if result[0] == 0 else None
-            if named is not None and (
-                existing is None or existing.node != record.node or existing.final
-            ):  # in order with the creates (a retry's SADD must come after it)
+            if named is not None and not _runs_here(existing, record):
                 self._calls.append(
                     _Op(_CALL, (owner, task_id), wire.command("SREM", named, member), writes=0)
                 )
@@ -946,6 +944,13 @@ class RedisBackend:
         try:
             if self._cluster:
                 result = await self._run_named(named, member, "CREATE", script_keys, args)
+                if not created(result):
+                    existing = _record_from(_pairs(result[1])) if result[0] == 0 else None
+                    await self._unname(named, member, record, existing)
+                    if existing is None:
+                        assert max_active is not None
+                        raise ActiveLimitReached(max_active)
+                    return existing
             else:  # with the flusher's next batch: no round trip of its own
                 sha = self._scripts["CREATE"].sha
                 packed = wire.command("EVALSHA", sha, 3, *script_keys, *args)
@@ -964,6 +969,16 @@ class RedisBackend:
             assert max_active is not None
             raise ActiveLimitReached(max_active)
         return existing
+
+    async def _unname(
+        self, named: str | None, member: str, record: TaskRecord, existing: TaskRecord | None
+    ) -> None:
+        """Out of the node's set again after a create that did not create (awaited: a retry's
+        naming comes after it), unless the task found is one this node runs."""
+        if named is None or _runs_here(existing, record):
+            return
+        with contextlib.suppress(RedisError, *_UNREACHABLE):
+            await self._redis.srem(named, member)
 
     def _run_orphan(self, record: TaskRecord) -> None:
         """Run a task whose create reached Redis after its start gave up waiting (timed out or
@@ -1923,6 +1938,11 @@ def _entry_frames(payload: bytes) -> list[EventFrame]:
     if payload[:1] == b"[":
         return _frames_decoder.decode(payload)
     return [_frame_decoder.decode(payload)]
+
+
+def _runs_here(existing: TaskRecord | None, record: TaskRecord) -> bool:
+    """Whether the task a create found is one the creating node runs (it stays named)."""
+    return existing is not None and existing.node == record.node and not existing.final
 
 
 def _own(stored: Iterable[Any], made: str) -> bool:
