@@ -635,11 +635,12 @@ class RedisBackend:
         if verdict == 1:
             self._created_here(record)
             return tuple(b.decode() for b in result[1])
-        if verdict == 0 and _own(result[1], made):  # sent again after a lost reply
+        stored = _pairs(result[1]) if verdict == 0 else None
+        if stored is not None and stored.get(b"made") == made.encode():
+            # Sent again after a lost reply: this create made it.
             self._created_here(record)
-            after = _pairs(result[1]).get(b"after", b"")
-            return tuple(x.decode() for x in after.split(b"\0") if x)
-        existing = _record_from(_pairs(result[1])) if verdict == 0 else None
+            return tuple(x.decode() for x in stored.get(b"after", b"").split(b"\0") if x)
+        existing = _record_from(stored) if stored is not None else None
         await self._unname(tasks_key, member, record, existing)
         if verdict == -1:
             raise ActiveLimitReached(max_active or 0)
@@ -921,21 +922,12 @@ class RedisBackend:
             # Found as this very create's record: a send whose reply was lost created it.
             return result[0] == 1 or (result[0] == 0 and _own(result[1], made))
 
-        def found(result: Any) -> TaskRecord | None:
-            # The task of that id (None: past the owner's limit); out of this node's set
-            # again unless it is a task this node runs, in order with the creates (a retry's
-            # SADD must come after it).
-            existing = _record_from(_pairs(result[1])) if result[0] == 0 else None
-            if named is not None and not _runs_here(existing, record):
-                self._calls.append(
-                    _Op(_CALL, (owner, task_id), wire.command("SREM", named, member), writes=0)
-                )
-                self._wake.set()
-            return existing
+        def found(result: Any) -> TaskRecord | None:  # the task of that id (None: the limit)
+            return _record_from(_pairs(result[1])) if result[0] == 0 else None
 
         def orphaned(result: Any) -> None:  # the reply came after the start gave up waiting
             if not created(result):
-                found(result)
+                self._queue_unname(named, member, record, found(result))
             elif not record.final:
                 self._created_here(record)
                 self._run_orphan(record)
@@ -944,13 +936,6 @@ class RedisBackend:
         try:
             if self._cluster:
                 result = await self._run_named(named, member, "CREATE", script_keys, args)
-                if not created(result):
-                    existing = _record_from(_pairs(result[1])) if result[0] == 0 else None
-                    await self._unname(named, member, record, existing)
-                    if existing is None:
-                        assert max_active is not None
-                        raise ActiveLimitReached(max_active)
-                    return existing
             else:  # with the flusher's next batch: no round trip of its own
                 sha = self._scripts["CREATE"].sha
                 packed = wire.command("EVALSHA", sha, 3, *script_keys, *args)
@@ -965,6 +950,10 @@ class RedisBackend:
                 self._created_here(record)
             return None
         existing = found(result)
+        if self._cluster:
+            await self._unname(named, member, record, existing)
+        else:
+            self._queue_unname(named, member, record, existing)
         if existing is None:
             assert max_active is not None
             raise ActiveLimitReached(max_active)
@@ -979,6 +968,15 @@ class RedisBackend:
             return
         with contextlib.suppress(RedisError, *_UNREACHABLE):
             await self._redis.srem(named, member)
+
+    def _queue_unname(
+        self, named: str | None, member: str, record: TaskRecord, existing: TaskRecord | None
+    ) -> None:
+        """:meth:`_unname`, in order with the creates riding with the flusher (a retry's
+        naming comes after it)."""
+        if named is not None and not _runs_here(existing, record):
+            command = wire.command("SREM", named, member)
+            self._queue_call(_Op(_CALL, (record.owner, record.task_id), command, writes=0))
 
     def _run_orphan(self, record: TaskRecord) -> None:
         """Run a task whose create reached Redis after its start gave up waiting (timed out or
@@ -1008,9 +1006,7 @@ class RedisBackend:
             raise RedisConnectionError(self.last_error or "Redis is unreachable")
         waiter = asyncio.get_running_loop().create_future()
         op = _Op(_CALL, key, packed, replies, writes=0, waiter=waiter, orphaned=orphaned)
-        self._calls.append(op)
-        if not self._wake.is_set():
-            self._wake.set()
+        self._queue_call(op)
         try:
             async with asyncio.timeout(self._timeout):
                 result = await waiter
@@ -1407,6 +1403,12 @@ class RedisBackend:
             handler.cancel_requested(msg.owner, msg.task_id, msg.reason)
 
     # ------------------------------------------------------------------ the flusher
+
+    def _queue_call(self, op: _Op) -> None:
+        """A call: at the head of the next batch, in order with the other calls."""
+        self._calls.append(op)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _queue(self, op: _Op) -> None:
         self._ops.append(op)
